@@ -1,0 +1,4 @@
+"""rebar_jax: gradient estimators through discrete random variables, in JAX."""
+from rebar_jax import estimators
+
+__version__ = "0.1.0"

