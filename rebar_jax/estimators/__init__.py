@@ -1,2 +1,50 @@
-"""Gradient estimators: `grad = est(key, logits, f, **options)`, one draw each."""
+"""Gradient estimators through discrete random variables.
+
+Contract: `grad = est(key, logits, f, **options)` returns one draw of an
+estimate of d/dlogits E_b[f(b)], shaped like `logits`. Registries map names to
+estimators; `UNBIASED` holds the names of the unbiased ones.
+"""
+from typing import Callable
+
+from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import control_variates
 from rebar_jax.estimators import exact
+from rebar_jax.estimators.bernoulli import arm
+from rebar_jax.estimators.bernoulli import concrete
+from rebar_jax.estimators.bernoulli import disarm
+from rebar_jax.estimators.bernoulli import rebar
+from rebar_jax.estimators.bernoulli import rebar_terms
+from rebar_jax.estimators.bernoulli import reinforce
+from rebar_jax.estimators.bernoulli import reinforce_loo
+from rebar_jax.estimators.bernoulli import relax
+from rebar_jax.estimators.bernoulli import straight_through
+from rebar_jax.estimators.bernoulli import straight_through_gumbel
+from rebar_jax.estimators.control_variates import variance_gradient
+
+BERNOULLI: dict[str, Callable] = {
+    "reinforce": reinforce,
+    "reinforce_loo": reinforce_loo,
+    "arm": arm,
+    "disarm": disarm,
+    "concrete": concrete,
+    "straight_through": straight_through,
+    "straight_through_gumbel": straight_through_gumbel,
+    "rebar": rebar,
+    "relax": relax,
+}
+
+UNBIASED: frozenset[str] = frozenset(
+    {"reinforce", "reinforce_loo", "arm", "disarm", "rebar", "relax"})
+
+
+def get(name: str, family: str = "bernoulli") -> Callable:
+  """The estimator registered under `name`; a ValueError lists the valid names."""
+  registries = {"bernoulli": BERNOULLI}
+  if family not in registries:
+    raise ValueError(
+        f"Unknown estimator family {family!r}; choose one of {sorted(registries)}.")
+  registry = registries[family]
+  if name not in registry:
+    raise ValueError(
+        f"Unknown {family} estimator {name!r}; choose one of {sorted(registry)}.")
+  return registry[name]

@@ -1,0 +1,294 @@
+"""Proofs of the Bernoulli estimators against exact gradients by enumeration.
+
+Each unbiased estimator's Monte Carlo mean must be within z <= 4.5 standard
+errors (estimated from the same draws) of the exact gradient, on problems with
+D up to 8 latents, nonlinear f with interactions, and logits up to |10|.
+Keys are fixed, so the suite is deterministic.
+"""
+import functools
+
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rebar_jax import estimators
+from rebar_jax import testing
+from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import exact
+
+NUM_DRAWS = 2**17
+
+
+def _problem(seed: int, dim: int, kind: str, scale: float = 4.0):
+  """Random logits (with large magnitudes) and a nonlinear f of b."""
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
+  logits = jax.random.uniform(k1, (dim,), minval=-scale, maxval=scale)
+  w = jax.random.normal(k2, (dim,))
+  a = jax.random.normal(k3, (dim, dim)) / dim
+  t = jax.random.uniform(k4, (dim,))
+  fs = {
+      # the toy objective of the REBAR/RELAX papers, summed over latents
+      "square": lambda b: jnp.sum((b - t) ** 2),
+      # quadratic form: every pair of latents interacts
+      "quadratic": lambda b: b @ a @ b + w @ b,
+      # a bounded, highly nonlinear function of all latents
+      "sine": lambda b: jnp.sin(3.0 * (w @ b) + 1.0),
+      # log-sum-exp of a linear function, like a log-likelihood
+      "softplus": lambda b: jax.nn.softplus(w @ b - 1.0) * 2.0,
+  }
+  return logits, fs[kind]
+
+
+# (seed, D, f, logit scale)
+PROBLEMS = [
+    (0, 1, "square", 2.0),
+    (1, 3, "quadratic", 4.0),
+    (2, 5, "sine", 4.0),
+    (3, 8, "softplus", 4.0),
+    (4, 8, "quadratic", 10.0),
+    (5, 6, "sine", 10.0),
+]
+
+# Unbiased estimators with non-default options that must stay unbiased.
+_RELAX_MLP = bernoulli.init_relax_params(jax.random.key(7), 8, hidden=(16,))
+_RELAX_MLP = _RELAX_MLP._replace(mlp=[
+    (w + 0.3 * jax.random.normal(jax.random.key(i), w.shape), b + 0.1)
+    for i, (w, b) in enumerate(_RELAX_MLP.mlp)])
+
+UNBIASED_VARIANTS = {
+    "reinforce": (estimators.reinforce, {}),
+    "reinforce_baseline": (estimators.reinforce, {"baseline": 0.7}),
+    "reinforce_loo_2": (estimators.reinforce_loo, {}),
+    "reinforce_loo_5": (estimators.reinforce_loo, {"num_samples": 5}),
+    "arm": (estimators.arm, {}),
+    "disarm": (estimators.disarm, {}),
+    "rebar": (estimators.rebar, {}),
+    "rebar_eta_temp": (estimators.rebar, {"eta": 0.6, "temperature": 2.0}),
+    "rebar_untied": (estimators.rebar, {"tied": False, "temperature": 0.3}),
+    "relax": (estimators.relax, {}),
+}
+
+
+def _draws(est, logits, f, seed=11, n=NUM_DRAWS, **options):
+  return testing.draws(est, jax.random.key(seed), logits, f, n, **options)
+
+
+class UnbiasedTest(parameterized.TestCase):
+
+  @parameterized.product(problem=PROBLEMS, variant=sorted(UNBIASED_VARIANTS))
+  def test_mean_matches_exact_gradient(self, problem, variant):
+    seed, dim, kind, scale = problem
+    logits, f = _problem(seed, dim, kind, scale)
+    est, options = UNBIASED_VARIANTS[variant]
+    samples = _draws(est, logits, f, **options)
+    testing.assert_unbiased(samples, exact.bernoulli_gradient(logits, f),
+                            max_z=4.5, name=variant)
+
+  def test_relax_with_trained_network_is_unbiased(self):
+    logits, f = _problem(4, 8, "quadratic", 10.0)
+    samples = _draws(estimators.relax, logits, f, cv_params=_RELAX_MLP)
+    testing.assert_unbiased(samples, exact.bernoulli_gradient(logits, f),
+                            name="relax with MLP")
+
+  def test_every_registered_unbiased_estimator_is_tested(self):
+    tested = {est for est, _ in UNBIASED_VARIANTS.values()}
+    for name in estimators.UNBIASED:
+      self.assertIn(estimators.BERNOULLI[name], tested, name)
+
+  def test_multidimensional_logits(self):
+    logits = jnp.array([[0.5, -1.0, 2.0], [1.5, -0.2, 0.0]])
+    f = lambda b: jnp.sum(b[0] * b[1]) + jnp.sin(jnp.sum(b * logits))
+    target = exact.bernoulli_gradient(logits, f)
+    for name in sorted(estimators.UNBIASED):
+      samples = _draws(estimators.BERNOULLI[name], logits, f, n=2**16)
+      self.assertEqual(samples.shape[1:], logits.shape)
+      testing.assert_unbiased(samples, target, name=name)
+
+
+class BiasedTest(parameterized.TestCase):
+
+  @parameterized.parameters("concrete", "straight_through",
+                            "straight_through_gumbel")
+  def test_relaxed_estimators_are_biased(self, name):
+    logits, f = _problem(1, 3, "quadratic", 4.0)
+    samples = _draws(estimators.BERNOULLI[name], logits, f, n=2**16)
+    testing.assert_biased(samples, exact.bernoulli_gradient(logits, f),
+                          min_z=10.0, name=name)
+    self.assertNotIn(name, estimators.UNBIASED)
+
+  @parameterized.parameters((2, 5, "sine", 3.0), (3, 5, "softplus", 3.0))
+  def test_concrete_bias_shrinks_with_temperature(self, seed, dim, kind, scale):
+    # The relaxed objective E[f(sigma_lambda(z))] tends to E[f(b)] as
+    # lambda -> 0; the decrease is not monotone at every step for every f, but
+    # it is over factors of 4-5 in temperature.
+    logits, f = _problem(seed, dim, kind, scale)
+    target = np.asarray(exact.bernoulli_gradient(logits, f), np.float64)
+    biases, errors = [], []
+    for temperature in (2.0, 0.5, 0.1):
+      samples = _draws(estimators.concrete, logits, f, n=2**18,
+                       temperature=temperature).astype(np.float64)
+      mean = samples.mean(axis=0)
+      se = samples.std(axis=0, ddof=1) / np.sqrt(samples.shape[0])
+      biases.append(np.linalg.norm(mean - target))
+      errors.append(np.linalg.norm(se))
+    for i in range(len(biases) - 1):
+      # Each drop is larger than 4 standard errors of the two estimates.
+      self.assertGreater(biases[i] - biases[i + 1],
+                         4 * (errors[i] + errors[i + 1]), (biases, errors))
+
+
+class CrossCheckTest(parameterized.TestCase):
+
+  @parameterized.parameters(*PROBLEMS[:4])
+  def test_rebar_with_zero_eta_is_reinforce_draw_for_draw(self, seed, dim,
+                                                           kind, scale):
+    logits, f = _problem(seed, dim, kind, scale)
+    keys = jax.random.split(jax.random.key(seed), 512)
+    rebar = jax.vmap(lambda k: estimators.rebar(k, logits, f, eta=0.0))(keys)
+    reinforce = jax.vmap(lambda k: estimators.reinforce(k, logits, f))(keys)
+    np.testing.assert_array_equal(np.asarray(rebar), np.asarray(reinforce))
+
+  def test_arm_disarm_reinforce_share_a_mean_beyond_enumeration(self):
+    # D = 24: 2^24 states, too many to enumerate; compare the estimators.
+    logits, f = _problem(8, 24, "quadratic", 3.0)
+    means, ses = {}, {}
+    for i, name in enumerate(("reinforce", "arm", "disarm")):
+      samples = _draws(estimators.BERNOULLI[name], logits, f, seed=100 + i,
+                       n=2**16).astype(np.float64)
+      means[name] = samples.mean(0)
+      ses[name] = samples.std(0, ddof=1) / np.sqrt(samples.shape[0])
+    for a, b in (("arm", "reinforce"), ("disarm", "reinforce"),
+                 ("disarm", "arm")):
+      z = np.abs(means[a] - means[b]) / np.sqrt(ses[a] ** 2 + ses[b] ** 2)
+      self.assertLessEqual(z.max(), 4.5, (a, b, z))
+
+  @parameterized.parameters(*PROBLEMS)
+  def test_disarm_variance_at_most_arm(self, seed, dim, kind, scale):
+    logits, f = _problem(seed, dim, kind, scale)
+    # Same keys: DisARM is ARM averaged over the augmentation given (b, b~).
+    var_arm = _draws(estimators.arm, logits, f, n=2**16).var(0)
+    var_disarm = _draws(estimators.disarm, logits, f, n=2**16).var(0)
+    np.testing.assert_array_less(var_disarm, 1.02 * var_arm + 1e-12)
+    self.assertLess(var_disarm.sum(), var_arm.sum())
+
+  def test_loo_and_rebar_reduce_variance_versus_reinforce(self):
+    logits, f = _problem(3, 8, "softplus", 4.0)
+    var = {name: _draws(estimators.BERNOULLI[name], logits, f, n=2**15
+                        ).var(0).sum()
+           for name in ("reinforce", "reinforce_loo", "rebar")}
+    self.assertLess(var["reinforce_loo"], var["reinforce"])
+    self.assertLess(var["rebar"], var["reinforce"])
+
+
+ALL = sorted(estimators.BERNOULLI)
+
+
+class NumericsTest(parameterized.TestCase):
+
+  @parameterized.parameters(*ALL)
+  def test_finite_for_extreme_logits(self, name):
+    logits = jnp.linspace(-30.0, 30.0, 13)
+    f = lambda b: jnp.sum((b - 0.45) ** 2) + jnp.sin(jnp.sum(b))
+    samples = _draws(estimators.BERNOULLI[name], logits, f, n=4096)
+    self.assertTrue(np.all(np.isfinite(samples)), name)
+
+  @parameterized.parameters(*ALL)
+  def test_finite_for_noise_at_the_edges(self, name):
+    # Replace the uniform draw by u at the edges of (0, 1), crossed with
+    # extreme logits: every (u, logit) pair appears.
+    tiny = np.finfo(np.float32).tiny
+    edges = np.array([tiny, 1e-30, 1e-7, 0.5, 1 - 2**-24, np.nextafter(
+        np.float32(1), np.float32(0))], np.float32)
+    logit_values = np.array([-30.0, -10.0, 0.0, 10.0, 30.0], np.float32)
+    u = jnp.asarray(np.repeat(edges, len(logit_values)))
+    logits = jnp.asarray(np.tile(logit_values, len(edges)))
+    f = lambda b: jnp.sum((b - 0.45) ** 2) + jnp.sin(jnp.sum(b))
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setattr(bernoulli, "uniform_open",
+                 lambda key, shape, dtype=jnp.float32: u.reshape(shape))
+      grad = estimators.BERNOULLI[name](jax.random.key(0), logits, f)
+    self.assertTrue(np.all(np.isfinite(np.asarray(grad))), (name, grad))
+
+  def test_conditional_sample_has_the_right_value_and_sign(self):
+    tiny = np.finfo(np.float32).tiny
+    u = jnp.array([tiny, 1e-7, 0.3, 0.5, 0.9, 1 - 2**-24])
+    for l in (-30.0, -3.0, 0.0, 3.0, 30.0):
+      logits = jnp.full(u.shape, l)
+      z = bernoulli.reparameterize(logits, u)
+      b = bernoulli.hard_threshold(z)
+      z_tied = bernoulli._tied_conditional(logits, z, b)
+      np.testing.assert_allclose(z_tied, z, rtol=1e-5, atol=1e-5)
+      for v in (tiny, 0.5, 1 - 2**-24):
+        zt = bernoulli.conditional_reparameterize(logits, b, jnp.full(u.shape, v))
+        self.assertTrue(np.all(np.isfinite(zt)))
+        # z~ lies on the side of 0 that b says (0 itself where v underflows).
+        self.assertTrue(np.all(zt * (2 * b - 1) >= 0), (l, v, zt, b))
+      grad = jax.grad(lambda x: jnp.sum(jax.nn.sigmoid(
+          bernoulli._tied_conditional(x, z, b) / 0.5)))(logits)
+      self.assertTrue(np.all(np.isfinite(grad)), (l, grad))
+
+  def test_conditional_distribution_matches_truncated_logistic(self):
+    # z~ given b = 1 is the logistic(l) law truncated to z >= 0:
+    # P(z~ <= t | b = 1) = (F(t) - F(0)) / (1 - F(0)), F the logistic CDF.
+    l, t = 0.7, 1.3
+    v = bernoulli.uniform_open(jax.random.key(3), (200_000,))
+    zt = bernoulli.conditional_reparameterize(jnp.full(v.shape, l),
+                                              jnp.ones(v.shape), v)
+    cdf = lambda x: 1 / (1 + np.exp(-(x - l)))
+    expected = (cdf(t) - cdf(0)) / (1 - cdf(0))
+    self.assertAlmostEqual(float(np.mean(zt <= t)), expected, delta=0.005)
+
+
+class JitTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*ALL)
+  def test_jit_and_eager_agree(self, name):
+    logits, f = _problem(1, 3, "quadratic", 4.0)
+    est = estimators.BERNOULLI[name]
+    fn = self.variant(lambda k, l: est(k, l, f))
+    reference = jax.jit(lambda k, l: est(k, l, f))(jax.random.key(5), logits)
+    np.testing.assert_allclose(fn(jax.random.key(5), logits), reference,
+                               rtol=1e-5, atol=1e-6)
+
+  def test_works_with_legacy_uint32_keys_and_vmap(self):
+    logits, f = _problem(1, 3, "quadratic", 4.0)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    out = jax.vmap(estimators.rebar, in_axes=(0, None, None))(keys, logits, f)
+    self.assertEqual(out.shape, (4, 3))
+
+
+class ErrorsTest(parameterized.TestCase):
+
+  def test_unknown_estimator_name_lists_the_choices(self):
+    with self.assertRaisesRegex(ValueError, "disarm.*rebar"):
+      estimators.get("rebbar")
+
+  @parameterized.parameters("concrete", "straight_through_gumbel", "rebar")
+  def test_non_positive_temperature(self, name):
+    with self.assertRaisesRegex(ValueError, "temperature must be > 0"):
+      estimators.BERNOULLI[name](jax.random.key(0), jnp.zeros(3),
+                                 jnp.sum, temperature=0.0)
+
+  @parameterized.parameters(*ALL)
+  def test_non_scalar_f(self, name):
+    with self.assertRaisesRegex(ValueError, "must return a scalar"):
+      estimators.BERNOULLI[name](jax.random.key(0), jnp.zeros(3), lambda b: b)
+
+  @parameterized.parameters(*ALL)
+  def test_key_that_is_not_a_key(self, name):
+    with self.assertRaisesRegex(TypeError, "PRNG key"):
+      estimators.BERNOULLI[name](0, jnp.zeros(3), jnp.sum)
+    with self.assertRaisesRegex(TypeError, "single PRNG key"):
+      estimators.BERNOULLI[name](jax.random.split(jax.random.key(0), 3),
+                                 jnp.zeros(3), jnp.sum)
+
+  def test_integer_logits_and_bad_num_samples(self):
+    with self.assertRaisesRegex(TypeError, "floating-point"):
+      estimators.reinforce(jax.random.key(0), jnp.zeros(3, jnp.int32), jnp.sum)
+    with self.assertRaisesRegex(ValueError, "num_samples"):
+      estimators.reinforce_loo(jax.random.key(0), jnp.zeros(3), jnp.sum,
+                               num_samples=1)
