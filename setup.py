@@ -30,6 +30,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],
-        "tfds": ["tensorflow-cpu", "tensorflow-datasets"],
+        # importlib_resources: tensorflow-datasets 4.9.10 imports it without
+        # declaring it for Python >= 3.9 (tensorflow/datasets#11212).
+        "tfds": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
     },
 )

@@ -19,17 +19,21 @@ def draws(estimator: Callable[..., Array], key: Array, logits: Array,
           **options: Any) -> np.ndarray:
   """`num_draws` independent draws of `estimator(key_k, logits, f, **options)`.
 
-  Draws are computed under one jit, vmapped in chunks of `chunk` keys with
-  lax.map so memory stays bounded. Returns a numpy array (num_draws, *logits.shape).
+  Draws are vmapped under jit in chunks of `chunk` keys (one compilation, a
+  host loop over chunks) so memory stays bounded. Returns a numpy array
+  (num_draws, *logits.shape).
+
+  The chunks are deliberately not folded into a `lax.map`: with jaxlib 0.10.2
+  on CPU, `jit(lax.map(vmap(fn)))` over large chunks was seen to return wrong
+  values for some fn (see tests/test_xla_regressions.py).
   """
   keys = jax.random.split(key, num_draws)
-  one = lambda k: estimator(k, logits, f, **options)
+  one = jax.jit(jax.vmap(lambda k: estimator(k, logits, f, **options)))
   chunk = min(chunk, num_draws)
   if num_draws % chunk:
     raise ValueError(f"num_draws={num_draws} must be a multiple of chunk={chunk}.")
-  keys = keys.reshape((num_draws // chunk, chunk) + keys.shape[1:])
-  out = jax.jit(lambda ks: jax.lax.map(jax.vmap(one), ks))(keys)
-  return np.asarray(out).reshape((num_draws,) + jnp.shape(logits))
+  out = [np.asarray(one(keys[i:i + chunk])) for i in range(0, num_draws, chunk)]
+  return np.concatenate(out).reshape((num_draws,) + jnp.shape(logits))
 
 
 def z_scores(samples: np.ndarray, target: Any) -> np.ndarray:
