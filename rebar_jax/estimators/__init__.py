@@ -12,6 +12,7 @@ from rebar_jax.estimators import exact
 from rebar_jax.estimators.bernoulli import arm
 from rebar_jax.estimators.bernoulli import concrete
 from rebar_jax.estimators.bernoulli import disarm
+from rebar_jax.estimators.bernoulli import muprop
 from rebar_jax.estimators.bernoulli import rebar
 from rebar_jax.estimators.bernoulli import rebar_terms
 from rebar_jax.estimators.bernoulli import reinforce
@@ -26,6 +27,7 @@ BERNOULLI: dict[str, Callable] = {
     "reinforce_loo": reinforce_loo,
     "arm": arm,
     "disarm": disarm,
+    "muprop": muprop,
     "concrete": concrete,
     "straight_through": straight_through,
     "straight_through_gumbel": straight_through_gumbel,
@@ -34,7 +36,8 @@ BERNOULLI: dict[str, Callable] = {
 }
 
 UNBIASED: frozenset[str] = frozenset(
-    {"reinforce", "reinforce_loo", "arm", "disarm", "rebar", "relax"})
+    {"reinforce", "reinforce_loo", "arm", "disarm", "muprop", "rebar",
+     "relax"})
 
 
 def get(name: str, family: str = "bernoulli") -> Callable:

@@ -1,0 +1,1 @@
+"""Thin wrappers over orbax, TensorBoard and matplotlib used by training."""

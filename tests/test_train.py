@@ -1,0 +1,108 @@
+"""Training on the embedded digits: learning, exact resumption, no retracing."""
+import json
+import os
+
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import sbn_mnist
+from rebar_jax import train
+
+
+def small_config(**overrides):
+  c = sbn_mnist.get_config()
+  c.nonlinear = False
+  c.num_latents = 50
+  c.learning_rate = 1e-3
+  c.estimator_learning_rate = 1e-3
+  c.num_steps = 400
+  c.steps_per_call = 100
+  c.eval_every = 400
+  c.checkpoint_every = 100
+  c.eval_num_samples = 10
+  c.eval_batch_size = 250
+  c.eval_max_examples = 250
+  c.progress_bar = False
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+class TrainTest(parameterized.TestCase):
+
+  @parameterized.parameters("nvil", "rebar", "disarm")
+  def test_elbo_improves(self, estimator):
+    config = small_config(estimator=estimator)
+    workdir = self.create_tempdir().full_path
+    exp = train.build(config)
+    before = train.evaluate(exp, train.init_state(exp, 0).params, config,
+                            "valid")["valid_elbo"]
+    final = train.train_and_evaluate(config, workdir)
+    self.assertEqual(final["step"], 400)
+    self.assertGreater(final["valid_elbo"], before + 20.0,
+                       (estimator, before, final))
+    self.assertGreaterEqual(final["test_iw10"], final["test_elbo"])
+    for name in ("metrics.jsonl", "metrics.csv", "curves.png",
+                 "final_metrics.json", "config.json"):
+      self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+    self.assertNotEmpty(os.listdir(os.path.join(workdir, "tensorboard")))
+
+  def test_resume_is_exact(self):
+    config = small_config(estimator="rebar", num_steps=300, eval_every=300)
+    straight = self.create_tempdir().full_path
+    resumed = self.create_tempdir().full_path
+    full = train.train_and_evaluate(config, straight)
+    partial = train.train_and_evaluate(config, resumed, stop_after=200)
+    self.assertEqual(partial, {"step": 200})
+    again = train.train_and_evaluate(config, resumed)
+    self.assertEqual(full, again)
+    rows = lambda d: [json.loads(l) for l in open(os.path.join(d,
+                                                              "metrics.jsonl"))]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "steps_per_sec"}
+                        for r in rs]
+    self.assertEqual(strip(rows(straight)), strip(rows(resumed)))
+
+  def test_train_chunk_does_not_retrace(self):
+    config = small_config(estimator="rebar")
+    exp = train.build(config)
+    state = train.init_state(exp, 0)
+    chunk = train.make_train_chunk(exp, 0)
+    x = jnp.asarray(exp.dataset.train)
+    for start in (0, 100, 200):
+      idx = train.batch_indices(0, x.shape[0], config.batch_size, start, 100)
+      state, _ = chunk(state, jnp.asarray(idx), x)
+    self.assertEqual(chunk._cache_size(), 1)
+
+  def test_non_finite_loss_stops_and_keeps_checkpoint(self):
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(
+        small_config(estimator="reinforce", num_steps=200, eval_every=200),
+        workdir)
+    # Resume with an absurd learning rate: the first update overflows.
+    config = small_config(estimator="reinforce", learning_rate=1e38,
+                          num_steps=400)
+    with self.assertRaisesRegex(FloatingPointError,
+                                r"at step 20\d with estimator 'reinforce'.*"
+                                r"step 200"):
+      train.train_and_evaluate(config, workdir)
+    steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
+                                                           "checkpoints"))
+                   if s.isdigit())
+    self.assertEqual(steps[-1], 200)
+
+  def test_bad_config_values_name_the_field(self):
+    with self.assertRaisesRegex(ValueError, "config.batch_size"):
+      train.build(small_config(batch_size=0))
+    with self.assertRaisesRegex(ValueError, "Unknown estimator 'rebbar'"):
+      train.build(small_config(estimator="rebbar"))
+    with self.assertRaisesRegex(ValueError, "multiple of config.steps_per_call"):
+      train.build(small_config(eval_every=150))
+
+  def test_batch_indices_are_epoch_permutations(self):
+    idx = train.batch_indices(0, 100, 10, 0, 10)
+    self.assertCountEqual(idx.ravel().tolist(), list(range(100)))
+    np.testing.assert_array_equal(train.batch_indices(0, 100, 10, 7, 5),
+                                  train.batch_indices(0, 100, 10, 0, 12)[7:])
