@@ -65,6 +65,7 @@ UNBIASED_VARIANTS = {
     "reinforce_loo_5": (estimators.reinforce_loo, {"num_samples": 5}),
     "arm": (estimators.arm, {}),
     "disarm": (estimators.disarm, {}),
+    "muprop": (estimators.muprop, {}),
     "rebar": (estimators.rebar, {}),
     "rebar_eta_temp": (estimators.rebar, {"eta": 0.6, "temperature": 2.0}),
     "rebar_untied": (estimators.rebar, {"tied": False, "temperature": 0.3}),
