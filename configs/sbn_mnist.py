@@ -46,14 +46,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 24
   c.learning_rate = 3e-4
   c.estimator_learning_rate = 3e-4
-  c.num_steps = 3000
+  c.num_steps = 20000
   c.steps_per_call = 100
   # Evaluation and checkpoints.
-  c.eval_every = 1000
+  c.eval_every = 5000
   c.eval_num_samples = 100     # K of the importance-weighted bound
   c.eval_batch_size = 100
   c.eval_max_examples = 0      # 0: the whole split
   c.eval_seed = 1234           # fixed: bounds compare across checkpoints
-  c.checkpoint_every = 1000
+  c.checkpoint_every = 5000
   c.progress_bar = True
   return c
