@@ -7,6 +7,7 @@ estimators; `UNBIASED` holds the names of the unbiased ones.
 from typing import Callable
 
 from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates
 from rebar_jax.estimators import exact
 from rebar_jax.estimators.bernoulli import arm
@@ -39,10 +40,14 @@ UNBIASED: frozenset[str] = frozenset(
     {"reinforce", "reinforce_loo", "arm", "disarm", "muprop", "rebar",
      "relax"})
 
+# Categorical estimators: logits (..., C), one-hot samples.
+CATEGORICAL: dict[str, Callable] = dict(categorical.REGISTRY)
+UNBIASED_CATEGORICAL: frozenset[str] = categorical.UNBIASED
+
 
 def get(name: str, family: str = "bernoulli") -> Callable:
   """The estimator registered under `name`; a ValueError lists the valid names."""
-  registries = {"bernoulli": BERNOULLI}
+  registries = {"bernoulli": BERNOULLI, "categorical": CATEGORICAL}
   if family not in registries:
     raise ValueError(
         f"Unknown estimator family {family!r}; choose one of {sorted(registries)}.")

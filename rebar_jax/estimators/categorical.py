@@ -1,0 +1,562 @@
+r"""Gradient estimators for independent categorical latents (one-hot samples).
+
+Every estimator here estimates
+
+    g(l) = d/dl E_{b ~ Cat(softmax(l))}[f(b)],
+
+for logits l of shape (..., C): the leading axes index D = prod(l.shape[:-1])
+independent variables, the last axis their C categories. b is the one-hot sample
+(float 0/1, shaped like l); relaxed estimators feed f a point of the simplex
+instead. Signature, as for the Bernoulli estimators:
+
+    grad = estimator(key, logits, f, **options)   # one draw, shape of logits
+
+All randomness comes from `key`; draw many estimates with
+`jax.vmap(estimator, in_axes=(0, None, None))(jax.random.split(key, n), logits, f)`.
+
+Shared reparameterisation (Gumbel-max; Jang et al. 2017, Maddison et al. 2017):
+
+    u ~ U(0, 1)^{D x C},   g = -log(-log u),   z = log_softmax(l) + g,
+    b = one_hot(argmax_c z_c),
+
+so b ~ Cat(softmax(l)). Every estimator that needs a hard sample draws it this
+way from the first split of its key, so on one key REINFORCE, REBAR, ARS and
+ARSM see the same b (REBAR with eta = 0 equals REINFORCE draw for draw). The
+same u is the exponential race / Dirichlet augmentation of ARSM: with
+eps = -log u ~ Exp(1), pi = eps / sum(eps) ~ Dir(1_C) and
+b = argmin_c pi_c e^{-l_c} = argmax_c z_c. The score is
+d/dl log p(b) = b - softmax(l).
+"""
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rebar_jax.estimators import _checks
+from rebar_jax.estimators import bernoulli
+
+Array = jax.Array
+PRNGKey = jax.Array
+Fn = Callable[[Array], Array]
+RelaxedFn = Callable[[Array, Array], Array]
+ControlVariate = Callable[[Any, Array, RelaxedFn], Array]
+
+# RELAX's parameters are shared with the Bernoulli family: a log temperature and
+# an MLP on the flattened z (here D * C inputs).
+RelaxParams = bernoulli.RelaxParams
+init_relax_params = bernoulli.init_relax_params
+
+
+# ----------------------------------------------------------------------------
+# Noise and reparameterisations.
+# ----------------------------------------------------------------------------
+
+
+def uniform_open(key: PRNGKey, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  """u ~ U(0, 1) on the open interval: u in [tiny, 1 - eps/2], never 0 or 1."""
+  return jax.random.uniform(
+      key, shape, dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0)
+
+
+def log_exponential(u: Array) -> Array:
+  """log(-log u), the log of an Exp(1) variable; finite for u in (0, 1).
+
+  It is minus a standard Gumbel variable: g = -log(-log u).
+  """
+  return jnp.log(-jnp.log(u))
+
+
+def one_hot_argmax(z: Array) -> Array:
+  """one_hot(argmax_c z_c) on the last axis, as float, with no gradient."""
+  b = jax.nn.one_hot(jnp.argmax(z, axis=-1), z.shape[-1], dtype=z.dtype)
+  return jax.lax.stop_gradient(b)
+
+
+def score(logits: Array, b: Array) -> Array:
+  """d/dl log Cat(b; softmax(l)) = b - softmax(l), per variable."""
+  return b - jax.nn.softmax(logits, axis=-1)
+
+
+def relax_sample(z: Array, temperature: Any) -> Array:
+  """sigma_lambda(z) = softmax(z / lambda), the Concrete relaxation of b."""
+  return jax.nn.softmax(z / temperature, axis=-1)
+
+
+def conditional_gumbel(logits: Array, b: Array, e: Array) -> Array:
+  r"""z~ = g~(v, l, b) ~ p(z | b): the Gumbel-max z conditioned on argmax z = b.
+
+  With p = softmax(l), z = log p + g. Given b = e_k, the maximum z_k is
+  Gumbel(log sum_c p_c) = Gumbel(0) and independent of k; each other z_i is
+  Gumbel(log p_i) truncated to z_i < z_k. Inverting the CDFs with uniforms v
+  (Tucker et al. 2017 and Grathwohl et al. 2018, categorical appendices):
+
+      z~_k = -log(-log v_k),
+      z~_i = -log(-log v_i / p_i - log v_k)              (i != k)
+           = -logaddexp(log(-log v_i) - log p_i, -z~_k),
+
+  the last form being finite for every v in (0, 1) and every logit.
+
+  Args:
+    logits: l, shape (..., C).
+    b: one-hot sample, same shape (held fixed: no gradient flows into it).
+    e: log(-log v), same shape, v ~ U(0, 1) (see `log_exponential`).
+
+  Returns:
+    z~, shape of l, a differentiable function of l with v and b fixed.
+  """
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  e_top = jnp.sum(b * e, axis=-1, keepdims=True)  # log(-log v_k) = -z~_k
+  rest = -jnp.logaddexp(e - log_p, e_top)
+  return jnp.where(b > 0, -e_top, rest)
+
+
+def _tied_noise(logits: Array, z: Array, b: Array) -> Array:
+  r"""The e = log(-log v) for which `conditional_gumbel(l, b, e)` equals z.
+
+  Common random numbers (Tucker et al. 2017, App. G.2, in categorical form):
+  inverting the formulas in `conditional_gumbel` gives e_k = -z_k and, for
+  i != k,
+
+      e_i = log p_i + log(e^{-z_i} - e^{-z_k})
+          = log p_i - z_i + log(-expm1(z_i - z_k)).
+
+  The v so defined is U(0, 1)^C given b (z given b has the law of z~), so z~
+  stays a valid conditional sample; it equals z in value.
+  Held fixed (stop_gradient); a tie z_i = z_k gives e_i = -inf, clamped to the
+  most negative float (z~_i = z~_k then, with zero gradient).
+  """
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  z_top = jnp.sum(b * z, axis=-1, keepdims=True)
+  gap = jnp.minimum(z - z_top, 0.0)
+  safe_gap = jnp.where(b > 0, -1.0, gap)
+  rest = log_p - z + jnp.log(-jnp.expm1(safe_gap))
+  e = jnp.where(b > 0, -z_top, rest)
+  return jax.lax.stop_gradient(jnp.maximum(e, jnp.finfo(e.dtype).min))
+
+
+def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, Array, PRNGKey]:
+  """The shared draw: (Gumbel noise g, z = log_softmax(l) + g, b, spare key)."""
+  key_u, key_rest = jax.random.split(key)
+  g = -log_exponential(uniform_open(key_u, logits.shape, logits.dtype))
+  z = jax.nn.log_softmax(logits, axis=-1) + g
+  return g, z, one_hot_argmax(z), key_rest
+
+
+def _prepare(key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
+  _checks.check_key(key)
+  logits = _checks.check_logits(logits, min_rank=1)
+  return logits, _checks.scalar_fn(f)
+
+
+# ----------------------------------------------------------------------------
+# Score-function estimators.
+# ----------------------------------------------------------------------------
+
+
+def reinforce(key: PRNGKey, logits: Array, f: Fn,
+              baseline: Any = 0.0) -> Array:
+  r"""REINFORCE (score function), unbiased for any baseline independent of b.
+
+      g^ = (f(b) - c) (b - softmax(l)),   b ~ Cat(softmax(l)) per variable.
+
+  Args:
+    key: PRNG key.
+    logits: l, shape (..., C).
+    f: b -> scalar, b one-hot shaped like l.
+    baseline: c, a scalar or an array broadcastable to l, not depending on b.
+
+  Returns:
+    One draw of the estimate, shape of l.
+
+  Reference: Williams (1992).
+  """
+  logits, f = _prepare(key, logits, f)
+  _, _, b, _ = _sample(key, logits)
+  return (f(b) - baseline) * score(logits, b)
+
+
+def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
+                  num_samples: int = 2) -> Array:
+  r"""REINFORCE with the leave-one-out baseline over n samples, unbiased.
+
+      g^ = (1/n) sum_i (f(b_i) - 1/(n-1) sum_{j != i} f(b_j)) (b_i - softmax(l))
+         = 1/(n-1) sum_i (f(b_i) - f_bar) (b_i - softmax(l)),
+
+  b_1..b_n i.i.d.; n evaluations of f for one draw of the n-sample estimator.
+
+  Args:
+    key: PRNG key.
+    logits: l, shape (..., C).
+    f: b -> scalar.
+    num_samples: n >= 2.
+
+  Reference: Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a
+  baseline for free!"; seed 004 ("RF+").
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_int("num_samples", num_samples, 2)
+  keys = jax.random.split(key, num_samples)
+  b = jax.vmap(lambda k: _sample(k, logits)[2])(keys)  # (n, ..., C)
+  fs = jax.vmap(f)(b)  # (n,)
+  centred = (fs - jnp.mean(fs)).reshape((num_samples,) + (1,) * logits.ndim)
+  return jnp.sum(centred * score(logits, b), axis=0) / (num_samples - 1)
+
+
+# ----------------------------------------------------------------------------
+# ARS and ARSM (augment-REINFORCE-swap(-merge)).
+# ----------------------------------------------------------------------------
+
+
+def _swapped_argmax(log_p: Array, g: Array, c: Array, j: Array) -> Array:
+  r"""argmax_i (log p_i + g^{c<->j}_i): pseudo actions for the swapped noise.
+
+  g^{c<->j} is g with entries c and j exchanged (in every variable), i.e. the
+  Gumbel noise of pi^{c<->j}; the other entries, and so z_i, are unchanged.
+
+  Args:
+    log_p, g: (..., C), log-probabilities and the sample's Gumbel noise.
+    c, j: integer arrays of one shape S.
+
+  Returns:
+    Class indices, shape (*S, ...).
+  """
+  num_classes = g.shape[-1]
+  c, j = jnp.asarray(c), jnp.asarray(j)
+  i = jnp.arange(num_classes).reshape((1,) * (c.ndim + g.ndim - 1) + (-1,))
+  c_ = c.reshape(c.shape + (1,) * g.ndim)
+  j_ = j.reshape(j.shape + (1,) * g.ndim)
+  g_by_class = jnp.moveaxis(g, -1, 0)  # (C, ...)
+  g_c, g_j = g_by_class[c][..., None], g_by_class[j][..., None]  # (*S, ..., 1)
+  g_swapped = jnp.where(i == c_, g_j, jnp.where(i == j_, g_c, g))
+  return jnp.argmax(log_p + g_swapped, axis=-1)
+
+
+def _one_hot(index: Array, num_classes: int, dtype) -> Array:
+  return jax.lax.stop_gradient(jax.nn.one_hot(index, num_classes, dtype=dtype))
+
+
+def ars(key: PRNGKey, logits: Array, f: Fn) -> Array:
+  r"""ARS, augment-REINFORCE-swap with a random reference category, unbiased.
+
+  With the augmentation pi_d ~ Dir(1_C) (pi = eps / sum eps, eps = -log u, the
+  same u as b) and b_d = argmin_c pi_dc e^{-l_dc}, Yin et al. show
+  d/dl_dc E[f] = E[f(b) (1 - C pi_dc)]. Swapping coordinates c and j of every
+  pi_d (a measure-preserving map) gives pseudo actions b^{c<->j} and
+
+      g^_dc = (1 - delta_d) [f(b^{c<->j}) - 1/C sum_m f(b^{m<->j})] (1 - C pi_dj),
+
+  one reference j ~ U{1..C} shared by all variables, C evaluations of f
+  (b^{j<->j} = b). delta_d = 1 when all pseudo actions b_d^{m<->j} agree: that
+  term has zero conditional mean given pi_d, so dropping it keeps the estimator
+  unbiased (the paper's rule; static shapes, f is evaluated regardless).
+
+  Shapes: logits (..., C), D = prod of leading axes; returns shape of logits.
+
+  Reference: Yin, Yue & Zhou (2019), "ARSM: Augment-REINFORCE-Swap-Merge
+  estimator for gradient backpropagation through categorical variables", ICML,
+  (ARS, multivariate form); seed 004.
+  """
+  logits, f = _prepare(key, logits, f)
+  num_classes = logits.shape[-1]
+  g, _, _, key_j = _sample(key, logits)
+  j = jax.random.randint(key_j, (), 0, num_classes)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  # pseudo[c] = b^{c<->j}; pseudo[j] is the sample b itself.
+  pseudo = _swapped_argmax(log_p, g, jnp.arange(num_classes), j)  # (C, ...)
+  fs = jax.vmap(f)(_one_hot(pseudo, num_classes, logits.dtype))  # (C,)
+  centred = fs - jnp.mean(fs)  # f(b^{c<->j}) - mean_m f(b^{m<->j})
+  pi_j = jnp.take(jax.nn.softmax(-g, axis=-1), j, axis=-1)  # (...)
+  active = jnp.any(pseudo != pseudo[:1], axis=0).astype(logits.dtype)
+  weight = active * (1.0 - num_classes * pi_j)
+  return weight[..., None] * centred
+
+
+def arsm(key: PRNGKey, logits: Array, f: Fn) -> Array:
+  r"""ARSM, ARS merged over all reference categories, unbiased.
+
+      g^_dc = (1 - delta_d) sum_j [F_cj - (1/C) sum_m F_mj] (1/C - pi_dj),
+      F_cj = f(b^{c<->j}),
+
+  with pi_d, b^{c<->j} as in `ars` (the swap c<->j is applied to every
+  variable at once, so F is one symmetric C x C matrix shared by all variables)
+  and delta_d = 1 when every pseudo action of variable d equals b_d (the
+  paper's shortcut: that variable's term has zero mean given pi_d). F needs
+  C(C-1)/2 + 1 evaluations of f (F_cc = f(b)), done with vmap.
+
+  Shapes: logits (..., C), D = prod of leading axes; returns shape of logits.
+
+  Reference: Yin, Yue & Zhou (2019), ICML, the multivariate ARSM estimator
+  and Algorithm 1; seed 004.
+  """
+  logits, f = _prepare(key, logits, f)
+  num_classes = logits.shape[-1]
+  g, _, b, _ = _sample(key, logits)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  rows, cols = np.triu_indices(num_classes, 1)  # static, c < j
+  pseudo = _swapped_argmax(log_p, g, rows, cols)  # (P, ...)
+  f_pairs = jax.vmap(f)(_one_hot(pseudo, num_classes, logits.dtype))  # (P,)
+  f_b = f(b)
+  fmat = jnp.full((num_classes, num_classes), f_b, f_b.dtype)
+  fmat = fmat.at[rows, cols].set(f_pairs).at[cols, rows].set(f_pairs)
+  centred = fmat - jnp.mean(fmat, axis=0, keepdims=True)  # F_cj - Fbar_j
+  pi = jax.nn.softmax(-g, axis=-1)  # (..., C)
+  grad = (1.0 / num_classes - pi) @ centred.T  # sum_j centred[c, j] w[..., j]
+  index = jnp.argmax(b, axis=-1)
+  active = jnp.any(pseudo != index, axis=0).astype(logits.dtype)
+  return active[..., None] * grad
+
+
+# ----------------------------------------------------------------------------
+# Relaxed and straight-through estimators (biased).
+# ----------------------------------------------------------------------------
+
+
+def gumbel_softmax(key: PRNGKey, logits: Array, f: Fn,
+                   temperature: Any = 1.0) -> Array:
+  r"""Gumbel-softmax / Concrete estimator: BIASED for E[f(b)].
+
+      g^ = d/dl f(softmax((log_softmax(l) + g) / lambda)),   g ~ Gumbel(0, 1).
+
+  Unbiased for the gradient of the relaxed objective E[f(sigma_lambda(z))],
+  which tends to E[f(b)] as lambda -> 0 (variance growing). f must be defined
+  and differentiable on the simplex (per variable).
+
+  Shapes: logits (..., C); returns shape of logits.
+
+  Reference: Jang, Gu & Poole (2017); Maddison, Mnih & Teh (2017); seed 002.
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_positive("temperature", temperature)
+  g, _, _, _ = _sample(key, logits)
+  return jax.grad(lambda l: f(relax_sample(
+      jax.nn.log_softmax(l, axis=-1) + g, temperature)))(logits)
+
+
+def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
+                            temperature: Any = 1.0) -> Array:
+  r"""Straight-through Gumbel-softmax: BIASED.
+
+      b_st = s + stop_grad(b - s),  s = softmax(z / lambda),  g^ = d/dl f(b_st),
+
+  with z, b the shared Gumbel-max draw: f is evaluated at the hard one-hot b,
+  its derivative w.r.t. b is propagated through the soft s. f must be
+  differentiable in b.
+
+  Reference: Jang, Gu & Poole (2017), Sec. 2.2; Bengio et al. (2013); seed 002.
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_positive("temperature", temperature)
+  g, _, b, _ = _sample(key, logits)
+
+  def surrogate(l):
+    soft = relax_sample(jax.nn.log_softmax(l, axis=-1) + g, temperature)
+    return f(soft + jax.lax.stop_gradient(b - soft))
+
+  return jax.grad(surrogate)(logits)
+
+
+def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
+               num_samples: int = 10) -> Array:
+  r"""Gumbel-Rao: straight-through Gumbel Rao-Blackwellised over z | b; BIASED.
+
+      g^ = d/dl f(b + s_K - stop_grad(s_K)),
+      s_K = (1/K) sum_k softmax((log_softmax(l) + stop_grad(g~_k)) / lambda),
+
+  g~_k = z~_k - log_softmax(l), z~_k ~ p(z | b) i.i.d. (`conditional_gumbel`).
+  Its mean equals `straight_through_gumbel`'s (same bias), its variance is
+  lower: E[ST-GS | b] estimated with K conditional draws; K = num_samples >= 1.
+
+  Reference: Paulus, Maddison & Krause (2021), "Rao-Blackwellizing the
+  Straight-Through Gumbel-Softmax Gradient Estimator", ICLR (arXiv 2020).
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_positive("temperature", temperature)
+  _checks.check_int("num_samples", num_samples, 1)
+  _, _, b, key_v = _sample(key, logits)
+  e = log_exponential(
+      uniform_open(key_v, (num_samples,) + logits.shape, logits.dtype))
+  const = jax.lax.stop_gradient(logits)
+  noise = jax.vmap(lambda ek: conditional_gumbel(const, b, ek))(e)
+  noise = jax.lax.stop_gradient(noise - jax.nn.log_softmax(const, axis=-1))
+
+  def surrogate(l):
+    log_p = jax.nn.log_softmax(l, axis=-1)
+    soft = jnp.mean(relax_sample(log_p + noise, temperature), axis=0)
+    return f(b + soft - jax.lax.stop_gradient(soft))
+
+  return jax.grad(surrogate)(logits)
+
+
+# ----------------------------------------------------------------------------
+# REBAR and RELAX.
+# ----------------------------------------------------------------------------
+
+
+def _relaxed_or_default(f: Fn, f_relaxed: Optional[RelaxedFn]) -> RelaxedFn:
+  if f_relaxed is None:
+    return lambda soft, temperature: f(soft)
+  return _checks.scalar_fn(f_relaxed, "f_relaxed")
+
+
+def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
+                           c: Callable[[Array], Array], tied: bool
+                           ) -> tuple[Array, Array]:
+  r"""The two halves of REBAR/RELAX for a control variate c(z) (a scalar).
+
+  Returns (r, h), with the estimator g^ = r - h:
+
+      r = f(b) (b - softmax(l))                                 (REINFORCE),
+      h = c(z~) (b - softmax(l)) - d/dl c(z) + d/dl c(z~)       (mean zero),
+
+  z = log_softmax(l) + g, b = one_hot(argmax z), z~ = conditional_gumbel(l, b, v)
+  derivatives are total derivatives w.r.t. l with g, v (and b) held fixed.
+  """
+  g, _, b, key_v = _sample(key, logits)
+
+  def c_z(l):
+    return c(jax.nn.log_softmax(l, axis=-1) + g)
+
+  if tied:
+    # Common random numbers on purpose: v is the conditional noise that
+    # reproduces this draw's z, so z~ = z in value (Tucker et al., App. G.2).
+    z = jax.nn.log_softmax(logits, axis=-1) + g
+    e = _tied_noise(logits, z, b)
+  else:
+    e = log_exponential(uniform_open(key_v, logits.shape, logits.dtype))
+
+  def c_ztilde(l):
+    return c(conditional_gumbel(l, b, e))
+
+  grad_cz = jax.grad(c_z)(logits)
+  c_zt, grad_czt = jax.value_and_grad(c_ztilde)(logits)
+  s = score(logits, b)
+  r = f(b) * s
+  h = c_zt * s - grad_cz + grad_czt
+  return r, h
+
+
+def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
+                f_relaxed: Optional[RelaxedFn] = None,
+                tied: bool = True) -> tuple[Array, Array]:
+  r"""REBAR's REINFORCE term r and its control-variate term h (eta = 1).
+
+  `rebar(..., eta)` = r - eta * h, with E[h] = 0 for every temperature, so the
+  variance-minimising eta over draws is sum E[r h] / sum E[h h]
+  (`control_variates.optimal_eta`). Shapes: both as logits.
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_positive("temperature", temperature)
+  f_soft = _relaxed_or_default(f, f_relaxed)
+  c = lambda z: f_soft(relax_sample(z, temperature), temperature)
+  return _control_variate_terms(key, logits, f, c, tied)
+
+
+def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
+          temperature: Any = 0.5, f_relaxed: Optional[RelaxedFn] = None,
+          tied: bool = True) -> Array:
+  r"""Categorical REBAR, unbiased for any eta and temperature.
+
+      g^ = [f(b) - eta c(z~)] (b - softmax(l)) + eta d/dl c(z) - eta d/dl c(z~),
+      c(z) = f_relaxed(softmax(z / lambda)),
+
+  z = log_softmax(l) + Gumbel, b = one_hot(argmax z), z~ ~ p(z | b) by the
+  conditional Gumbel construction (`conditional_gumbel`); by default z~ uses the
+  tied noise (same value as z, conditional gradient), `tied=False` an
+  independent v.
+
+  Args:
+    key: PRNG key.
+    logits: l, shape (..., C).
+    f: hard learning signal, one-hot b -> scalar.
+    eta: control-variate scale (scalar or broadcastable to l); may be traced,
+      so the estimator's variance can be differentiated w.r.t. it.
+    temperature: lambda > 0; may be traced (e.g. exp(log_lambda)).
+    f_relaxed: (relaxed sample, lambda) -> scalar, the continuous chain in the
+      control variate; defaults to f on the relaxed sample.
+    tied: use the tied (common random number) conditional noise.
+
+  Returns:
+    One draw, shape of l. With eta = 0 it equals `reinforce` on the same key.
+
+  Reference: Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein (2017), "REBAR",
+  NeurIPS (categorical appendix); Grathwohl et al. (2018), categorical
+  appendix.
+  """
+  r, h = rebar_terms(key, logits, f, temperature, f_relaxed, tied)
+  return r - eta * h
+
+
+def default_control_variate(params: RelaxParams, z: Array,
+                            f_relaxed: RelaxedFn) -> Array:
+  """c_phi(z) = f_relaxed(softmax(z / lambda), lambda) + MLP(z flattened)."""
+  temperature = jnp.exp(params.log_temperature)
+  out = f_relaxed(relax_sample(z, temperature), temperature)
+  if params.mlp:
+    out = out + bernoulli.mlp(params.mlp, z)
+  return out
+
+
+def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
+          control_variate: Optional[ControlVariate] = None,
+          temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,
+          tied: bool = True) -> Array:
+  r"""Categorical RELAX with a learned control variate c_phi; unbiased for all phi.
+
+      g^ = [f(b) - c_phi(z~)] (b - softmax(l)) + d/dl c_phi(z) - d/dl c_phi(z~),
+
+  z, b, z~ as in `rebar`. phi is trained by the caller to minimise the
+  estimator's variance (`control_variates.variance_gradient`).
+
+  Args:
+    key: PRNG key.
+    logits: l, shape (..., C).
+    f: hard learning signal.
+    cv_params: phi. Defaults to `RelaxParams(log lambda, [])`: no network, i.e.
+      REBAR with eta = 1. Build one with a network by
+      `init_relax_params(key, num_latents=logits.size)`.
+    control_variate: c(phi, z, f_relaxed) -> scalar; defaults to
+      `default_control_variate` = f_relaxed(softmax(z / lambda)) + MLP(z).
+    temperature: lambda of the default cv_params (0.5 when None); give it
+      only when cv_params is None (otherwise it lives in cv_params).
+    f_relaxed: as in `rebar`.
+    tied: tied conditional noise, as in `rebar`.
+
+  Reference: Grathwohl, Choi, Wu, Roeder & Duvenaud (2018), "Backpropagation
+  through the void", ICLR, Alg. 2 and the categorical appendix.
+  """
+  logits, f = _prepare(key, logits, f)
+  if cv_params is None:
+    temperature = 0.5 if temperature is None else temperature
+    _checks.check_positive("temperature", temperature)
+    cv_params = RelaxParams(jnp.log(jnp.asarray(temperature, logits.dtype)), [])
+  elif temperature is not None:
+    raise ValueError("Pass the temperature inside cv_params (log_temperature) "
+                     "when cv_params is given, not as `temperature`.")
+  if control_variate is None:
+    control_variate = default_control_variate
+  f_soft = _relaxed_or_default(f, f_relaxed)
+  c = _checks.scalar_fn(lambda z: control_variate(cv_params, z, f_soft),
+                        "control_variate")
+  r, h = _control_variate_terms(key, logits, f, c, tied)
+  return r - h
+
+
+# ----------------------------------------------------------------------------
+# Registry.
+# ----------------------------------------------------------------------------
+
+REGISTRY: dict[str, Callable[..., Array]] = {
+    "reinforce": reinforce,
+    "reinforce_loo": reinforce_loo,
+    "ars": ars,
+    "arsm": arsm,
+    "gumbel_softmax": gumbel_softmax,
+    "straight_through_gumbel": straight_through_gumbel,
+    "gumbel_rao": gumbel_rao,
+    "rebar": rebar,
+    "relax": relax,
+}
+
+UNBIASED: frozenset[str] = frozenset(
+    {"reinforce", "reinforce_loo", "ars", "arsm", "rebar", "relax"})

@@ -1,0 +1,459 @@
+"""Proofs of the categorical estimators against exact gradients by enumeration.
+
+Each unbiased estimator's Monte Carlo mean must be within z <= 4.5 standard
+errors (estimated from the same draws) of the exact gradient over all C^D
+one-hot configurations, for D = 3 variables x C = 4 classes and D = 2 x C = 10,
+nonlinear f with interactions across variables, and logits up to |8.5|. Keys
+are fixed, so the suite is deterministic.
+
+Speed: compiling dominates (running 2^15 draws takes well under a second), so
+the objectives are one family f(b; theta) with theta a traced argument, and
+`_draws` keeps one jitted function per estimator (compiled with XLA's backend
+optimisations off): every problem of one shape reuses the same executable.
+"""
+import functools
+
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rebar_jax import testing
+from rebar_jax.estimators import categorical
+from rebar_jax.estimators import exact
+
+NUM_DRAWS = 2**14
+CHUNK = 2**13
+# Cheap compiles: the draws run in well under a second even unoptimised.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+EULER_GAMMA = 0.5772156649015329
+ALL = sorted(categorical.REGISTRY)
+
+# ----------------------------------------------------------------------------
+# Objectives and draws.
+# ----------------------------------------------------------------------------
+
+KINDS = ("quadratic", "sine", "square", "tanh")
+
+
+def _family(b, theta):
+  """f(b; theta): a mixture (weights theta["mix"]) of four nonlinear objectives.
+
+  b has shape (..., C); it is seen as (D, C). quadratic: a quadratic form in
+  which every (variable, class) pair interacts; sine: a bounded, highly
+  nonlinear function of all variables; square: sum of squares against a target
+  plus a tanh coupling the first and last variables; tanh: tanh of a linear
+  function times a quadratic.
+  """
+  num_classes = b.shape[-1]
+  b = b.reshape(-1, num_classes)
+  d = b.shape[0]
+  x = b.ravel()
+  a, w, v, t = theta["a"], theta["w"], theta["v"], theta["t"]
+  parts = jnp.stack([
+      x @ a @ x + w @ x,
+      jnp.sin(3.0 * (w @ x) + 1.0),
+      jnp.sum((b - t) ** 2) + jnp.tanh(
+          2.0 * jnp.sum(b[0] * b[-1][::-1]) + v @ x),
+      2.0 * jnp.tanh(w @ x) * (1.0 + (v @ x) ** 2 / d),
+  ])
+  return theta["const"] + theta["mix"] @ parts
+
+
+def _problem(seed: int, shape: tuple[int, ...], kind: str, spread=2.5,
+             offset=6.0):
+  """(logits, theta, f): random logits and one member of the family.
+
+  The rows are shifted by offsets from +offset to -offset (large magnitudes);
+  within a row the logits spread over 2 * spread units, so with the defaults
+  every class has probability >~ 1e-3 and is drawn often enough for the
+  standard error to be meaningful. Rarer classes are covered by the numerics
+  tests.
+  """
+  num_classes = shape[-1]
+  d = int(np.prod(shape[:-1]))
+  k1, k2, k3, k4, k5 = jax.random.split(jax.random.key(seed), 5)
+  offsets = jnp.linspace(offset, -offset, d).reshape(shape[:-1] + (1,))
+  logits = offsets + jax.random.uniform(k1, shape, minval=-spread,
+                                        maxval=spread)
+  theta = {
+      "a": jax.random.normal(k2, (d * num_classes,) * 2) / d,
+      "w": jax.random.normal(k3, (d * num_classes,)),
+      "v": jax.random.normal(k4, (d * num_classes,)),
+      "t": jax.random.uniform(k5, (d, num_classes)),
+      "mix": jnp.asarray([float(k == kind) for k in KINDS]),
+      "const": jnp.float32(0.0),
+  }
+  return logits, theta, functools.partial(_family, theta=theta)
+
+
+# Options that are traced (so that changing them does not recompile), with the
+# defaults every call passes explicitly; the rest (num_samples, tied) are
+# static.
+_DYNAMIC_DEFAULTS = {
+    "reinforce": {"baseline": 0.0},
+    "rebar": {"eta": 1.0, "temperature": 0.5},
+    "gumbel_softmax": {"temperature": 1.0},
+    "straight_through_gumbel": {"temperature": 1.0},
+    "gumbel_rao": {"temperature": 1.0},
+}
+_STATIC = ("num_samples", "tied")
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name, static):
+  est = categorical.REGISTRY[name]
+
+  def run(keys, logits, theta, dynamic):
+    f = functools.partial(_family, theta=theta)
+    one = lambda k: est(k, logits, f, **dict(static), **dynamic)
+    return jax.lax.map(jax.vmap(one), keys)
+
+  return jax.jit(run, compiler_options=_FAST_COMPILE)
+
+
+@functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+def _exact_gradient(logits, theta):
+  """exact.categorical_gradient of f(.; theta), compiled once per shape."""
+  return exact.categorical_gradient(
+      logits, functools.partial(_family, theta=theta))
+
+
+def _draws(name, logits, theta, seed=11, n=NUM_DRAWS, chunk=CHUNK, **options):
+  """n draws of estimator `name` on f(.; theta), as numpy (n, *logits.shape)."""
+  static = tuple(sorted((k, v) for k, v in options.items() if k in _STATIC))
+  dynamic = dict(_DYNAMIC_DEFAULTS.get(name, {}))
+  dynamic.update({k: v for k, v in options.items() if k not in _STATIC})
+  chunk = min(n, chunk)
+  keys = jax.random.split(jax.random.key(seed), n)
+  keys = keys.reshape((n // chunk, chunk) + keys.shape[1:])
+  out = _compiled(name, static)(keys, logits, theta, dynamic)
+  return np.asarray(out).reshape((n,) + logits.shape)
+
+
+def _first_key(seed=11, n=NUM_DRAWS):
+  return jax.random.split(jax.random.key(seed), n)[0]
+
+
+def _mean_and_se(samples):
+  samples = np.asarray(samples, np.float64)
+  return samples.mean(0), samples.std(0, ddof=1) / np.sqrt(samples.shape[0])
+
+
+# (seed, shape (D, C), f)
+PROBLEMS = [
+    (0, (3, 4), "quadratic"),
+    (1, (3, 4), "sine"),
+    (2, (3, 4), "tanh"),
+    (3, (2, 10), "square"),
+    (4, (2, 10), "tanh"),
+    (5, (2, 10), "quadratic"),
+]
+
+UNBIASED = ["reinforce", "reinforce_loo", "ars", "arsm", "rebar", "relax"]
+
+
+def _relax_params_with_network(num_latents: int):
+  params = categorical.init_relax_params(jax.random.key(7), num_latents,
+                                         hidden=(16,), temperature=0.7)
+  return params._replace(mlp=[
+      (w + 0.3 * jax.random.normal(jax.random.key(i), w.shape), b + 0.1)
+      for i, (w, b) in enumerate(params.mlp)])
+
+
+# Non-default options that must keep the estimators unbiased:
+# (problem index, estimator, options).
+OPTION_VARIANTS = {
+    "reinforce_baseline": (0, "reinforce", {"baseline": 0.7}),
+    "reinforce_loo_4": (4, "reinforce_loo", {"num_samples": 4}),
+    "rebar_eta_temperature": (1, "rebar", {"eta": 0.6, "temperature": 2.0}),
+    "rebar_untied": (3, "rebar", {"tied": False}),
+    "relax_network": (5, "relax",
+                      {"cv_params": _relax_params_with_network(20)}),
+}
+
+
+# ----------------------------------------------------------------------------
+# Tests.
+# ----------------------------------------------------------------------------
+
+
+class UnbiasedTest(parameterized.TestCase):
+
+  @parameterized.product(problem=PROBLEMS, name=UNBIASED)
+  def test_mean_matches_exact_gradient(self, problem, name):
+    logits, theta, _ = _problem(*problem)
+    samples = _draws(name, logits, theta)
+    self.assertEqual(samples.shape[1:], logits.shape)
+    testing.assert_unbiased(samples, _exact_gradient(logits, theta),
+                            max_z=4.5, name=f"{name} on {problem}")
+
+  @parameterized.parameters(*sorted(OPTION_VARIANTS))
+  def test_options_keep_the_mean(self, variant):
+    index, name, options = OPTION_VARIANTS[variant]
+    logits, theta, _ = _problem(*PROBLEMS[index])
+    samples = _draws(name, logits, theta, **options)
+    testing.assert_unbiased(samples, _exact_gradient(logits, theta),
+                            max_z=4.5, name=variant)
+
+  def test_registry(self):
+    self.assertEqual(categorical.UNBIASED, frozenset(UNBIASED))
+    self.assertEqual(set(categorical.REGISTRY), set(UNBIASED) | {
+        "gumbel_softmax", "straight_through_gumbel", "gumbel_rao"})
+
+  def test_leading_axes_are_variables(self):
+    # logits (2, 1, 3, 3): six variables of three classes (ARSM swaps all of
+    # them at once).
+    logits, theta, _ = _problem(6, (2, 1, 3, 3), "quadratic", offset=3.0)
+    samples = _draws("arsm", logits, theta)
+    self.assertEqual(samples.shape[1:], logits.shape)
+    testing.assert_unbiased(samples, _exact_gradient(logits, theta),
+                            name="arsm")
+
+
+class BiasedTest(parameterized.TestCase):
+
+  @parameterized.parameters("gumbel_softmax", "straight_through_gumbel",
+                            "gumbel_rao")
+  def test_relaxed_estimators_are_biased(self, name):
+    logits, theta, _ = _problem(*PROBLEMS[0])
+    samples = _draws(name, logits, theta)
+    testing.assert_biased(samples, _exact_gradient(logits, theta),
+                          min_z=10.0, name=name)
+    self.assertNotIn(name, categorical.UNBIASED)
+
+  def test_gumbel_softmax_bias_shrinks_with_temperature(self):
+    logits, theta, _ = _problem(*PROBLEMS[1])
+    target = np.asarray(_exact_gradient(logits, theta), np.float64)
+    biases, errors = [], []
+    for temperature in (2.0, 1.0, 0.5):
+      mean, se = _mean_and_se(_draws("gumbel_softmax", logits, theta,
+                                     temperature=temperature))
+      biases.append(np.linalg.norm(mean - target))
+      errors.append(np.linalg.norm(se))
+    for i in range(len(biases) - 1):
+      # Each drop is larger than 4 standard errors of the two estimates.
+      self.assertGreater(biases[i] - biases[i + 1],
+                         4 * (errors[i] + errors[i + 1]), (biases, errors))
+
+  def test_gumbel_rao_has_the_mean_of_straight_through_and_less_variance(self):
+    # Gumbel-Rao is E[ST-Gumbel | b] estimated with K conditional draws.
+    logits, theta, _ = _problem(*PROBLEMS[0])
+    st = _draws("straight_through_gumbel", logits, theta, seed=1)
+    gr = _draws("gumbel_rao", logits, theta, seed=2)
+    (m_st, se_st), (m_gr, se_gr) = _mean_and_se(st), _mean_and_se(gr)
+    z = np.abs(m_st - m_gr) / np.sqrt(se_st**2 + se_gr**2)
+    self.assertLessEqual(z.max(), 4.5, z)
+    self.assertLess(gr.var(0).sum(), 0.8 * st.var(0).sum())
+
+
+class CrossCheckTest(parameterized.TestCase):
+
+  @parameterized.parameters(0, 3)
+  def test_rebar_with_zero_eta_is_reinforce_draw_for_draw(self, index):
+    logits, theta, f = _problem(*PROBLEMS[index])
+    rebar = _draws("rebar", logits, theta, eta=0.0)
+    reinforce = _draws("reinforce", logits, theta)
+    np.testing.assert_array_equal(rebar, reinforce)
+    if index == 0:  # also eagerly, with a Python 0.0
+      key = _first_key()
+      np.testing.assert_array_equal(
+          categorical.rebar(key, logits, f, eta=0.0),
+          categorical.reinforce(key, logits, f))
+
+  def test_rebar_terms_recombine(self):
+    logits, _, f = _problem(*PROBLEMS[0])
+
+    @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+    def both(key, eta, temperature):
+      r, h = categorical.rebar_terms(key, logits, f, temperature=temperature)
+      g = categorical.rebar(key, logits, f, eta=eta, temperature=temperature)
+      return r - eta * h, g
+
+    recombined, direct = both(_first_key(), 0.4, 0.3)
+    np.testing.assert_allclose(recombined, direct, rtol=1e-6, atol=1e-6)
+
+  def test_ars_arsm_reinforce_share_a_mean_beyond_enumeration(self):
+    # D = 12 variables of C = 6 classes: 6^12 states, too many to enumerate.
+    logits, theta, _ = _problem(8, (12, 6), "sine", spread=1.0, offset=2.0)
+    means, ses = {}, {}
+    for i, name in enumerate(("reinforce", "ars", "arsm")):
+      means[name], ses[name] = _mean_and_se(
+          _draws(name, logits, theta, seed=100 + i, n=2**14))
+    for a, b in (("ars", "reinforce"), ("arsm", "reinforce"), ("arsm", "ars")):
+      z = np.abs(means[a] - means[b]) / np.sqrt(ses[a]**2 + ses[b]**2)
+      self.assertLessEqual(z.max(), 4.5, (a, b, z))
+
+  def test_seed_toy_variances(self):
+    # Yin et al. (2019), Sec. 4.1 / seed 004: f(b) = 0.5 + b / (C R), b the
+    # class index in 1..C, C = R = 30, at the initial logits 0. Summed
+    # per-coordinate variance of one draw, over the same keys.
+    num_classes = radius = 30
+    logits = jnp.zeros((1, num_classes))
+    theta = {
+        "a": jnp.zeros((num_classes, num_classes)),
+        "w": jnp.arange(1.0, num_classes + 1) / (num_classes * radius),
+        "v": jnp.zeros((num_classes,)),
+        "t": jnp.zeros((1, num_classes)),
+        "mix": jnp.array([1.0, 0.0, 0.0, 0.0]),  # w @ b, a linear f
+        "const": jnp.float32(0.5),
+    }
+    target = _exact_gradient(logits, theta)
+    variance = {}
+    for name in ("reinforce", "ars", "arsm"):
+      samples = _draws(name, logits, theta, n=2**12, chunk=2**9)
+      testing.assert_unbiased(samples, target, name=f"{name} on the toy")
+      variance[name] = float(samples.astype(np.float64).var(0).sum())
+    print("toy gradient variance (summed over the 30 logits):", variance)
+    self.assertLess(variance["arsm"], 0.1 * variance["ars"])
+    self.assertLess(variance["ars"], 0.1 * variance["reinforce"])
+
+  @parameterized.parameters(0, 4)
+  def test_arsm_variance_below_reinforce(self, index):
+    logits, theta, _ = _problem(*PROBLEMS[index])
+    var_reinforce = _draws("reinforce", logits, theta).var(0).sum()
+    var_arsm = _draws("arsm", logits, theta).var(0).sum()
+    self.assertLess(var_arsm, var_reinforce)
+
+
+class ConditionalGumbelTest(parameterized.TestCase):
+
+  def test_conditional_sample_reproduces_the_gumbel_law(self):
+    # b ~ Cat(p), then z~ ~ p(z | b): jointly z~ ~ log p + Gumbel(0, 1), with
+    # E[z~_c] = log p_c + gamma and E[(z~_c - log p_c)^2] = gamma^2 + pi^2/6.
+    logits, _, _ = _problem(5, (2, 5), "sine")
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+
+    def draw(key):
+      _, _, b, key_v = categorical._sample(key, logits)
+      e = categorical.log_exponential(
+          categorical.uniform_open(key_v, logits.shape))
+      return categorical.conditional_gumbel(logits, b, e), b
+
+    keys = jax.random.split(jax.random.key(0), 2**16)
+    zt, b = jax.jit(jax.vmap(draw), compiler_options=_FAST_COMPILE)(keys)
+    # z~ lies in the region {argmax z = b}.
+    np.testing.assert_array_equal(categorical.one_hot_argmax(zt), b)
+    testing.assert_unbiased(np.asarray(zt), log_p + EULER_GAMMA, name="E[z~]")
+    testing.assert_unbiased(
+        np.asarray(zt - log_p) ** 2,
+        np.full(logits.shape, EULER_GAMMA**2 + np.pi**2 / 6), name="E[g~^2]")
+
+  def test_tied_noise_reproduces_z_with_finite_gradients(self):
+    logits = jnp.array([[30.0, -30.0, 0.0, 1.0], [-3.0, 2.0, 2.0, -30.0],
+                        [0.0, 0.0, 0.0, 0.0]])
+
+    def one(key):
+      _, z, b, _ = categorical._sample(key, logits)
+      e = categorical._tied_noise(logits, z, b)
+      zt = categorical.conditional_gumbel(logits, b, e)
+      grad = jax.grad(lambda l: jnp.sum(categorical.relax_sample(
+          categorical.conditional_gumbel(l, b, e), 0.5) * jnp.arange(4.0)))(
+              logits)
+      return z, zt, grad
+
+    z, zt, grad = jax.jit(jax.vmap(one), compiler_options=_FAST_COMPILE)(
+        jax.random.split(jax.random.key(0), 256))
+    np.testing.assert_allclose(zt, z, rtol=1e-5, atol=1e-4)
+    self.assertTrue(np.all(np.isfinite(grad)))
+
+
+_EXTREME = jnp.array([[30.0, -30.0, 0.0, 29.0], [-30.0, -30.0, -30.0, 30.0],
+                      [30.0, 30.0, 30.0, 30.0]])
+
+
+class NumericsAndJitTest(parameterized.TestCase):
+
+  @parameterized.parameters(*ALL)
+  def test_finite_for_extreme_logits(self, name):
+    _, theta, _ = _problem(*PROBLEMS[2])
+    samples = _draws(name, _EXTREME, theta)
+    self.assertTrue(np.all(np.isfinite(samples)), name)
+
+  @parameterized.parameters(*ALL)
+  def test_jitted_vmapped_equals_eager_and_edge_noise_is_finite(self, name):
+    logits, theta, f = _problem(*PROBLEMS[0])
+    est = categorical.REGISTRY[name]
+    # The first of the jitted, vmapped draws against one eager call.
+    jitted = _draws(name, logits, theta)[0]
+    eager = est(_first_key(), logits, f)
+    np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
+    # Uniform draws replaced by values at the edges of (0, 1), crossed with
+    # extreme logits (eager, so the patched sampler is used).
+    tiny = np.finfo(np.float32).tiny
+    edges = jnp.asarray(np.array(
+        [tiny, 1e-30, 1e-7, 0.5, 1 - 2**-24,
+         np.nextafter(np.float32(1), np.float32(0)), 0.9, tiny], np.float32))
+    with pytest.MonkeyPatch.context() as mp:
+      for shift in range(3):
+        mp.setattr(categorical, "uniform_open",
+                   lambda key, shape, dtype=jnp.float32, s=shift:
+                   jnp.resize(jnp.roll(edges, s), shape).astype(dtype))
+        for l in (_EXTREME, -_EXTREME):
+          grad = est(jax.random.key(0), l, f)
+          self.assertTrue(np.all(np.isfinite(grad)), (name, shift, grad))
+
+  def test_variance_gradient_wrt_eta_and_log_temperature(self):
+    logits, _, f = _problem(*PROBLEMS[0])
+
+    def loss(params, key):
+      eta, log_temperature = params
+      g = categorical.rebar(key, logits, f, eta=eta,
+                            temperature=jnp.exp(log_temperature))
+      return jnp.mean(g**2)
+
+    keys = jax.random.split(jax.random.key(0), 64)
+    grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)),
+                    compiler_options=_FAST_COMPILE)(
+        (jnp.float32(1.0), jnp.log(jnp.float32(0.5))), keys)
+    for g in grads:
+      self.assertTrue(np.all(np.isfinite(g)))
+      self.assertGreater(float(jnp.abs(g).max()), 0.0)
+
+  def test_legacy_uint32_keys_under_vmap(self):
+    logits, _, f = _problem(*PROBLEMS[0])
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    out = jax.jit(jax.vmap(categorical.ars, in_axes=(0, None, None)),
+                  static_argnums=2, compiler_options=_FAST_COMPILE)(
+                      keys, logits, f)
+    self.assertEqual(out.shape, (4, 3, 4))
+    self.assertTrue(np.all(np.isfinite(out)))
+
+
+class ErrorsTest(parameterized.TestCase):
+
+  @parameterized.parameters("gumbel_softmax", "straight_through_gumbel",
+                            "gumbel_rao", "rebar", "relax")
+  def test_non_positive_temperature(self, name):
+    with self.assertRaisesRegex(ValueError, "temperature must be > 0"):
+      categorical.REGISTRY[name](jax.random.key(0), jnp.zeros((2, 3)),
+                                 jnp.sum, temperature=0.0)
+
+  @parameterized.parameters(*ALL)
+  def test_non_scalar_f(self, name):
+    with self.assertRaisesRegex(ValueError, "must return a scalar"):
+      categorical.REGISTRY[name](jax.random.key(0), jnp.zeros((2, 3)),
+                                 lambda b: b)
+
+  @parameterized.parameters(*ALL)
+  def test_key_that_is_not_a_key(self, name):
+    with self.assertRaisesRegex(TypeError, "PRNG key"):
+      categorical.REGISTRY[name](0, jnp.zeros((2, 3)), jnp.sum)
+    with self.assertRaisesRegex(TypeError, "single PRNG key"):
+      categorical.REGISTRY[name](jax.random.split(jax.random.key(0), 3),
+                                 jnp.zeros((2, 3)), jnp.sum)
+
+  def test_bad_logits_and_num_samples(self):
+    key = jax.random.key(0)
+    with self.assertRaisesRegex(TypeError, "floating-point"):
+      categorical.arsm(key, jnp.zeros((2, 3), jnp.int32), jnp.sum)
+    with self.assertRaisesRegex(ValueError, "rank >= 1"):
+      categorical.reinforce(key, jnp.float32(0.0), jnp.sum)
+    with self.assertRaisesRegex(ValueError, "num_samples"):
+      categorical.reinforce_loo(key, jnp.zeros(3), jnp.sum, num_samples=1)
+    with self.assertRaisesRegex(ValueError, "num_samples"):
+      categorical.gumbel_rao(key, jnp.zeros(3), jnp.sum, num_samples=0)
+    with self.assertRaisesRegex(ValueError, "inside cv_params"):
+      categorical.relax(key, jnp.zeros(3), jnp.sum, temperature=0.5,
+                        cv_params=categorical.RelaxParams(jnp.float32(0.0), []))
