@@ -40,7 +40,9 @@ import numpy as np
 
 from rebar_jax import estimators
 from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates as cv
+from rebar_jax.models import categorical_vae as cat_lib
 from rebar_jax.models import sbn as sbn_lib
 
 Array = jax.Array
@@ -83,20 +85,40 @@ class BaselineMLP(nn.Module):
     return nn.Dense(1)(h)[..., 0]
 
 
+FAMILIES = {"bernoulli": bernoulli, "categorical": categorical}
+
+
+def family_of(model) -> str:
+  """'bernoulli' for an SBN, 'categorical' for a categorical VAE."""
+  if isinstance(model, sbn_lib.SBN):
+    return "bernoulli"
+  if isinstance(model, cat_lib.CategoricalVAE):
+    return "categorical"
+  raise TypeError(f"No estimators for model type {type(model).__name__}.")
+
+
+def registry(family: str) -> dict[str, Callable]:
+  """The one-layer estimators of a family, plus NVIL."""
+  base = estimators.BERNOULLI if family == "bernoulli" else categorical.REGISTRY
+  return dict(base, nvil=base["reinforce"])
+
+
 @dataclasses.dataclass(frozen=True)
 class EstimatorSpec:
   """An estimator chosen by name, with its fixed options.
 
   Attributes:
-    name: a key of `estimators.BERNOULLI` or "nvil".
+    name: a key of `registry(family)`: the family's estimators or "nvil".
+    family: "bernoulli" (SBNs) or "categorical" (categorical VAEs).
     temperature: lambda for relaxed estimators (initial value when tuned).
     eta: REBAR's control-variate scale (initial value when tuned).
-    num_samples: n for reinforce_loo.
+    num_samples: n for reinforce_loo (and K of gumbel_rao).
     tune: train REBAR's (eta, log lambda) / RELAX's network on the variance.
     relax_hidden: hidden widths of RELAX's network r_rho(z).
     nvil_decay: decay of NVIL's running mean/variance of the signal.
   """
   name: str
+  family: str = "bernoulli"
   temperature: float = 0.5
   eta: float = 1.0
   num_samples: int = 2
@@ -105,140 +127,186 @@ class EstimatorSpec:
   nvil_decay: float = 0.8
 
   def __post_init__(self):
-    valid = sorted(set(estimators.BERNOULLI) | set(EXTRA_BERNOULLI))
+    if self.family not in FAMILIES:
+      raise ValueError(f"Unknown family {self.family!r}; choose one of "
+                       f"{sorted(FAMILIES)}.")
+    valid = sorted(registry(self.family))
     if self.name not in valid:
+      model = ("a sigmoid belief network" if self.family == "bernoulli" else
+               "a categorical VAE")
       raise ValueError(
-          f"Unknown estimator {self.name!r} for a sigmoid belief network; "
-          f"choose one of {valid}.")
+          f"Unknown estimator {self.name!r} for {model}; choose one of "
+          f"{valid}.")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}.")
     if self.num_samples < 2 and self.name == "reinforce_loo":
       raise ValueError("reinforce_loo needs num_samples >= 2.")
 
-  def init(self, key: PRNGKey, model: sbn_lib.SBN) -> EstimatorState:
+  def init(self, key: PRNGKey, model) -> EstimatorState:
     """The initial EstimatorState for `model`."""
     if self.name == "rebar":
       return EstimatorState(cv.RebarParams.create(self.eta, self.temperature),
                             ())
     if self.name == "relax":
-      keys = jax.random.split(key, model.num_layers)
+      num_layers = getattr(model, "num_layers", 1)
+      size = (model.num_latents if self.family == "bernoulli" else
+              model.num_vars * model.num_classes)
+      keys = jax.random.split(key, num_layers)
       return EstimatorState(
-          [bernoulli.init_relax_params(k, model.num_latents,
-                                       self.relax_hidden, self.temperature)
-           for k in keys], ())
+          [bernoulli.init_relax_params(k, size, self.relax_hidden,
+                                       self.temperature) for k in keys], ())
     if self.name == "nvil":
       params = BaselineMLP().init(key, jnp.zeros((1, model.data_dim)))
       return EstimatorState(params, NvilStats(jnp.zeros(()), jnp.ones(())))
     return EstimatorState((), ())
 
 
-class Chain(NamedTuple):
-  """One draw of the hard recognition chain for a batch (leading axis B)."""
-  noise: tuple[Array, ...]   # L x (B, H) logistic noise, fixed for the draw
-  logits: tuple[Array, ...]  # L x (B, H) encoder logits
-  bs: tuple[Array, ...]      # L x (B, H) hard samples
+class Layer(NamedTuple):
+  """What one stochastic layer's estimator needs, per data point (axis 0 = B).
 
-
-def _apply(model, params, *args, method):
-  return model.apply(params, *args, method=method)
-
-
-def _continue_chain(model, params, b_l, layer, noise_after, relax_with=None):
-  """Samples layers layer+1..L-1 from b_l with fixed noise (hard or relaxed)."""
-  bs, h = [b_l], b_l
-  for k, noise in zip(range(layer + 1, model.num_layers), noise_after):
-    z = _apply(model, params, k, h, method=sbn_lib.SBN.encoder_logits) + noise
-    h = bernoulli.hard_threshold(z) if relax_with is None else jax.nn.sigmoid(
-        z / relax_with)
-    bs.append(h)
-  return bs
+  f_hard(b, ctx) is the learning signal F continued from this layer's sample b;
+  f_soft(s, temperature, ctx) its relaxed twin; ctx a pytree of per-data-point
+  arrays (the data point, the layers above, the downstream noise).
+  """
+  keys: Array
+  logits: Array
+  f_hard: Callable[..., Array]
+  f_soft: Callable[..., Array]
+  ctx: Any
 
 
 def _signal(model, params, x, bs):
   """F(b) = log p(x, b) - log q(b | x)."""
-  log_p, log_q = model.apply(params, x, tuple(bs))
+  log_p, log_q = model.apply(params, x, bs)
   return log_p - log_q
 
 
-def sbn_gradients(model: sbn_lib.SBN, spec: EstimatorSpec, params: Params,
-                  est_state: EstimatorState, x: Array, key: PRNGKey
-                  ) -> tuple[Params, Any, EstimatorState, dict[str, Array]]:
+def _sbn_layers(model: sbn_lib.SBN, params: Params, x: Array, key: PRNGKey):
+  """The hard chain b_l = H(enc_l(b_{l-1}) + noise_l) and one Layer per layer.
+
+  Each data point and layer gets its own key; the chain's noise for layer l is
+  `bernoulli.logistic_noise(key_l)`, the same noise the sampling estimators
+  draw from key_l, so their b_l is the chain's b_l.
+  """
+  batch, num_layers = x.shape[0], model.num_layers
+  keys = jax.random.split(key, batch * num_layers).reshape(
+      (batch, num_layers) + key.shape)
+  noise = tuple(
+      jax.vmap(lambda k: bernoulli.logistic_noise(k, (model.num_latents,)))(
+          keys[:, l]) for l in range(num_layers))
+  encode = lambda p, l, h: model.apply(p, l, h,
+                                       method=sbn_lib.SBN.encoder_logits)
+
+  def forward(p):
+    h, logits, bs = x, [], []
+    for l in range(num_layers):
+      lg = encode(p, l, h)  # gradients flow to the encoder through the vjp
+      h = bernoulli.hard_threshold(jax.lax.stop_gradient(lg) + noise[l])
+      logits.append(lg)
+      bs.append(h)
+    log_p = model.apply(p, x, tuple(bs), method=sbn_lib.SBN.log_p)
+    return (tuple(logits), log_p), tuple(bs)
+
+  (logits, log_p), vjp_fn, bs = jax.vjp(forward, params, has_aux=True)
+  log_q = model.apply(params, x, bs, method=sbn_lib.SBN.log_q)
+
+  def chain(layer, b_l, ctx, temperature=None):
+    """b_1..b_L: the layers above as sampled, then layer+1.. from b_l."""
+    x_i, below, after = ctx
+    out, h = list(below) + [b_l], b_l
+    for k, nz in zip(range(layer + 1, num_layers), after):
+      z = encode(params, k, h) + nz
+      h = (bernoulli.hard_threshold(z) if temperature is None else
+           jax.nn.sigmoid(z / temperature))
+      out.append(h)
+    return _signal(model, params, x_i, tuple(out))
+
+  layers = [
+      Layer(keys[:, l], logits[l],
+            functools.partial(lambda l, b, ctx: chain(l, b, ctx), l),
+            functools.partial(lambda l, s, t, ctx: chain(l, s, ctx, t), l),
+            (x, bs[:l], noise[l + 1:]))
+      for l in range(num_layers)]
+  return log_p, log_q, vjp_fn, layers
+
+
+def _categorical_layers(model: cat_lib.CategoricalVAE, params: Params,
+                        x: Array, key: PRNGKey):
+  """One categorical layer: logits (B, V, C), b a Gumbel-max one-hot sample."""
+  batch = x.shape[0]
+  key_chain, key_est = jax.random.split(key)
+  keys = jax.random.split(key_est, batch)
+
+  def forward(p):
+    lg = model.apply(p, x, method=cat_lib.CategoricalVAE.encoder_logits)
+    g = jax.random.gumbel(key_chain, lg.shape, lg.dtype)
+    b = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(lg) + g, -1),
+                       lg.shape[-1], dtype=lg.dtype)
+    log_p = model.apply(p, x, b, method=cat_lib.CategoricalVAE.log_p)
+    return ((lg,), log_p), b
+
+  ((logits,), log_p), vjp_fn, b = jax.vjp(forward, params, has_aux=True)
+  log_q = model.apply(params, x, b, method=cat_lib.CategoricalVAE.log_q)
+  f_hard = lambda b, x_i: _signal(model, params, x_i, b)
+  f_soft = lambda s, t, x_i: _signal(model, params, x_i, s)
+  return log_p, log_q, vjp_fn, [Layer(keys, logits, f_hard, f_soft, x)]
+
+
+def model_gradients(model, spec: EstimatorSpec, params: Params,
+                    est_state: EstimatorState, x: Array, key: PRNGKey
+                    ) -> tuple[Params, Any, Any, dict[str, Array]]:
   """Gradients of the negative mean ELBO and of the estimator's own loss.
 
   Args:
-    model: the SBN.
-    spec: which estimator, with its options.
+    model: an SBN (Bernoulli estimators) or a CategoricalVAE (categorical).
+    spec: which estimator, with its options; its family must match the model.
     params: model variables.
     est_state: the estimator's learned state.
     x: (B, D) binary batch.
     key: one key for this step.
 
   Returns:
-    (model_grads, estimator_param_grads, new_est_state_stats, metrics) where the
-    gradients are of losses to MINIMISE: -ELBO for the model, the variance loss
-    (or NVIL's baseline MSE) for the estimator parameters; metrics hold the
-    batch-mean ELBO of the sampled chain and the estimator variance loss.
+    (model_grads, estimator_param_grads, new_estimator_stats, metrics): the
+    gradients are of losses to MINIMISE, -ELBO for the model, the variance
+    loss (NVIL: the baseline's squared error) for the estimator parameters;
+    metrics hold the batch-mean ELBO of the sampled chain and that loss.
   """
+  if family_of(model) != spec.family:
+    raise ValueError(
+        f"Estimator family {spec.family!r} does not fit "
+        f"{type(model).__name__}, which needs {family_of(model)!r} estimators.")
+  build = (_sbn_layers if isinstance(model, sbn_lib.SBN) else
+           _categorical_layers)
+  log_p, log_q, vjp_fn, layers = build(model, params, x, key)
   batch = x.shape[0]
-  num_layers = model.num_layers
-  keys = jax.random.split(key, batch * num_layers).reshape(
-      (batch, num_layers) + key.shape)
-  noise = tuple(
-      jax.vmap(lambda k: bernoulli.logistic_noise(k, (model.num_latents,)))(
-          keys[:, l]) for l in range(num_layers))
+  elbo = log_p - log_q  # (B,), the sampled chain's ELBO
 
-  def forward(p):
-    h, logits, bs = x, [], []
-    for l in range(num_layers):
-      lg = _apply(model, p, l, h, method=sbn_lib.SBN.encoder_logits)
-      h = bernoulli.hard_threshold(jax.lax.stop_gradient(lg) + noise[l])
-      logits.append(lg)
-      bs.append(h)
-    log_p = _apply(model, p, x, tuple(bs), method=sbn_lib.SBN.log_p)
-    return (tuple(logits), log_p), tuple(bs)
-
-  (logits, log_p), vjp_fn, bs = jax.vjp(forward, params, has_aux=True)
-  log_q = _apply(model, params, x, bs, method=sbn_lib.SBN.log_q)
-  elbo = log_p - log_q  # (B,)
-
-  estimates, cv_grads = [], None
-  baseline, new_stats, est_loss = None, est_state.stats, jnp.zeros(())
+  cv_grads, est_loss = None, jnp.zeros(())
+  new_stats, extra = est_state.stats, ()
   if spec.name == "nvil":
-    baseline_fn = lambda psi: BaselineMLP().apply(psi, x - _mean(model))
-    baseline, baseline_vjp = jax.vjp(baseline_fn, est_state.params)
+    # NVIL: baseline b_psi(x) + running mean c, signal scaled by 1/max(1, sd).
+    baseline, baseline_vjp = jax.vjp(
+        lambda psi: BaselineMLP().apply(psi, x - _mean(model)),
+        est_state.params)
     centred = jax.lax.stop_gradient(elbo) - baseline
-    stats = est_state.stats
+    stats, decay = est_state.stats, spec.nvil_decay
     new_stats = NvilStats(
-        spec.nvil_decay * stats.mean + (1 - spec.nvil_decay) * jnp.mean(centred),
-        spec.nvil_decay * stats.var
-        + (1 - spec.nvil_decay) * jnp.var(centred))
-    # d/dpsi (1/B) sum (F - c - b_psi(x))^2, with F fixed.
-    residual = centred - stats.mean
+        decay * stats.mean + (1 - decay) * jnp.mean(centred),
+        decay * stats.var + (1 - decay) * jnp.var(centred))
+    residual = centred - stats.mean  # d/dpsi (1/B) sum residual^2, F fixed
     (cv_grads,) = baseline_vjp(-2.0 * residual / batch)
     est_loss = jnp.mean(jnp.square(residual))
+    extra = (baseline,)
 
-  for l in range(num_layers):
-    def f_hard(b_l, x_i, below, after, l=l):
-      chain = list(below) + _continue_chain(model, params, b_l, l, after)
-      return _signal(model, params, x_i, chain)
-
-    def f_soft(s_l, temperature, x_i, below, after, l=l):
-      chain = list(below) + _continue_chain(model, params, s_l, l, after,
-                                            relax_with=temperature)
-      return _signal(model, params, x_i, chain)
-
-    below = bs[:l]
-    after = noise[l + 1:]
-    layer_keys = keys[:, l]
-
-    def one(k, lg, x_i, below_i, after_i, extra, l=l):
-      f = lambda b: f_hard(b, x_i, below_i, after_i)
-      fr = lambda s, t: f_soft(s, t, x_i, below_i, after_i)
+  estimates = []
+  for l, layer in enumerate(layers):
+    def one(k, lg, ctx, extra, layer=layer, l=l):
+      f = lambda b: layer.f_hard(b, ctx)
+      fr = lambda s, t: layer.f_soft(s, t, ctx)
       return _one_estimate(spec, est_state, k, lg, f, fr, extra, l)
 
-    extra = (baseline,) if spec.name == "nvil" else ()
-    est, grads_l, loss_l = jax.vmap(one)(layer_keys, logits[l], x, below,
-                                         after, extra)
+    est, grads_l, loss_l = jax.vmap(one)(layer.keys, layer.logits, layer.ctx,
+                                         extra)
     estimates.append(est)
     if spec.name in ("rebar", "relax") and spec.tune:
       grads_l = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_l)
@@ -265,32 +333,32 @@ def _mean(model):
 
 def _one_estimate(spec, est_state, key, logits, f, f_relaxed, extra, layer):
   """One data point, one layer: (estimate, cv param grads, variance loss)."""
-  name = spec.name
+  name, fam = spec.name, FAMILIES[spec.family]
   if name == "nvil":
     (baseline,) = extra
-    est = estimators.reinforce(key, logits, f,
-                               baseline=baseline + est_state.stats.mean)
+    est = fam.reinforce(key, logits, f,
+                        baseline=baseline + est_state.stats.mean)
     return est, (), jnp.zeros(())
   if name == "rebar":
-    if not spec.tune:
-      est = estimators.rebar(key, logits, f, eta=spec.eta,
-                             temperature=spec.temperature, f_relaxed=f_relaxed)
-      return est, (), jnp.zeros(())
-    est, grads = cv.variance_gradient(
-        lambda p: cv.rebar_with_params(key, logits, f, p, f_relaxed=f_relaxed),
-        est_state.params)
-    return est, grads, cv.variance_loss(est)
-  if name == "relax":
+    def estimate(p):
+      return fam.rebar(key, logits, f, eta=p.eta,
+                       temperature=jnp.exp(p.log_temperature),
+                       f_relaxed=f_relaxed)
+  elif name == "relax":
     def estimate(all_params):
-      return estimators.relax(key, logits, f, cv_params=all_params[layer],
-                              f_relaxed=f_relaxed)
-    if not spec.tune:
-      return estimate(est_state.params), (), jnp.zeros(())
-    est, grads = cv.variance_gradient(estimate, est_state.params)
-    return est, grads, cv.variance_loss(est)
-  options = {
-      "reinforce_loo": {"num_samples": spec.num_samples},
-      "concrete": {"temperature": spec.temperature},
-      "straight_through_gumbel": {"temperature": spec.temperature},
-  }.get(name, {})
-  return estimators.BERNOULLI[name](key, logits, f, **options), (), jnp.zeros(())
+      return fam.relax(key, logits, f, cv_params=all_params[layer],
+                       f_relaxed=f_relaxed)
+  else:
+    options = {
+        "reinforce_loo": {"num_samples": spec.num_samples},
+        "concrete": {"temperature": spec.temperature},
+        "gumbel_softmax": {"temperature": spec.temperature},
+        "straight_through_gumbel": {"temperature": spec.temperature},
+        "gumbel_rao": {"temperature": spec.temperature},
+    }.get(name, {})
+    est = registry(spec.family)[name](key, logits, f, **options)
+    return est, (), jnp.zeros(())
+  if not spec.tune:
+    return estimate(est_state.params), (), jnp.zeros(())
+  est, grads = cv.variance_gradient(estimate, est_state.params)
+  return est, grads, cv.variance_loss(est)

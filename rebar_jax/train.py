@@ -42,6 +42,7 @@ from tqdm import tqdm
 from rebar_jax import data as data_lib
 from rebar_jax import gradients
 from rebar_jax import objectives
+from rebar_jax.models import categorical_vae as cat_lib
 from rebar_jax.models import sbn as sbn_lib
 from rebar_jax.utils import checkpoints
 from rebar_jax.utils import plots
@@ -64,7 +65,7 @@ class TrainState(NamedTuple):
 class Experiment:
   """The pieces built from a config: data, model, estimator, optimisers."""
   dataset: data_lib.Dataset
-  model: sbn_lib.SBN
+  model: Any  # sbn_lib.SBN or cat_lib.CategoricalVAE
   spec: gradients.EstimatorSpec
   optimizer: optax.GradientTransformation
   estimator_optimizer: optax.GradientTransformation
@@ -72,18 +73,21 @@ class Experiment:
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
   positive = ("batch_size", "num_steps", "steps_per_call", "eval_every",
-              "checkpoint_every", "eval_num_samples", "eval_batch_size",
-              "num_latents", "num_layers")
+              "checkpoint_every", "eval_num_samples", "eval_batch_size")
   for name in positive:
     if int(config[name]) < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
   for name in ("learning_rate", "estimator_learning_rate", "temperature"):
     if not float(config[name]) > 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}.")
-  if config.model != "sbn":
-    raise ValueError(
-        f"config.model={config.model!r} is not supported by this trainer; "
-        "use 'sbn'.")
+  if config.model not in MODELS:
+    raise ValueError(f"config.model={config.model!r} is unknown; choose one "
+                     f"of {MODELS}.")
+  sizes = (("num_layers", "num_latents") if config.model == "sbn" else
+           ("num_vars", "num_classes"))
+  for name in sizes:
+    if int(config[name]) < 1:
+      raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
   for name in ("eval_every", "checkpoint_every"):
     if config[name] % config.steps_per_call:
       raise ValueError(
@@ -91,21 +95,32 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
           f"config.steps_per_call={config.steps_per_call}.")
 
 
+MODELS = ("sbn", "categorical_vae")
+
+
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Data, model, estimator and optimisers from a config (validated)."""
   _check_config(config)
   spec = gradients.EstimatorSpec(
-      name=config.estimator, temperature=config.temperature, eta=config.eta,
+      name=config.estimator,
+      family="bernoulli" if config.model == "sbn" else "categorical",
+      temperature=config.temperature, eta=config.eta,
       num_samples=config.estimator_num_samples,
       tune=config.tune_estimator,
       relax_hidden=tuple(config.relax_hidden))
   dataset = data_lib.load_dataset(
       config.dataset, config.data_source, config.data_dir or None,
       seed=config.seed)
-  model = sbn_lib.SBN(
-      num_layers=config.num_layers, num_latents=config.num_latents,
-      nonlinear=config.nonlinear, hidden=config.hidden,
-      data_dim=dataset.data_dim, train_mean=dataset.train_mean)
+  if config.model == "sbn":
+    model = sbn_lib.SBN(
+        num_layers=config.num_layers, num_latents=config.num_latents,
+        nonlinear=config.nonlinear, hidden=config.hidden,
+        data_dim=dataset.data_dim, train_mean=dataset.train_mean)
+  else:
+    model = cat_lib.CategoricalVAE(
+        num_vars=config.num_vars, num_classes=config.num_classes,
+        hidden=tuple(config.mlp_hidden), data_dim=dataset.data_dim,
+        learned_prior=config.learned_prior, train_mean=dataset.train_mean)
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),
                     optax.adam(config.estimator_learning_rate))
 
@@ -113,9 +128,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 def init_state(exp: Experiment, seed: int) -> TrainState:
   key_model, key_est = jax.random.split(jax.random.key(seed))
   x = jnp.zeros((1, exp.model.data_dim))
-  bs = tuple(jnp.zeros((1, exp.model.num_latents))
-             for _ in range(exp.model.num_layers))
-  params = exp.model.init(key_model, x, bs)
+  if isinstance(exp.model, sbn_lib.SBN):
+    b = tuple(jnp.zeros((1, exp.model.num_latents))
+              for _ in range(exp.model.num_layers))
+  else:
+    b = jnp.zeros((1, exp.model.num_vars, exp.model.num_classes))
+  params = exp.model.init(key_model, x, b)
   est = exp.spec.init(key_est, exp.model)
   return TrainState(jnp.zeros((), jnp.int32), params,
                     exp.optimizer.init(params), est,
@@ -133,7 +151,7 @@ def make_train_chunk(exp: Experiment, seed: int):
     x = train_x[batch_index]
     if dynamic:
       x = (jax.random.uniform(key_bin, x.shape) < x).astype(jnp.float32)
-    grads, est_grads, stats, metrics = gradients.sbn_gradients(
+    grads, est_grads, stats, metrics = gradients.model_gradients(
         exp.model, exp.spec, state.params, state.estimator, x, key_est)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state,
                                               state.params)
@@ -220,8 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   k = config.steps_per_call
   end = config.num_steps if stop_after is None else min(
       config.num_steps, start + stop_after)
-  print(f"{exp.dataset}\n{'nonlinear' if config.nonlinear else 'linear'} "
-        f"SBN, {config.num_layers} stochastic layer(s), estimator "
+  print(f"{exp.dataset}\n{exp.model.__class__.__name__}, estimator "
         f"{config.estimator}: steps {start}..{end} on {jax.default_backend()}")
 
   bar = tqdm(total=end - start, desc=f"{config.estimator}", unit="step",

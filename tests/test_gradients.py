@@ -2,7 +2,7 @@
 
 The exact gradient of the mean ELBO over a batch is computed by enumerating
 every latent configuration (2 layers x 2 units: 16 states per data point); the
-Monte Carlo mean of `sbn_gradients` over many keys must match it within
+Monte Carlo mean of `model_gradients` over many keys must match it within
 z <= 4.5 for every parameter, for every unbiased estimator, including REBAR and
 RELAX whose control variates run through the relaxed downstream chain.
 """
@@ -70,7 +70,7 @@ class TwoLayerSBNTest(parameterized.TestCase):
     target = _flat(exact_neg_elbo_grad(params))
 
     def one(key):
-      grads, _, _, _ = gradients.sbn_gradients(MODEL, spec, params, est_state,
+      grads, _, _, _ = gradients.model_gradients(MODEL, spec, params, est_state,
                                                X, key)
       return _flat(grads)
 
@@ -85,7 +85,7 @@ class TwoLayerSBNTest(parameterized.TestCase):
     target = _flat(exact_neg_elbo_grad(params))
 
     def one(key):
-      return _flat(gradients.sbn_gradients(MODEL, spec, params, est_state, X,
+      return _flat(gradients.model_gradients(MODEL, spec, params, est_state, X,
                                            key)[0])
 
     samples = testing.draws(lambda k, l, f: one(k), jax.random.key(3),

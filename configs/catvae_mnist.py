@@ -1,0 +1,29 @@
+r"""Categorical VAE (seed 002): 30 variables x 10 categories, MLP 784-512-256.
+
+Trained with any categorical estimator (`rebar_jax.estimators.categorical`):
+
+  python -m rebar_jax.train --config=configs/catvae_mnist.py \
+      --config.estimator=gumbel_softmax
+  python -m rebar_jax.train --config=configs/catvae_mnist.py \
+      --config.data_source=local --config.data_dir=../shared/data \
+      --config.estimator=arsm --config.num_vars=20
+
+Estimators: reinforce, reinforce_loo, ars, arsm, gumbel_softmax,
+straight_through_gumbel, gumbel_rao, rebar, relax, nvil.
+"""
+from configs import sbn_mnist
+
+
+def get_config():
+  c = sbn_mnist.get_config()
+  c.model = "categorical_vae"
+  c.num_vars = 30
+  c.num_classes = 10
+  c.mlp_hidden = (512, 256)
+  c.learned_prior = False
+  c.estimator = "gumbel_softmax"
+  c.temperature = 1.0
+  c.batch_size = 100
+  c.learning_rate = 1e-3
+  c.num_steps = 5000
+  return c
