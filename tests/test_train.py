@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import catvae_mnist
 from configs import sbn_mnist
 from rebar_jax import train
 
@@ -49,6 +50,29 @@ class TrainTest(parameterized.TestCase):
                  "final_metrics.json", "config.json"):
       self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
     self.assertNotEmpty(os.listdir(os.path.join(workdir, "tensorboard")))
+
+  @parameterized.parameters("gumbel_softmax", "arsm", "relax")
+  def test_categorical_vae_elbo_improves(self, estimator):
+    config = catvae_mnist.get_config()
+    for k, v in dict(num_vars=8, num_classes=4, mlp_hidden=(64, 32),
+                     estimator=estimator, batch_size=24, num_steps=300,
+                     steps_per_call=100, eval_every=300, checkpoint_every=300,
+                     eval_num_samples=10, eval_batch_size=250,
+                     eval_max_examples=250, progress_bar=False).items():
+      config[k] = v
+    exp = train.build(config)
+    before = train.evaluate(exp, train.init_state(exp, 0).params, config,
+                            "valid")["valid_elbo"]
+    final = train.train_and_evaluate(config, self.create_tempdir().full_path)
+    self.assertGreater(final["valid_elbo"], before + 5.0,
+                       (estimator, before, final))
+
+  def test_estimator_of_the_wrong_family_is_rejected(self):
+    config = catvae_mnist.get_config()
+    config.estimator = "disarm"
+    with self.assertRaisesRegex(ValueError,
+                                "Unknown estimator 'disarm' for a categorical"):
+      train.build(config)
 
   def test_resume_is_exact(self):
     config = small_config(estimator="rebar", num_steps=300, eval_every=300)
