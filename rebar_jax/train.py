@@ -265,7 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     row.update(_estimator_summary(exp.spec, state.estimator))
     tic = time.perf_counter()
     if step % config.eval_every == 0 or step == config.num_steps:
-      row.update(evaluate(exp, state.params, config, "valid"))
+      for split in ("valid", "test"):
+        row.update(evaluate(exp, state.params, config, split))
       tic = time.perf_counter()
     metric_writer.write(row)
     bar.update(n)
@@ -277,14 +278,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   final = {"step": int(state.step)}
   if int(state.step) >= config.num_steps:
-    final.update(evaluate(exp, state.params, config, "valid"))
-    final.update(evaluate(exp, state.params, config, "test"))
+    final["train_elbo_last_1000_steps"] = _recent_train_elbo(
+        metric_writer.rows(), 1000)
+    for split in ("valid", "test"):
+      final.update(evaluate(exp, state.params, config, split))
     with open(os.path.join(workdir, "final_metrics.json"), "w") as fh:
       json.dump(final, fh, indent=2)
     plots.plot_curves(metric_writer.rows(), os.path.join(workdir,
                                                          "curves.png"))
   metric_writer.close()
   return final
+
+
+def _recent_train_elbo(rows, num_steps: int) -> Optional[float]:
+  """Step-weighted mean training ELBO over (about) the last `num_steps`."""
+  rows = [r for r in rows if "train_elbo" in r]
+  if not rows:
+    return None
+  last = rows[-1]["step"]
+  recent = [r for r in rows if r["step"] > last - num_steps] or rows[-1:]
+  return float(np.mean([r["train_elbo"] for r in recent]))
 
 
 def _estimator_summary(spec, est_state) -> dict[str, float]:
