@@ -13,6 +13,8 @@ import numpy as np
 from rebar_jax import models
 from rebar_jax.models import categorical_vae
 from rebar_jax.models import sbn
+from tiny_models import all_latents
+from tiny_models import binary_states
 
 D_TINY = 6
 X_ALL = jnp.asarray(
@@ -22,24 +24,6 @@ X_ALL = jnp.asarray(
 # costs more time than it saves here (about 2x faster compiles).
 jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-
-def binary_states(dim: int) -> np.ndarray:
-  """All 2^dim binary vectors, (2^dim, dim) float32."""
-  return ((np.arange(2**dim)[:, None] >> np.arange(dim)) & 1).astype(np.float32)
-
-
-def all_latents(model):
-  """Every latent state of a tiny model, stacked on a leading axis of size S."""
-  if isinstance(model, models.SBN):
-    states = binary_states(model.num_latents)
-    idx = np.array(list(itertools.product(range(len(states)),
-                                          repeat=model.num_layers)))
-    return tuple(jnp.asarray(states[idx[:, l]]) for l in range(model.num_layers))
-  eye = np.eye(model.num_classes, dtype=np.float32)
-  idx = np.array(list(itertools.product(range(model.num_classes),
-                                        repeat=model.num_vars)))
-  return jnp.asarray(eye[idx])  # (C^V, V, C)
 
 
 def zero_latents(model, leading=()):

@@ -324,45 +324,53 @@ RelaxedFn = Callable[[Array, Array], Array]
 ControlVariate = Callable[[Any, Array, RelaxedFn, Array], Array]
 
 
-def _relaxed_or_default(f: Fn, f_relaxed: Optional[RelaxedFn]) -> RelaxedFn:
+def relaxed_or_default(f: Fn, f_relaxed: Optional[RelaxedFn]) -> RelaxedFn:
+  """The relaxed learning signal (soft sample, temperature) -> scalar.
+
+  Defaults to f itself on the soft sample (one stochastic layer).
+  """
   if f_relaxed is None:
     return lambda soft, temperature: f(soft)
   return _checks.scalar_fn(f_relaxed, "f_relaxed")
 
 
-def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
-                           c: Callable[[Array], Array], tied: bool
-                           ) -> tuple[Array, Array]:
-  r"""The two halves of REBAR/RELAX for a control variate c(z) (a scalar).
+def combine_control_variate(logits: Array, b: Array, score_b: Array, f: Fn,
+                            c: Callable[[Array], Array],
+                            z_of: Callable[[Array], Array],
+                            ztilde_of: Callable[[Array], Array]
+                            ) -> tuple[Array, Array]:
+  r"""REBAR/RELAX's two halves for any family, given its reparameterisations.
 
   Returns (r, h), with the estimator g^ = r - h:
 
-      r = f(b) (b - sigmoid(l))                                 (REINFORCE),
-      h = c(z~) (b - sigmoid(l)) - d/dl c(z) + d/dl c(z~)        (mean zero),
+      r = f(b) score(b)                                   (REINFORCE),
+      h = c(z~) score(b) - d/dl c(z(l)) + d/dl c(z~(l))    (mean zero),
 
-  z = g(u, l), b = H(z), z~ = g~(v, l, b); the derivatives are total derivatives
-  w.r.t. l with the noise u, v (and b) held fixed.
+  where z_of(l) = z and ztilde_of(l) = z~ as functions of the logits with all
+  noise (and b) held fixed: the derivatives are total derivatives w.r.t. l.
+  Shared by the Bernoulli and categorical estimators.
+  """
+  grad_cz = jax.grad(lambda l: c(z_of(l)))(logits)
+  c_zt, grad_czt = jax.value_and_grad(lambda l: c(ztilde_of(l)))(logits)
+  return f(b) * score_b, c_zt * score_b - grad_cz + grad_czt
+
+
+def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
+                           c: Callable[[Array], Array], tied: bool
+                           ) -> tuple[Array, Array]:
+  """(r, h) of `combine_control_variate` for Bernoulli latents.
+
+  z = g(u, l) = l + logit(u), b = H(z), z~ = g~(v, l, b).
   """
   noise, b, key_v = _sample(key, logits)
-
-  def c_z(l):
-    return c(l + noise)
-
   if tied:
-    def c_ztilde(l):
-      return c(_tied_conditional(l, jax.lax.stop_gradient(l) + noise, b))
+    ztilde_of = lambda l: _tied_conditional(l, jax.lax.stop_gradient(l) + noise,
+                                            b)
   else:
     v = uniform_open(key_v, logits.shape, logits.dtype)
-
-    def c_ztilde(l):
-      return c(conditional_reparameterize(l, b, v))
-
-  grad_cz = jax.grad(c_z)(logits)
-  c_zt, grad_czt = jax.value_and_grad(c_ztilde)(logits)
-  s = score(logits, b)
-  r = f(b) * s
-  h = c_zt * s - grad_cz + grad_czt
-  return r, h
+    ztilde_of = lambda l: conditional_reparameterize(l, b, v)
+  return combine_control_variate(logits, b, score(logits, b), f, c,
+                                 lambda l: l + noise, ztilde_of)
 
 
 def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
@@ -377,7 +385,7 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)
-  f_soft = _relaxed_or_default(f, f_relaxed)
+  f_soft = relaxed_or_default(f, f_relaxed)
   c = lambda z: f_soft(relax_sample(z, temperature), temperature)
   return _control_variate_terms(key, logits, f, c, tied)
 
@@ -495,7 +503,7 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
     cv_params = RelaxParams(jnp.log(jnp.float32(0.5)), [])
   if control_variate is None:
     control_variate = default_control_variate
-  f_soft = _relaxed_or_default(f, f_relaxed)
+  f_soft = relaxed_or_default(f, f_relaxed)
   c = _checks.scalar_fn(lambda z: control_variate(cv_params, z, f_soft),
                         "control_variate")
   r, h = _control_variate_terms(key, logits, f, c, tied)

@@ -393,30 +393,15 @@ def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
 # ----------------------------------------------------------------------------
 
 
-def _relaxed_or_default(f: Fn, f_relaxed: Optional[RelaxedFn]) -> RelaxedFn:
-  if f_relaxed is None:
-    return lambda soft, temperature: f(soft)
-  return _checks.scalar_fn(f_relaxed, "f_relaxed")
-
-
 def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
                            c: Callable[[Array], Array], tied: bool
                            ) -> tuple[Array, Array]:
-  r"""The two halves of REBAR/RELAX for a control variate c(z) (a scalar).
+  """(r, h) of `bernoulli.combine_control_variate` for categorical latents.
 
-  Returns (r, h), with the estimator g^ = r - h:
-
-      r = f(b) (b - softmax(l))                                 (REINFORCE),
-      h = c(z~) (b - softmax(l)) - d/dl c(z) + d/dl c(z~)       (mean zero),
-
-  z = log_softmax(l) + g, b = one_hot(argmax z), z~ = conditional_gumbel(l, b, v)
+  z = log_softmax(l) + g, b = one_hot(argmax z), z~ = conditional_gumbel(l, b, v);
   derivatives are total derivatives w.r.t. l with g, v (and b) held fixed.
   """
   g, _, b, key_v = _sample(key, logits)
-
-  def c_z(l):
-    return c(jax.nn.log_softmax(l, axis=-1) + g)
-
   if tied:
     # Common random numbers on purpose: v is the conditional noise that
     # reproduces this draw's z, so z~ = z in value (Tucker et al., App. G.2).
@@ -424,16 +409,10 @@ def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
     e = _tied_noise(logits, z, b)
   else:
     e = log_exponential(uniform_open(key_v, logits.shape, logits.dtype))
-
-  def c_ztilde(l):
-    return c(conditional_gumbel(l, b, e))
-
-  grad_cz = jax.grad(c_z)(logits)
-  c_zt, grad_czt = jax.value_and_grad(c_ztilde)(logits)
-  s = score(logits, b)
-  r = f(b) * s
-  h = c_zt * s - grad_cz + grad_czt
-  return r, h
+  return bernoulli.combine_control_variate(
+      logits, b, score(logits, b), f, c,
+      lambda l: jax.nn.log_softmax(l, axis=-1) + g,
+      lambda l: conditional_gumbel(l, b, e))
 
 
 def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
@@ -447,7 +426,7 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)
-  f_soft = _relaxed_or_default(f, f_relaxed)
+  f_soft = bernoulli.relaxed_or_default(f, f_relaxed)
   c = lambda z: f_soft(relax_sample(z, temperature), temperature)
   return _control_variate_terms(key, logits, f, c, tied)
 
@@ -535,7 +514,7 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
                      "when cv_params is given, not as `temperature`.")
   if control_variate is None:
     control_variate = default_control_variate
-  f_soft = _relaxed_or_default(f, f_relaxed)
+  f_soft = bernoulli.relaxed_or_default(f, f_relaxed)
   c = _checks.scalar_fn(lambda z: control_variate(cv_params, z, f_soft),
                         "control_variate")
   r, h = _control_variate_terms(key, logits, f, c, tied)
