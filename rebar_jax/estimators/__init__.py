@@ -10,6 +10,7 @@ from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates
 from rebar_jax.estimators import exact
+from rebar_jax.estimators import multisample
 from rebar_jax.estimators.bernoulli import arm
 from rebar_jax.estimators.bernoulli import concrete
 from rebar_jax.estimators.bernoulli import disarm
