@@ -35,13 +35,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.nonlinear = True
   c.num_latents = 200
   c.hidden = 200
-  # Estimator: a name of rebar_jax.estimators.BERNOULLI or "nvil".
+  # Estimator: a name of rebar_jax.estimators.BERNOULLI, "nvil", or a
+  # multi-sample objective of rebar_jax.estimators.multisample (with K below).
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)
   c.estimator_num_samples = 2   # n of reinforce_loo
   c.tune_estimator = True       # train eta/lambda, RELAX nets on the variance
   c.relax_hidden = (50,)
+  # K samples per data point for the multi-sample objectives
+  # (rebar_jax.estimators.multisample: vimco_geometric, ovis_gamma0, ...).
+  c.num_samples = 1
   # Optimisation.
   c.batch_size = 24
   c.learning_rate = 3e-4

@@ -42,6 +42,7 @@ from rebar_jax import estimators
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates as cv
+from rebar_jax.estimators import multisample
 from rebar_jax.models import categorical_vae as cat_lib
 from rebar_jax.models import sbn as sbn_lib
 
@@ -125,12 +126,37 @@ class EstimatorSpec:
   tune: bool = True
   relax_hidden: tuple[int, ...] = (50,)
   nvil_decay: float = 0.8
+  num_iw_samples: int = 1
+
+  @property
+  def is_multisample(self) -> bool:
+    """K-sample objective: a `multisample.MULTISAMPLE` surrogate on K chains.
+
+    A name in both registries (reinforce_loo) is the one-layer estimator when
+    num_iw_samples == 1 and the K-chain surrogate when it is larger.
+    """
+    return self.name in multisample.MULTISAMPLE and (
+        self.name not in registry(self.family) or self.num_iw_samples > 1)
 
   def __post_init__(self):
     if self.family not in FAMILIES:
       raise ValueError(f"Unknown family {self.family!r}; choose one of "
                        f"{sorted(FAMILIES)}.")
-    valid = sorted(registry(self.family))
+    if self.num_iw_samples < 1:
+      raise ValueError(
+          f"num_samples (K) must be >= 1, got {self.num_iw_samples}.")
+    if self.is_multisample:
+      if self.num_iw_samples < 2:
+        raise ValueError(
+            f"{self.name!r} is a multi-sample objective: set num_samples "
+            "(K) >= 2, e.g. --config.num_samples=10.")
+      if self.name in multisample.NEEDS_AUX:
+        raise ValueError(
+            f"{self.name!r} needs auxiliary samples, which the trainer does "
+            "not draw; use ovis_gamma0 / vimco_* or call "
+            "multisample.ovis_mc_surrogate directly.")
+      return
+    valid = sorted(set(registry(self.family)) | set(multisample.MULTISAMPLE))
     if self.name not in valid:
       model = ("a sigmoid belief network" if self.family == "bernoulli" else
                "a categorical VAE")
@@ -144,6 +170,8 @@ class EstimatorSpec:
 
   def init(self, key: PRNGKey, model) -> EstimatorState:
     """The initial EstimatorState for `model`."""
+    if self.is_multisample:
+      return EstimatorState((), ())
     if self.name == "rebar":
       return EstimatorState(cv.RebarParams.create(self.eta, self.temperature),
                             ())
@@ -275,6 +303,8 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
     raise ValueError(
         f"Estimator family {spec.family!r} does not fit "
         f"{type(model).__name__}, which needs {family_of(model)!r} estimators.")
+  if spec.is_multisample:
+    return _multisample_gradients(model, spec, params, est_state, x, key)
   build = (_sbn_layers if isinstance(model, sbn_lib.SBN) else
            _categorical_layers)
   log_p, log_q, vjp_fn, layers = build(model, params, x, key)
@@ -324,6 +354,34 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
     cv_grads = jax.tree.map(jnp.zeros_like, est_state.params)
   metrics = {"elbo": jnp.mean(elbo), "estimator_loss": est_loss}
   return model_grads, cv_grads, new_stats, metrics
+
+
+def _multisample_gradients(model, spec, params, est_state, x, key):
+  r"""Gradients of a K-sample surrogate, (1/B) sum_i surrogate(log w_i, log q_i).
+
+  For each data point, K independent hard chains b_k ~ q(b | x) (the samples
+  carry no gradient); log w_k = log p(x, b_k) - log q(b_k | x) and log q_k are
+  differentiated w.r.t. all parameters, and the surrogate's gradient is the
+  estimator (`multisample`: VIMCO, OVIS-gamma, REINFORCE-LOO, VarGrad, RWS).
+  """
+  surrogate = multisample.MULTISAMPLE[spec.name]
+  keys = jax.random.split(key, x.shape[0] * spec.num_iw_samples).reshape(
+      (x.shape[0], spec.num_iw_samples) + key.shape)
+
+  def loss(p):
+    def chain(x_i, k):
+      b, _ = model.apply(p, x_i, k, method="sample")
+      log_p, log_q = model.apply(p, x_i, jax.lax.stop_gradient(b))
+      return log_p - log_q, log_q
+
+    log_w, log_q = jax.vmap(jax.vmap(chain, in_axes=(None, 0)))(x, keys)
+    losses = jax.vmap(surrogate)(log_w, log_q)
+    iw = jax.vmap(multisample.iw_bound)(log_w)
+    return jnp.mean(losses), (jnp.mean(log_w), jnp.mean(iw))
+
+  (_, (elbo, iw)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  metrics = {"elbo": elbo, "estimator_loss": jnp.zeros(()), "iw_bound": iw}
+  return grads, (), est_state.stats, metrics
 
 
 def _mean(model):

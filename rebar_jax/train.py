@@ -107,7 +107,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       temperature=config.temperature, eta=config.eta,
       num_samples=config.estimator_num_samples,
       tune=config.tune_estimator,
-      relax_hidden=tuple(config.relax_hidden))
+      relax_hidden=tuple(config.relax_hidden),
+      num_iw_samples=config.num_samples)
   dataset = data_lib.load_dataset(
       config.dataset, config.data_source, config.data_dir or None,
       seed=config.seed)
@@ -260,6 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step += n
     elapsed = time.perf_counter() - tic
     row = {"step": step, "train_elbo": float(np.mean(metrics["elbo"])),
+           **({f"train_iw{config.num_samples}": float(np.mean(
+               metrics["iw_bound"]))} if "iw_bound" in metrics else {}),
            "estimator_loss": float(np.mean(metrics["estimator_loss"])),
            "steps_per_sec": n / elapsed}
     row.update(_estimator_summary(exp.spec, state.estimator))

@@ -97,3 +97,50 @@ class TwoLayerSBNTest(parameterized.TestCase):
       gradients.EstimatorSpec("vimco")
     with self.assertRaisesRegex(ValueError, "temperature must be > 0"):
       gradients.EstimatorSpec("rebar", temperature=0.0)
+
+
+def exact_neg_iw_grad(params):
+  """-grad of the mean over X of E[L_2], by enumerating all 16^2 chain pairs."""
+  states = [jnp.array(s, jnp.float32)
+            for s in itertools.product([0.0, 1.0], repeat=2)]
+  chains = [(b1, b2) for b1 in states for b2 in states]
+
+  def mean_iw(p):
+    log_w, log_q = [], []
+    for b1, b2 in chains:
+      bs = (jnp.broadcast_to(b1, (2, 2)), jnp.broadcast_to(b2, (2, 2)))
+      lp, lq = MODEL.apply(p, X, bs)
+      log_w.append(lp - lq)
+      log_q.append(lq)
+    log_w, log_q = jnp.stack(log_w), jnp.stack(log_q)  # (16, B)
+    # Every ordered pair of chains (K = 2): 16 x 16 joint states.
+    prob = jnp.exp(log_q[:, None] + log_q[None, :])
+    lk = jnp.logaddexp(log_w[:, None], log_w[None, :]) - jnp.log(2.0)
+    return jnp.mean(jnp.sum(prob * lk, axis=(0, 1)))
+
+  return jax.grad(lambda p: -mean_iw(p))(params)
+
+
+class MultiSampleTrainingTest(parameterized.TestCase):
+
+  @parameterized.parameters(("vimco_geometric", "iw"), ("ovis_gamma0", "iw"),
+                            ("iwae_reinforce", "iw"), ("vargrad", "elbo"),
+                            ("reinforce_loo", "elbo"))
+  def test_k_sample_gradients_are_unbiased(self, name, target_kind):
+    params = _params()
+    spec = gradients.EstimatorSpec(name, num_iw_samples=2)
+    est_state = spec.init(jax.random.key(2), MODEL)
+    target = _flat(exact_neg_iw_grad(params) if target_kind == "iw" else
+                   exact_neg_elbo_grad(params))
+
+    def one(key):
+      return _flat(gradients.model_gradients(MODEL, spec, params, est_state, X,
+                                             key)[0])
+
+    samples = testing.draws(lambda k, l, f: one(k), jax.random.key(4),
+                            jnp.zeros(target.shape), None, 2**14)
+    testing.assert_unbiased(samples, np.asarray(target), name=name)
+
+  def test_multisample_needs_k_of_two_or_more(self):
+    with self.assertRaisesRegex(ValueError, "num_samples"):
+      gradients.EstimatorSpec("vimco_geometric")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import catvae_mnist
+from configs import sbn3_mnist_iw
 from configs import sbn_mnist
 from rebar_jax import train
 
@@ -65,6 +66,22 @@ class TrainTest(parameterized.TestCase):
                             "valid")["valid_elbo"]
     final = train.train_and_evaluate(config, self.create_tempdir().full_path)
     self.assertGreater(final["valid_elbo"], before + 5.0,
+                       (estimator, before, final))
+
+  @parameterized.parameters("vimco_geometric", "ovis_gamma0")
+  def test_three_layer_sbn_on_the_iw_bound_improves(self, estimator):
+    config = sbn3_mnist_iw.get_config()
+    for k, v in dict(num_latents=50, estimator=estimator, num_samples=5,
+                     learning_rate=1e-3, num_steps=300, steps_per_call=100,
+                     eval_every=300, checkpoint_every=300, eval_num_samples=10,
+                     eval_batch_size=250, eval_max_examples=250,
+                     progress_bar=False).items():
+      config[k] = v
+    exp = train.build(config)
+    before = train.evaluate(exp, train.init_state(exp, 0).params, config,
+                            "valid")["valid_iw10"]
+    final = train.train_and_evaluate(config, self.create_tempdir().full_path)
+    self.assertGreater(final["valid_iw10"], before + 20.0,
                        (estimator, before, final))
 
   def test_estimator_of_the_wrong_family_is_rejected(self):
