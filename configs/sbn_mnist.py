@@ -59,5 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_max_examples = 0      # 0: the whole split
   c.eval_seed = 1234           # fixed: bounds compare across checkpoints
   c.checkpoint_every = 5000
+  # At every evaluation: encoder-gradient log-variance and SNR over this many
+  # draws on a fixed training batch, ESS of the K-sample weights, active units
+  # (0 or 1 turns them off).
+  c.diagnostic_draws = 16
   c.progress_bar = True
   return c

@@ -40,6 +40,7 @@ import optax
 from tqdm import tqdm
 
 from rebar_jax import data as data_lib
+from rebar_jax import diagnostics
 from rebar_jax import gradients
 from rebar_jax import objectives
 from rebar_jax.models import categorical_vae as cat_lib
@@ -193,6 +194,14 @@ def batch_indices(seed: int, num_examples: int, batch_size: int, start: int,
   return out
 
 
+def _binarized(x: np.ndarray, dataset: data_lib.Dataset, seed: int) -> Array:
+  """x itself for static data; one fixed Bernoulli draw for dynamic data."""
+  if not dataset.dynamic_binarization:
+    return jnp.asarray(x)
+  u = np.random.default_rng(seed).uniform(size=x.shape)
+  return jnp.asarray((u < x).astype(np.float32))
+
+
 def evaluate(exp: Experiment, params: Params, config, split: str
              ) -> dict[str, float]:
   data = getattr(exp.dataset, split)
@@ -242,6 +251,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   print(f"{exp.dataset}\n{exp.model.__class__.__name__}, estimator "
         f"{config.estimator}: steps {start}..{end} on {jax.default_backend()}")
 
+  diagnose = diagnostics.make_diagnostics(
+      exp.model, exp.spec, config.diagnostic_draws, config.eval_num_samples)
+  x_diag = _binarized(exp.dataset.train[:config.batch_size], exp.dataset,
+                      config.eval_seed)
+  x_many = _binarized(exp.dataset.valid[:1000], exp.dataset, config.eval_seed)
   bar = tqdm(total=end - start, desc=f"{config.estimator}", unit="step",
              dynamic_ncols=True, disable=not config.progress_bar)
   tic, step = time.perf_counter(), start
@@ -270,6 +284,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step % config.eval_every == 0 or step == config.num_steps:
       for split in ("valid", "test"):
         row.update(evaluate(exp, state.params, config, split))
+      if config.diagnostic_draws > 1:
+        row.update({k: float(v) for k, v in diagnose(
+            state.params, state.estimator, x_diag, x_many,
+            jax.random.key(config.eval_seed)).items()})
       tic = time.perf_counter()
     metric_writer.write(row)
     bar.update(n)

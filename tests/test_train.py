@@ -28,6 +28,7 @@ def small_config(**overrides):
   c.eval_batch_size = 250
   c.eval_max_examples = 250
   c.progress_bar = False
+  c.diagnostic_draws = 4
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -47,6 +48,11 @@ class TrainTest(parameterized.TestCase):
     self.assertGreater(final["valid_elbo"], before + 20.0,
                        (estimator, before, final))
     self.assertGreaterEqual(final["test_iw10"], final["test_elbo"])
+    last = json.loads(open(os.path.join(workdir, "metrics.jsonl")
+                           ).readlines()[-1])
+    for name in ("grad_log_variance", "grad_snr", "ess", "active_units"):
+      self.assertTrue(np.isfinite(last[name]), (name, last))
+    self.assertBetween(last["ess"], 1.0, 10.0)
     for name in ("metrics.jsonl", "metrics.csv", "curves.png",
                  "final_metrics.json", "config.json"):
       self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
@@ -59,7 +65,8 @@ class TrainTest(parameterized.TestCase):
                      estimator=estimator, batch_size=24, num_steps=300,
                      steps_per_call=100, eval_every=300, checkpoint_every=300,
                      eval_num_samples=10, eval_batch_size=250,
-                     eval_max_examples=250, progress_bar=False).items():
+                     eval_max_examples=250, progress_bar=False,
+                     diagnostic_draws=4).items():
       config[k] = v
     exp = train.build(config)
     before = train.evaluate(exp, train.init_state(exp, 0).params, config,
@@ -75,7 +82,7 @@ class TrainTest(parameterized.TestCase):
                      learning_rate=1e-3, num_steps=300, steps_per_call=100,
                      eval_every=300, checkpoint_every=300, eval_num_samples=10,
                      eval_batch_size=250, eval_max_examples=250,
-                     progress_bar=False).items():
+                     progress_bar=False, diagnostic_draws=4).items():
       config[k] = v
     exp = train.build(config)
     before = train.evaluate(exp, train.init_state(exp, 0).params, config,
