@@ -14,36 +14,39 @@ from configs import sbn_mnist
 from rebar_jax import train
 
 
+def quick(config, **overrides):
+  """`config` made small and fast: short runs, small evaluations."""
+  defaults = dict(learning_rate=1e-3, estimator_learning_rate=1e-3,
+                  num_steps=400, steps_per_call=100, eval_every=400,
+                  checkpoint_every=100, eval_num_samples=10,
+                  eval_batch_size=250, eval_max_examples=250,
+                  progress_bar=False, diagnostic_draws=4)
+  for k, v in {**defaults, **overrides}.items():
+    config[k] = v
+  return config
+
+
 def small_config(**overrides):
-  c = sbn_mnist.get_config()
-  c.nonlinear = False
-  c.num_latents = 50
-  c.learning_rate = 1e-3
-  c.estimator_learning_rate = 1e-3
-  c.num_steps = 400
-  c.steps_per_call = 100
-  c.eval_every = 400
-  c.checkpoint_every = 100
-  c.eval_num_samples = 10
-  c.eval_batch_size = 250
-  c.eval_max_examples = 250
-  c.progress_bar = False
-  c.diagnostic_draws = 4
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+  """A linear one-layer SBN of 50 units on the embedded digits."""
+  return quick(sbn_mnist.get_config(), nonlinear=False, num_latents=50,
+               **overrides)
+
+
+def improvement(config, workdir, metric):
+  """(metric at initialisation, final metrics) of a training run."""
+  exp = train.build(config)
+  before = train.evaluate(exp, train.init_state(exp, 0).params, config,
+                          "valid")[metric]
+  return before, train.train_and_evaluate(config, workdir)
 
 
 class TrainTest(parameterized.TestCase):
 
   @parameterized.parameters("nvil", "rebar", "disarm")
   def test_elbo_improves(self, estimator):
-    config = small_config(estimator=estimator)
     workdir = self.create_tempdir().full_path
-    exp = train.build(config)
-    before = train.evaluate(exp, train.init_state(exp, 0).params, config,
-                            "valid")["valid_elbo"]
-    final = train.train_and_evaluate(config, workdir)
+    before, final = improvement(small_config(estimator=estimator), workdir,
+                                "valid_elbo")
     self.assertEqual(final["step"], 400)
     self.assertGreater(final["valid_elbo"], before + 20.0,
                        (estimator, before, final))
@@ -60,34 +63,21 @@ class TrainTest(parameterized.TestCase):
 
   @parameterized.parameters("gumbel_softmax", "arsm", "relax")
   def test_categorical_vae_elbo_improves(self, estimator):
-    config = catvae_mnist.get_config()
-    for k, v in dict(num_vars=8, num_classes=4, mlp_hidden=(64, 32),
-                     estimator=estimator, batch_size=24, num_steps=300,
-                     steps_per_call=100, eval_every=300, checkpoint_every=300,
-                     eval_num_samples=10, eval_batch_size=250,
-                     eval_max_examples=250, progress_bar=False,
-                     diagnostic_draws=4).items():
-      config[k] = v
-    exp = train.build(config)
-    before = train.evaluate(exp, train.init_state(exp, 0).params, config,
-                            "valid")["valid_elbo"]
-    final = train.train_and_evaluate(config, self.create_tempdir().full_path)
+    config = quick(catvae_mnist.get_config(), num_vars=8, num_classes=4,
+                   mlp_hidden=(64, 32), estimator=estimator, batch_size=24,
+                   num_steps=300, eval_every=300, checkpoint_every=300)
+    before, final = improvement(config, self.create_tempdir().full_path,
+                                "valid_elbo")
     self.assertGreater(final["valid_elbo"], before + 5.0,
                        (estimator, before, final))
 
   @parameterized.parameters("vimco_geometric", "ovis_gamma0")
   def test_three_layer_sbn_on_the_iw_bound_improves(self, estimator):
-    config = sbn3_mnist_iw.get_config()
-    for k, v in dict(num_latents=50, estimator=estimator, num_samples=5,
-                     learning_rate=1e-3, num_steps=300, steps_per_call=100,
-                     eval_every=300, checkpoint_every=300, eval_num_samples=10,
-                     eval_batch_size=250, eval_max_examples=250,
-                     progress_bar=False, diagnostic_draws=4).items():
-      config[k] = v
-    exp = train.build(config)
-    before = train.evaluate(exp, train.init_state(exp, 0).params, config,
-                            "valid")["valid_iw10"]
-    final = train.train_and_evaluate(config, self.create_tempdir().full_path)
+    config = quick(sbn3_mnist_iw.get_config(), num_latents=50,
+                   estimator=estimator, num_samples=5, num_steps=300,
+                   eval_every=300, checkpoint_every=300)
+    before, final = improvement(config, self.create_tempdir().full_path,
+                                "valid_iw10")
     self.assertGreater(final["valid_iw10"], before + 20.0,
                        (estimator, before, final))
 
