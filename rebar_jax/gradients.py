@@ -28,10 +28,13 @@ Control-variate parameters (REBAR's eta and log lambda, RELAX's networks, NVIL's
 baseline network) are trained by a separate optimiser on the variance loss
 (1/B) sum_i |g^_il|^2 (per-logit variance, `control_variates.variance_loss`), or,
 for NVIL, on the squared error of the baseline.
+
+Multi-sample objectives (`multisample`: VIMCO, OVIS, VarGrad, ...) take K whole
+chains per data point and differentiate their surrogate loss directly.
 """
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -49,12 +52,6 @@ from rebar_jax.models import sbn as sbn_lib
 Array = jax.Array
 PRNGKey = jax.Array
 Params = Any
-
-# Estimators that use the tuned/learned parameters of EstimatorState.
-TUNED = ("rebar", "relax", "nvil")
-# Estimators for SBNs beyond the one-layer registry.
-EXTRA_BERNOULLI = ("nvil",)
-
 
 class EstimatorState(NamedTuple):
   """What an estimator learns during training.

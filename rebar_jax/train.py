@@ -19,11 +19,9 @@ Outputs in `workdir`: checkpoints/ (orbax), metrics.jsonl, metrics.csv,
 tensorboard/ event files, curves.png, and the final evaluation in
 final_metrics.json.
 """
-import csv
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from typing import Any, NamedTuple, Optional

@@ -5,7 +5,6 @@ errors (estimated from the same draws) of the exact gradient, on problems with
 D up to 8 latents, nonlinear f with interactions, and logits up to |10|.
 Keys are fixed, so the suite is deterministic.
 """
-import functools
 
 from absl.testing import parameterized
 import chex

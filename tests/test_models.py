@@ -1,7 +1,6 @@
 """Tests of the SBN and categorical VAE: exact normalisation by enumeration,
 sampling against log q, relaxed inputs, batching, parameter counts, init."""
 import functools
-import itertools
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -14,7 +13,6 @@ from rebar_jax import models
 from rebar_jax.models import categorical_vae
 from rebar_jax.models import sbn
 from tiny_models import all_latents
-from tiny_models import binary_states
 
 D_TINY = 6
 X_ALL = jnp.asarray(

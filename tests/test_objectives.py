@@ -2,7 +2,6 @@
 enumerate: E[ELBO] = E[IW_1] <= E[IW_10] <= E[IW_100] <= log p(x); chunking,
 memory and the evaluation loop."""
 import functools
-import itertools
 
 from absl.testing import absltest
 from absl.testing import parameterized

@@ -3,8 +3,6 @@ import json
 import os
 
 from absl.testing import parameterized
-import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 
