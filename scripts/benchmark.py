@@ -1,0 +1,235 @@
+r"""Speed of the estimators and of the SBN train step, on whatever backend JAX has.
+
+  python scripts/benchmark.py --output_dir=results/benchmark
+  python scripts/benchmark.py --quick   # small grids, a smoke run
+
+Measures, with warm-up, `--repeats` timed repeats, medians and spread, every
+result blocked until ready:
+  1. every registered estimator alone: gradient draws per second for 200
+     Bernoulli latents (20 x 10 categorical) with a linear-decoder
+     log-likelihood as f, jitted and vmapped over draws;
+  2. the full train step (`lax.scan` over steps, as in training) for the
+     linear and nonlinear SBN at batch 24 and 50, each estimator: steps per
+     second, compile time, and XLA's memory estimate of the compiled step;
+  3. how cost grows with batch (24 -> 4096), latents (50 -> 800) and samples
+     K (VIMCO, 1 -> 100), with the fitted log-log exponent;
+  4. efficiency: XLA's FLOP count of the step over its time, as a fraction of
+     the dense matmul FLOP/s measured on the same machine in the same run.
+Writes benchmark.json, benchmark.md and benchmark.png to --output_dir.
+"""
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import sbn_mnist  # pylint: disable=g-import-not-at-top
+from rebar_jax import estimators
+from rebar_jax import train
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/benchmark", "Output.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement.")
+_QUICK = flags.DEFINE_bool("quick", False, "Small grids (a smoke run).")
+_STEPS = flags.DEFINE_integer("steps_per_call", 100, "Scanned steps per call.")
+
+
+def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+  """Median and spread of wall time of fn() (after one warm-up call)."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return {"median_s": statistics.median(times), "min_s": min(times),
+          "max_s": max(times)}
+
+
+def matmul_flops_per_sec(repeats: int, n: int = 1024) -> float:
+  """Measured dense float32 matmul FLOP/s: the machine's practical roofline."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  mm = jax.jit(lambda x: x @ x)
+  return 2 * n**3 / timed(lambda: mm(a), repeats)["median_s"]
+
+
+def estimator_throughput(repeats: int, num_draws: int) -> list[dict]:
+  """Draws/s of each estimator alone on a linear-decoder log-likelihood."""
+  key = jax.random.key(1)
+  rows = []
+  problems = {
+      "bernoulli": (estimators.BERNOULLI, (200,)),
+      "categorical": (estimators.CATEGORICAL, (20, 10)),
+  }
+  for family, (registry, shape) in problems.items():
+    k1, k2, k3 = jax.random.split(key, 3)
+    size = int(np.prod(shape))
+    w = jax.random.normal(k1, (size, 784)) / np.sqrt(size)
+    x = (jax.random.uniform(k2, (784,)) < 0.3).astype(jnp.float32)
+    logits = jax.random.normal(k3, shape)
+
+    def f(b):
+      out = b.reshape(-1) @ w
+      return jnp.sum(x * jax.nn.log_sigmoid(out) +
+                     (1 - x) * jax.nn.log_sigmoid(-out))
+
+    for name, est in registry.items():
+      run = jax.jit(jax.vmap(lambda k: est(k, logits, f)))
+      keys = jax.random.split(key, num_draws)
+      t = timed(lambda: run(keys), repeats)
+      rows.append({"family": family, "estimator": name,
+                   "draws_per_sec": num_draws / t["median_s"], **t})
+  return rows
+
+
+def train_step(model_kind: str, estimator: str, batch: int, num_latents: int,
+               num_samples: int, steps: int, repeats: int, flops_peak: float
+               ) -> dict:
+  """Steps/s, compile time, memory and roofline fraction of the train step."""
+  c = sbn_mnist.get_config()
+  c.nonlinear = model_kind == "nonlinear"
+  c.estimator, c.batch_size, c.num_latents = estimator, batch, num_latents
+  c.num_samples = num_samples
+  exp = train.build(c)
+  state = train.init_state(exp, 0)
+  chunk = train.make_train_chunk(exp, 0)
+  x = jnp.asarray(exp.dataset.train)
+  idx = jnp.asarray(np.random.default_rng(0).integers(
+      0, x.shape[0], (steps, batch)), jnp.int32)
+  t = time.perf_counter()
+  compiled = chunk.lower(state, idx, x).compile()
+  compile_s = time.perf_counter() - t
+  # XLA counts a while loop's body once, whatever its trip count: take the
+  # FLOPs of one step from a one-step scan.
+  cost = chunk.lower(state, idx[:1], x).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan")))
+  mem = compiled.memory_analysis()
+  temp_bytes = getattr(mem, "temp_size_in_bytes", float("nan"))
+  holder = [state]
+
+  def call():
+    holder[0], metrics = compiled(holder[0], idx, x)
+    return metrics
+
+  tm = timed(call, repeats)
+  step_s = tm["median_s"] / steps
+  return {"model": model_kind, "estimator": estimator, "batch": batch,
+          "num_latents": num_latents, "num_samples": num_samples,
+          "steps_per_sec": 1 / step_s, "compile_s": compile_s,
+          "flops_per_step": flops, "temp_bytes": temp_bytes,
+          "roofline_fraction": flops / step_s / flops_peak,
+          "spread": (tm["max_s"] - tm["min_s"]) / tm["median_s"]}
+
+
+def slope(xs, ys) -> float:
+  """Least-squares exponent of y ~ x^a on log-log axes."""
+  return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def main(argv):
+  del argv
+  quick, repeats, steps = _QUICK.value, _REPEATS.value, _STEPS.value
+  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+  device = jax.devices()[0]
+  peak = matmul_flops_per_sec(repeats)
+  machine = (f"{device.platform} ({device.device_kind}), {os.cpu_count()} "
+             f"host cores, {platform.processor() or platform.machine()}; "
+             f"jax {jax.__version__}")
+  print(f"{machine}\nmatmul roofline: {peak / 1e9:.1f} GFLOP/s")
+
+  alone = estimator_throughput(repeats, 64 if quick else 256)
+  names = (["reinforce", "disarm", "rebar"] if quick else
+           sorted(set(estimators.BERNOULLI) | {"nvil"}))
+  steps_rows = []
+  for kind in ("linear", "nonlinear"):
+    for batch in ((24,) if quick else (24, 50)):
+      for name in names:
+        steps_rows.append(train_step(kind, name, batch, 200, 1, steps, repeats,
+                                     peak))
+        r = steps_rows[-1]
+        print(f"{kind:9s} B={batch:<4d} {name:24s} {r['steps_per_sec']:8.1f} "
+              f"steps/s  compile {r['compile_s']:.1f}s  roofline "
+              f"{100 * r['roofline_fraction']:.1f}%")
+
+  grids = {
+      "batch": [24, 256] if quick else [24, 64, 256, 1024, 4096],
+      "num_latents": [50, 200] if quick else [50, 100, 200, 400, 800],
+      "num_samples": [2, 10] if quick else [2, 5, 10, 50, 100],
+  }
+  scaling = {}
+  for axis, values in grids.items():
+    est = "vimco_geometric" if axis == "num_samples" else "rebar"
+    rows = []
+    for v in values:
+      kw = dict(batch=24, num_latents=200, num_samples=1)
+      kw[axis] = v
+      if axis == "num_samples":
+        kw["num_samples"] = v
+      rows.append(train_step("linear", est, kw["batch"], kw["num_latents"],
+                             kw["num_samples"], max(steps // 10, 5), repeats,
+                             peak))
+    times = [1 / r["steps_per_sec"] for r in rows]
+    scaling[axis] = {"estimator": est, "values": values,
+                     "seconds_per_step": times,
+                     "roofline_fraction": [r["roofline_fraction"]
+                                           for r in rows],
+                     "exponent": slope(values, times)}
+    print(f"scaling with {axis} ({est}): exponent {scaling[axis]['exponent']:.2f}")
+
+  result = {"machine": machine, "matmul_flops_per_sec": peak,
+            "estimators_alone": alone, "train_step": steps_rows,
+            "scaling": scaling}
+  with open(os.path.join(_OUTPUT_DIR.value, "benchmark.json"), "w") as fh:
+    json.dump(result, fh, indent=2)
+
+  reinforce = {(r["model"], r["batch"]): r["steps_per_sec"]
+               for r in steps_rows if r["estimator"] == "reinforce"}
+  md = [f"Machine: {machine}. Matmul roofline {peak / 1e9:.1f} GFLOP/s. "
+        f"Medians of {repeats} repeats.", "",
+        "| family | estimator | draws/s |", "| --- | --- | --- |"]
+  md += [f"| {r['family']} | {r['estimator']} | {r['draws_per_sec']:.0f} |"
+         for r in alone]
+  md += ["", "| model | batch | estimator | steps/s | cost / REINFORCE step "
+         "| compile s | roofline % | XLA temp MB |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in steps_rows:
+    ratio = reinforce[(r["model"], r["batch"])] / r["steps_per_sec"]
+    md.append(f"| {r['model']} | {r['batch']} | {r['estimator']} | "
+              f"{r['steps_per_sec']:.1f} | {ratio:.2f} | {r['compile_s']:.1f} | "
+              f"{100 * r['roofline_fraction']:.1f} | "
+              f"{r['temp_bytes'] / 2**20:.1f} |")
+  md += ["", "| axis | estimator | values | s/step | exponent | roofline % |",
+         "| --- | --- | --- | --- | --- | --- |"]
+  for axis, s in scaling.items():
+    md.append(f"| {axis} | {s['estimator']} | {s['values']} | "
+              f"{[f'{t:.2e}' for t in s['seconds_per_step']]} | "
+              f"{s['exponent']:.2f} | "
+              f"{[round(100 * f, 1) for f in s['roofline_fraction']]} |")
+  with open(os.path.join(_OUTPUT_DIR.value, "benchmark.md"), "w") as fh:
+    fh.write("\n".join(md) + "\n")
+  print("\n".join(md))
+
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for ax, (axis, s) in zip(axes, scaling.items()):
+    ax.loglog(s["values"], s["seconds_per_step"], "o-")
+    ax.set(xlabel=axis, ylabel="seconds per step",
+           title=f"{s['estimator']}: exponent {s['exponent']:.2f}")
+    ax.grid(alpha=0.3, which="both")
+  fig.tight_layout()
+  fig.savefig(os.path.join(_OUTPUT_DIR.value, "benchmark.png"), dpi=110)
+
+
+if __name__ == "__main__":
+  app.run(main)
