@@ -31,6 +31,12 @@ for NVIL, on the squared error of the baseline.
 
 Multi-sample objectives (`multisample`: VIMCO, OVIS, VarGrad, ...) take K whole
 chains per data point and differentiate their surrogate loss directly.
+
+The fully relaxed estimators (Concrete, Gumbel-softmax) train the model the way
+their papers do: the pathwise gradient of the relaxed ELBO F(s), every layer
+relaxed, s = sigma((enc(s_prev) + noise)/lambda) (softmax for categorical),
+w.r.t. all parameters, so the decoder is trained on the relaxed samples it is
+differentiated through. The reported ELBO is the hard one, same noise.
 """
 import dataclasses
 import functools
@@ -277,6 +283,52 @@ def _categorical_layers(model: cat_lib.CategoricalVAE, params: Params,
   return log_p, log_q, vjp_fn, [Layer(keys, logits, f_hard, f_soft, x)]
 
 
+# Trained on the relaxed objective, pathwise through every parameter.
+RELAXED = ("concrete", "gumbel_softmax")
+
+
+def _relaxed_gradients(model, spec, params, est_state, x, key):
+  """Pathwise gradient of the relaxed ELBO; the hard ELBO with the same noise.
+
+  The noise is the chain noise of `_sbn_layers` (logistic, per data point and
+  layer) or the Gumbel noise the categorical estimators draw from the same
+  per-data-point keys.
+  """
+  batch, temperature = x.shape[0], spec.temperature
+  if isinstance(model, sbn_lib.SBN):
+    keys = jax.random.split(key, batch * model.num_layers).reshape(
+        (batch, model.num_layers) + key.shape)
+    noise = [jax.vmap(lambda k: bernoulli.logistic_noise(
+        k, (model.num_latents,)))(keys[:, l]) for l in range(model.num_layers)]
+
+    def signal(p, hard):
+      h, bs = x, []
+      for l in range(model.num_layers):
+        z = model.apply(p, l, h, method=sbn_lib.SBN.encoder_logits) + noise[l]
+        h = (bernoulli.hard_threshold(z) if hard else
+             bernoulli.relax_sample(z, temperature))
+        bs.append(h)
+      return _signal(model, p, x, tuple(bs))
+  else:
+    _, key_est = jax.random.split(key)
+    shape = (model.num_vars, model.num_classes)
+    g = jax.vmap(lambda k: categorical._sample(k, jnp.zeros(shape))[0])(  # pylint: disable=protected-access
+        jax.random.split(key_est, batch))
+
+    def signal(p, hard):
+      lg = model.apply(p, x, method=cat_lib.CategoricalVAE.encoder_logits)
+      z = jax.nn.log_softmax(lg, axis=-1) + g
+      b = (categorical.one_hot_argmax(z) if hard else
+           categorical.relax_sample(z, temperature))
+      return _signal(model, p, x, b)
+
+  grads = jax.grad(lambda p: -jnp.mean(signal(p, hard=False)))(params)
+  metrics = {"elbo": jnp.mean(signal(params, hard=True)),
+             "estimator_loss": jnp.zeros(())}
+  return grads, jax.tree.map(jnp.zeros_like, est_state.params), \
+      est_state.stats, metrics
+
+
 def model_gradients(model, spec: EstimatorSpec, params: Params,
                     est_state: EstimatorState, x: Array, key: PRNGKey
                     ) -> tuple[Params, Any, Any, dict[str, Array]]:
@@ -302,6 +354,8 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
         f"{type(model).__name__}, which needs {family_of(model)!r} estimators.")
   if spec.is_multisample:
     return _multisample_gradients(model, spec, params, est_state, x, key)
+  if spec.name in RELAXED:
+    return _relaxed_gradients(model, spec, params, est_state, x, key)
   build = (_sbn_layers if isinstance(model, sbn_lib.SBN) else
            _categorical_layers)
   log_p, log_q, vjp_fn, layers = build(model, params, x, key)
