@@ -283,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for split in ("valid", "test"):
         row.update(evaluate(exp, state.params, config, split))
       if config.diagnostic_draws > 1:
-        row.update({k: float(v) for k, v in diagnose(
+        row.update({name: float(v) for name, v in diagnose(
             state.params, state.estimator, x_diag, x_many,
             jax.random.key(config.eval_seed)).items()})
       tic = time.perf_counter()
@@ -299,8 +299,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if int(state.step) >= config.num_steps:
     final["train_elbo_last_1000_steps"] = _recent_train_elbo(
         metric_writer.rows(), 1000)
-    for split in ("valid", "test"):
-      final.update(evaluate(exp, state.params, config, split))
+    rows = metric_writer.rows()
+    evaluated = {key: v for key, v in (rows[-1] if rows else {}).items()
+                 if key.startswith(("valid_", "test_"))}
+    if rows and rows[-1]["step"] == int(state.step) and evaluated:
+      final.update(evaluated)  # the loop's last row evaluated these params
+    else:
+      for split in ("valid", "test"):
+        final.update(evaluate(exp, state.params, config, split))
     with open(os.path.join(workdir, "final_metrics.json"), "w") as fh:
       json.dump(final, fh, indent=2)
     plots.plot_curves(metric_writer.rows(), os.path.join(workdir,
