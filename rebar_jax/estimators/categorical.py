@@ -27,7 +27,7 @@ eps = -log u ~ Exp(1), pi = eps / sum(eps) ~ Dir(1_C) and
 b = argmin_c pi_c e^{-l_c} = argmax_c z_c. The score is
 d/dl log p(b) = b - softmax(l).
 """
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -53,10 +53,8 @@ init_relax_params = bernoulli.init_relax_params
 # ----------------------------------------------------------------------------
 
 
-def uniform_open(key: PRNGKey, shape: Sequence[int], dtype=jnp.float32) -> Array:
-  """u ~ U(0, 1) on the open interval: u in [tiny, 1 - eps/2], never 0 or 1."""
-  return jax.random.uniform(
-      key, shape, dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0)
+# u ~ U(0, 1) on the open interval, shared with the Bernoulli estimators.
+uniform_open = bernoulli.uniform_open
 
 
 def log_exponential(u: Array) -> Array:
