@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 
-.PHONY: test run toy install clean
+.PHONY: test run toy benchmark peers install clean
 
 $(BASE): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,24 @@ run: $(BASE)
 
 toy: $(BASE)
 	$(PY) scripts/toy.py --output_dir=results/toy
+
+# The peer for scripts/benchmark.py: PyTorch (CPU build) + Storchastic in their
+# own environment; nothing of theirs is imported by rebar_jax. Elsewhere, add
+# PEER_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" for a CPU
+# build of torch.
+PEERS       := .venv-peers
+PEER_TORCH  ?= torch==2.13.0
+PEER_PIP_ARGS ?=
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet $(PEER_PIP_ARGS) $(PEER_TORCH)
+	$(PEERS)/bin/python -m pip install --quiet storchastic==0.3.7
+	touch $@
+
+peers: $(PEERS)/.installed
+
+benchmark: $(BASE) $(PEERS)/.installed
+	$(PY) scripts/benchmark.py --output_dir=results/benchmark --peer_python=$(PEERS)/bin/python
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -14,13 +14,21 @@ result blocked until ready:
   3. how cost grows with batch (24 -> 4096), latents (50 -> 800) and samples
      K (VIMCO, 1 -> 100), with the fitted log-log exponent;
   4. efficiency: XLA's FLOP count of the step over its time, as a fraction of
-     the dense matmul FLOP/s measured on the same machine in the same run.
+     the dense matmul FLOP/s measured on the same machine in the same run
+     (1024 x 1024 x 1024, the practical roofline); beside it, the FLOP/s of a
+     lone matmul of the step's own shape (B x 784 x 200), which bounds what a
+     step made of such matmuls can reach at small B;
+  5. the peer, side by side: the same linear SBN, estimator and batch in
+     Storchastic (PyTorch), run by `scripts/peers/storchastic_sbn.py` in the
+     environment `make peers` builds (--peer_python), right after our own
+     measurement of that estimator; the ratio of steps per second.
 Writes benchmark.json, benchmark.md and benchmark.png to --output_dir.
 """
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable
@@ -43,6 +51,16 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/benchmark", "Output.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement.")
 _QUICK = flags.DEFINE_bool("quick", False, "Small grids (a smoke run).")
 _STEPS = flags.DEFINE_integer("steps_per_call", 100, "Scanned steps per call.")
+_PEER_PYTHON = flags.DEFINE_string(
+    "peer_python", ".venv-peers/bin/python",
+    "Python of the environment with PyTorch + Storchastic (`make peers`); "
+    "empty to skip the peer comparison.")
+
+_PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "peers", "storchastic_sbn.py")
+# Ours -> Storchastic's nearest estimator (see the peer script's METHODS).
+_PEER_ESTIMATORS = ("reinforce", "reinforce_loo", "arm", "disarm", "rebar",
+                    "relax", "concrete", "straight_through_gumbel")
 
 
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
@@ -57,11 +75,42 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
           "max_s": max(times)}
 
 
-def matmul_flops_per_sec(repeats: int, n: int = 1024) -> float:
-  """Measured dense float32 matmul FLOP/s: the machine's practical roofline."""
-  a = jax.random.normal(jax.random.key(0), (n, n))
-  mm = jax.jit(lambda x: x @ x)
-  return 2 * n**3 / timed(lambda: mm(a), repeats)["median_s"]
+def matmul_flops_per_sec(repeats: int, m: int = 1024, k: int = 1024,
+                         n: int = 1024, calls: int = 1) -> float:
+  """Measured float32 FLOP/s of an (m, k) x (k, n) matmul.
+
+  The default 1024^3 is the machine's practical roofline. Small shapes run
+  `calls` dependent matmuls in one `lax.scan`, as a train step would, so that
+  dispatch is not what is timed.
+  """
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (m, k))
+  b = jax.random.normal(kb, (k, n)) / np.sqrt(k)
+
+  @jax.jit
+  def mm(a, b):  # arguments, not constants: XLA must not fold the product
+    def body(acc, i):
+      return acc + (a * i) @ b, None
+    return jax.lax.scan(body, jnp.zeros((m, n)),
+                        jnp.arange(1, calls + 1, dtype=a.dtype))[0]
+
+  return 2 * m * k * n * calls / timed(lambda: mm(a, b), repeats)["median_s"]
+
+
+def peer_steps_per_sec(python: str, estimator: str, batch: int, data: str,
+                       steps: int, repeats: int) -> dict:
+  """Storchastic's steps/s for one estimator (a subprocess in its own env)."""
+  cmd = [python, _PEER_SCRIPT, f"--estimator={estimator}", f"--batch={batch}",
+         f"--data={data}", f"--steps={steps}", f"--repeats={repeats}"]
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                         check=False)
+  except subprocess.TimeoutExpired:
+    return {"error": "timed out after 900 s"}
+  lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+  if not lines:
+    return {"error": f"exit {out.returncode}: {out.stderr.strip()[-300:]}"}
+  return json.loads(lines[-1])
 
 
 def estimator_throughput(repeats: int, num_draws: int) -> list[dict]:
@@ -141,7 +190,8 @@ def slope(xs, ys) -> float:
 def main(argv):
   del argv
   quick, repeats, steps = _QUICK.value, _REPEATS.value, _STEPS.value
-  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+  out_dir = _OUTPUT_DIR.value
+  os.makedirs(out_dir, exist_ok=True)
   device = jax.devices()[0]
   peak = matmul_flops_per_sec(repeats)
   machine = (f"{device.platform} ({device.device_kind}), {os.cpu_count()} "
@@ -149,10 +199,20 @@ def main(argv):
              f"jax {jax.__version__}")
   print(f"{machine}\nmatmul roofline: {peak / 1e9:.1f} GFLOP/s")
 
+  peer = _PEER_PYTHON.value
+  if peer and not os.path.exists(peer):
+    print(f"No peer environment at {peer}: run `make peers` to compare with "
+          "Storchastic (or pass --peer_python=).")
+    peer = ""
+  peer_data = os.path.join(out_dir, "peer_data.npy")
+  if peer:
+    np.save(peer_data, np.asarray(train.build(sbn_mnist.get_config())
+                                  .dataset.train, np.uint8))
+
   alone = estimator_throughput(repeats, 64 if quick else 256)
   names = (["reinforce", "disarm", "rebar"] if quick else
            sorted(set(estimators.BERNOULLI) | {"nvil"}))
-  steps_rows = []
+  steps_rows, peer_rows = [], []
   for kind in ("linear", "nonlinear"):
     for batch in ((24,) if quick else (24, 50)):
       for name in names:
@@ -162,6 +222,20 @@ def main(argv):
         print(f"{kind:9s} B={batch:<4d} {name:24s} {r['steps_per_sec']:8.1f} "
               f"steps/s  compile {r['compile_s']:.1f}s  roofline "
               f"{100 * r['roofline_fraction']:.1f}%")
+        if kind == "linear" and batch == 24 and peer:
+          theirs = (peer_steps_per_sec(peer, name, batch, peer_data, steps,
+                                       repeats)
+                    if name in _PEER_ESTIMATORS else
+                    {"error": "no Storchastic equivalent"})
+          peer_rows.append({"estimator": name, "batch": batch,
+                            "ours_steps_per_sec": r["steps_per_sec"],
+                            **{f"peer_{k}": v for k, v in theirs.items()}})
+          if "steps_per_sec" in theirs:
+            peer_rows[-1]["ratio"] = r["steps_per_sec"] / theirs["steps_per_sec"]
+            print(f"  Storchastic {theirs['steps_per_sec']:8.1f} steps/s: "
+                  f"ratio {peer_rows[-1]['ratio']:.1f}")
+          else:
+            print(f"  Storchastic: {theirs['error']}")
 
   grids = {
       "batch": [24, 256] if quick else [24, 64, 256, 1024, 4096],
@@ -175,8 +249,6 @@ def main(argv):
     for v in values:
       kw = dict(batch=24, num_latents=200, num_samples=1)
       kw[axis] = v
-      if axis == "num_samples":
-        kw["num_samples"] = v
       rows.append(train_step("linear", est, kw["batch"], kw["num_latents"],
                              kw["num_samples"], max(steps // 10, 5), repeats,
                              peak))
@@ -186,41 +258,82 @@ def main(argv):
                      "roofline_fraction": [r["roofline_fraction"]
                                            for r in rows],
                      "exponent": slope(values, times)}
-    print(f"scaling with {axis} ({est}): exponent {scaling[axis]['exponent']:.2f}")
+    print(f"scaling with {axis} ({est}): exponent "
+          f"{scaling[axis]['exponent']:.2f}")
+
+  # What bounds the small-batch step: a lone matmul of the step's own shape.
+  shape_bound = {}
+  for b in sorted({24, 50, *grids["batch"]}):
+    shape_bound[b] = matmul_flops_per_sec(repeats, b, 784, 200,
+                                          calls=max(10, 20000 // b))
+    print(f"matmul {b} x 784 x 200: {shape_bound[b] / 1e9:.1f} GFLOP/s = "
+          f"{100 * shape_bound[b] / peak:.1f}% of the roofline")
 
   result = {"machine": machine, "matmul_flops_per_sec": peak,
+            "step_shape_matmul_flops_per_sec": shape_bound,
             "estimators_alone": alone, "train_step": steps_rows,
-            "scaling": scaling}
-  with open(os.path.join(_OUTPUT_DIR.value, "benchmark.json"), "w") as fh:
+            "peer_storchastic": peer_rows, "scaling": scaling}
+  with open(os.path.join(out_dir, "benchmark.json"), "w") as fh:
     json.dump(result, fh, indent=2)
+  md = markdown(result, repeats)
+  with open(os.path.join(out_dir, "benchmark.md"), "w") as fh:
+    fh.write(md)
+  print(md)
+  plot(scaling, os.path.join(out_dir, "benchmark.png"))
 
+
+def markdown(result: dict, repeats: int) -> str:
+  """The tables of benchmark.md."""
+  peak, bound = result["matmul_flops_per_sec"], result[
+      "step_shape_matmul_flops_per_sec"]
+  steps_rows = result["train_step"]
+  md = [f"Machine: {result['machine']}. Matmul roofline (1024^3, measured in "
+        f"this run) {peak / 1e9:.1f} GFLOP/s. Medians of {repeats} repeats.",
+        "", "| family | estimator | draws/s |", "| --- | --- | --- |"]
+  md += [f"| {r['family']} | {r['estimator']} | {r['draws_per_sec']:.0f} |"
+         for r in result["estimators_alone"]]
+  if result["peer_storchastic"]:
+    md += ["", "Side by side with Storchastic (PyTorch, CPU), linear SBN "
+           "784-200, batch 24, in this run:", "",
+           "| estimator | rebar_jax steps/s | Storchastic steps/s | ratio |",
+           "| --- | --- | --- | --- |"]
+    for r in result["peer_storchastic"]:
+      theirs = (f"{r['peer_steps_per_sec']:.1f}" if "ratio" in r else
+                f"- ({r['peer_error']})")
+      ratio = f"{r['ratio']:.1f}x" if "ratio" in r else "-"
+      md.append(f"| {r['estimator']} | {r['ours_steps_per_sec']:.1f} | "
+                f"{theirs} | {ratio} |")
   reinforce = {(r["model"], r["batch"]): r["steps_per_sec"]
                for r in steps_rows if r["estimator"] == "reinforce"}
-  md = [f"Machine: {machine}. Matmul roofline {peak / 1e9:.1f} GFLOP/s. "
-        f"Medians of {repeats} repeats.", "",
-        "| family | estimator | draws/s |", "| --- | --- | --- |"]
-  md += [f"| {r['family']} | {r['estimator']} | {r['draws_per_sec']:.0f} |"
-         for r in alone]
-  md += ["", "| model | batch | estimator | steps/s | cost / REINFORCE step "
-         "| compile s | roofline % | XLA temp MB |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  md += ["", "Roofline %: the step's XLA FLOPs per second over the 1024^3 "
+         "matmul's; shape-bound %: over a lone B x 784 x 200 matmul's.", "",
+         "| model | batch | estimator | steps/s | cost / REINFORCE step "
+         "| compile s | roofline % | shape-bound % | XLA temp MB |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in steps_rows:
     ratio = reinforce[(r["model"], r["batch"])] / r["steps_per_sec"]
+    achieved = r["roofline_fraction"] * peak
     md.append(f"| {r['model']} | {r['batch']} | {r['estimator']} | "
               f"{r['steps_per_sec']:.1f} | {ratio:.2f} | {r['compile_s']:.1f} | "
               f"{100 * r['roofline_fraction']:.1f} | "
+              f"{100 * achieved / bound[r['batch']]:.1f} | "
               f"{r['temp_bytes'] / 2**20:.1f} |")
+  md += ["", "| B x 784 x 200 matmul | GFLOP/s | % of roofline |",
+         "| --- | --- | --- |"]
+  md += [f"| B = {b} | {v / 1e9:.1f} | {100 * v / peak:.1f} |"
+         for b, v in bound.items()]
   md += ["", "| axis | estimator | values | s/step | exponent | roofline % |",
          "| --- | --- | --- | --- | --- | --- |"]
-  for axis, s in scaling.items():
+  for axis, s in result["scaling"].items():
     md.append(f"| {axis} | {s['estimator']} | {s['values']} | "
               f"{[f'{t:.2e}' for t in s['seconds_per_step']]} | "
               f"{s['exponent']:.2f} | "
               f"{[round(100 * f, 1) for f in s['roofline_fraction']]} |")
-  with open(os.path.join(_OUTPUT_DIR.value, "benchmark.md"), "w") as fh:
-    fh.write("\n".join(md) + "\n")
-  print("\n".join(md))
+  return "\n".join(md) + "\n"
 
+
+def plot(scaling: dict, path: str):
+  """Log-log seconds per step against each scaling axis."""
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   for ax, (axis, s) in zip(axes, scaling.items()):
     ax.loglog(s["values"], s["seconds_per_step"], "o-")
@@ -228,7 +341,7 @@ def main(argv):
            title=f"{s['estimator']}: exponent {s['exponent']:.2f}")
     ax.grid(alpha=0.3, which="both")
   fig.tight_layout()
-  fig.savefig(os.path.join(_OUTPUT_DIR.value, "benchmark.png"), dpi=110)
+  fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
