@@ -12,7 +12,9 @@ log of the mean per-parameter variance of the encoder gradient is measured over
 `--num_draws` draws on one fixed batch (the REBAR paper's variance figure;
 DisARM Fig. 5). Also the signal-to-noise ratio (scale-free), the time per draw
 and variance x time (variance per unit of compute). NVIL is measured without its
-variance normalisation, which only rescales the gradient. Writes
+variance normalisation, which only rescales the gradient. With
+--estimator_states_from, the estimators' own parameters at trained points start
+from their own training runs. Writes
 variance.json, variance.md and variance.png.
 """
 import json
@@ -49,6 +51,13 @@ _ESTIMATORS = flags.DEFINE_list(
 _NUM_DRAWS = flags.DEFINE_integer("num_draws", 128, "Draws per estimate.")
 _TUNE_STEPS = flags.DEFINE_integer("tune_steps", 500,
                                    "Control-variate steps at fixed params.")
+_STATES_FROM = flags.DEFINE_string(
+    "estimator_states_from", "",
+    "Optional workdir pattern with {estimator}, e.g. results/reproduce/runs/"
+    "mnist_linear1-{estimator}-lr0.0003-seed0: at trained points, start each "
+    "estimator's own parameters (REBAR's eta and lambda, RELAX's network, "
+    "NVIL's baseline) from the latest checkpoint of its own training run, "
+    "as trained alongside the model, before --tune_steps more.")
 
 
 def tune(exp, params, est_state, x, steps: int):
@@ -75,8 +84,12 @@ def tune(exp, params, est_state, x, steps: int):
 def main(argv):
   del argv
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-  points = [("init", None)] + [(os.path.basename(d.rstrip("/")), d)
-                               for d in _CHECKPOINTS.value]
+  def label_of(workdir):
+    step = checkpoints.Checkpointer(
+        os.path.join(workdir, "checkpoints")).latest_step()
+    return f"{os.path.basename(workdir.rstrip('/'))}@{step}"
+
+  points = [("init", None)] + [(label_of(d), d) for d in _CHECKPOINTS.value]
   def config(estimator):
     c = sbn_linear.get_config()
     c.nonlinear = _NONLINEAR.value
@@ -84,13 +97,16 @@ def main(argv):
                                               _DATA_DIR.value)
     return c
 
+  def restore(workdir, estimator):
+    like = train.init_state(train.build(config(estimator)), 0)
+    return checkpoints.Checkpointer(
+        os.path.join(workdir, "checkpoints")).restore(like)
+
   saved = {}
   for label, workdir in points[1:]:
     with open(os.path.join(workdir, "config.json")) as fh:
       run_estimator = json.load(fh)["estimator"]
-    like = train.init_state(train.build(config(run_estimator)), 0)
-    saved[label] = checkpoints.Checkpointer(
-        os.path.join(workdir, "checkpoints")).restore(like).params
+    saved[label] = restore(workdir, run_estimator).params
 
   results = []
   for name in _ESTIMATORS.value:
@@ -105,6 +121,10 @@ def main(argv):
       if workdir is not None:
         state = state._replace(params=saved[label])
       est_state = state.estimator
+      own = _STATES_FROM.value.format(estimator=name)
+      if (workdir is not None and own and jax.tree.leaves(est_state.params)
+          and os.path.isdir(os.path.join(own, "checkpoints"))):
+        est_state = restore(own, name).estimator
       if _TUNE_STEPS.value and jax.tree.leaves(est_state.params):
         est_state = tune(exp, state.params, est_state, x, _TUNE_STEPS.value)
       if name == "nvil":
@@ -130,16 +150,19 @@ def main(argv):
   md = [f"Encoder-gradient log-variance over {_NUM_DRAWS.value} draws on one "
         f"batch of 24, after {_TUNE_STEPS.value} control-variate steps at fixed "
         f"model parameters; {jax.default_backend()} backend.", "",
-        "| estimator | point | log variance | vs REINFORCE | SNR | ms/draw "
-        "| log(variance x time) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-  base = {r["point"]: r["log_variance"] for r in results
-          if r["estimator"] == "reinforce"}
+        "| estimator | point | log variance | vs REINFORCE | vs NVIL | SNR "
+        "| ms/draw | log(variance x time) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  def relative(r, to):
+    base = {q["point"]: q["log_variance"] for q in results
+            if q["estimator"] == to}
+    return (f"{np.exp(r['log_variance'] - base[r['point']]):.3g}"
+            if r["point"] in base else "-")
   for r in results:
-    ratio = (np.exp(r["log_variance"] - base[r["point"]])
-             if r["point"] in base else float("nan"))
     md.append(f"| {r['estimator']} | {r['point']} | {r['log_variance']:.2f} | "
-              f"{ratio:.3g} | {r['snr']:.3f} | {1e3 * r['seconds_per_draw']:.2f}"
-              f" | {r['log_variance_x_time']:.2f} |")
+              f"{relative(r, 'reinforce')} | {relative(r, 'nvil')} | "
+              f"{r['snr']:.3f} | {1e3 * r['seconds_per_draw']:.2f} | "
+              f"{r['log_variance_x_time']:.2f} |")
   with open(os.path.join(_OUTPUT_DIR.value, "variance.md"), "w") as fh:
     fh.write("\n".join(md) + "\n")
   print("\n".join(md))
