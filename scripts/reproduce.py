@@ -16,8 +16,10 @@ and estimator it keeps the learning rate with the best validation ELBO and
 reports the mean over seeds of the best training ELBO (highest 1000-step
 mean), the validation ELBO and the test 100-sample bound, beside the published
 highest training ELBO (RELAX paper, Table 2, with the nonlinear NVIL/MuProp/REBAR
-columns as corrected from the paper's earlier draft). Writes reproduce.json and
-reproduce.md.
+columns as corrected from the paper's earlier draft), then the validation ELBO
+at every evaluation (the gap as a function of steps). Writes reproduce.json,
+reproduce.md and reproduce.png (validation ELBO, and each run's encoder-gradient
+log-variance diagnostic, against steps).
 """
 import json
 import os
@@ -25,6 +27,9 @@ import sys
 
 from absl import app
 from absl import flags
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,6 +94,61 @@ def best_train_elbo(workdir: str) -> float:
   return float(np.max(means))
 
 
+def eval_curve(workdir: str) -> list[dict]:
+  """The evaluation rows of a run: step, valid ELBO, test IW-100, ..."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+    rows = [json.loads(line) for line in fh]
+  return [r for r in rows if "valid_elbo" in r]
+
+
+def curves_markdown_and_plot(best_runs: dict, path: str) -> list[str]:
+  """Validation ELBO against steps per (row, estimator); plot beside it.
+
+  best_runs: (row, estimator) -> workdir of the best learning rate, seed 0.
+  """
+  curves = {k: eval_curve(w) for k, w in best_runs.items()}
+  steps = sorted({r["step"] for c in curves.values() for r in c})
+  md = ["", "Validation ELBO against training steps (best learning rate, first "
+        "seed); the gap to the published training ELBO is in the last column.",
+        "", "| row | estimator | " + " | ".join(f"{s // 1000}k" for s in steps)
+        + " | published train ELBO |",
+        "| --- | --- | " + " | ".join("---" for _ in steps) + " | --- |"]
+  for (row, est), c in curves.items():
+    by_step = {r["step"]: r["valid_elbo"] for r in c}
+    published = (PUBLISHED[row][PUBLISHED_NAMES.index(est)]
+                 if est in PUBLISHED_NAMES else "")
+    md.append(f"| {row} | {est} | " + " | ".join(
+        f"{by_step[s]:.2f}" if s in by_step else "" for s in steps) +
+              f" | {published} |")
+  rows = sorted({row for row, _ in curves})
+  fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4 * len(rows)),
+                           squeeze=False)
+  for (ax_elbo, ax_var), row in zip(axes, rows):
+    for (r, est), c in curves.items():
+      if r != row or not c:
+        continue
+      line, = ax_elbo.plot([q["step"] for q in c],
+                           [q["valid_elbo"] for q in c], "o-", label=est)
+      if est in PUBLISHED_NAMES:
+        ax_elbo.axhline(PUBLISHED[row][PUBLISHED_NAMES.index(est)],
+                        color=line.get_color(), ls=":", lw=1)
+      # NVIL's logged gradient is divided by the running sd of its signal (a
+      # step size): its variance is compared in scripts/variance.py instead.
+      if "grad_log_variance" in c[0] and est != "nvil":
+        ax_var.plot([q["step"] for q in c],
+                    [q["grad_log_variance"] for q in c], "o-", label=est)
+    ax_elbo.set(xlabel="step", ylabel="validation ELBO",
+                title=f"{row} (dotted: published training ELBO)")
+    ax_var.set(xlabel="step", ylabel="log variance of the encoder gradient",
+               title=f"{row}: each estimator along its own run (not NVIL)")
+    for ax in (ax_elbo, ax_var):
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return md
+
+
 def main(argv):
   del argv
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
@@ -111,6 +171,7 @@ def main(argv):
                     "w") as fh:
             json.dump(results, fh, indent=2)
 
+  best_runs = {}
   md = [f"SBN table protocol, {_NUM_STEPS.value} steps per run, learning "
         f"rates {_LEARNING_RATES.value} (best by validation ELBO), seeds "
         f"{_SEEDS.value}; published: highest training ELBO, RELAX Table 2.",
@@ -125,6 +186,9 @@ def main(argv):
         by_lr.setdefault(r["lr"], []).append(r)
       lr, best = max(by_lr.items(), key=lambda kv: np.mean(
           [r["valid_elbo"] for r in kv[1]]))
+      best_runs[(row, est)] = os.path.join(
+          _OUTPUT_DIR.value, "runs",
+          f"{row}-{est}-lr{lr:g}-seed{best[0]['seed']}")
       published = (PUBLISHED[row][PUBLISHED_NAMES.index(est)]
                    if est in PUBLISHED_NAMES else "")
       md.append(
@@ -132,6 +196,8 @@ def main(argv):
           f"{np.mean([r['best_train_elbo'] for r in best]):.2f} | "
           f"{np.mean([r['valid_elbo'] for r in best]):.2f} | "
           f"{np.mean([r['test_iw100'] for r in best]):.2f} | {published} |")
+  md += curves_markdown_and_plot(
+      best_runs, os.path.join(_OUTPUT_DIR.value, "reproduce.png"))
   with open(os.path.join(_OUTPUT_DIR.value, "reproduce.md"), "w") as fh:
     fh.write("\n".join(md) + "\n")
   print("\n".join(md))
