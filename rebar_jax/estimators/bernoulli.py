@@ -349,16 +349,10 @@ def combine_control_variate(logits: Array, b: Array, score_b: Array, f: Fn,
   where z_of(l) = z and ztilde_of(l) = z~ as functions of the logits with all
   noise (and b) held fixed: the derivatives are total derivatives w.r.t. l.
   Shared by the Bernoulli and categorical estimators.
-
-  c is evaluated and differentiated once, vmapped over the stack [z, z~]: the
-  two relaxed evaluations share their (twice as tall) matmuls.
   """
-  z, z_vjp = jax.vjp(z_of, logits)
-  zt, zt_vjp = jax.vjp(ztilde_of, logits)
-  cs, c_vjp = jax.vjp(jax.vmap(c), jnp.stack([z, zt]))
-  (dc,) = c_vjp(jnp.ones_like(cs))
-  (grad_cz,), (grad_czt,) = z_vjp(dc[0]), zt_vjp(dc[1])
-  return f(b) * score_b, cs[1] * score_b - grad_cz + grad_czt
+  grad_cz = jax.grad(lambda l: c(z_of(l)))(logits)
+  c_zt, grad_czt = jax.value_and_grad(lambda l: c(ztilde_of(l)))(logits)
+  return f(b) * score_b, c_zt * score_b - grad_cz + grad_czt
 
 
 def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
