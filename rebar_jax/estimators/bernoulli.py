@@ -111,9 +111,13 @@ def logistic_noise(key: PRNGKey, shape: Sequence[int],
 
 
 def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, PRNGKey]:
-  """The shared draw: (noise logit(u), b = H(l + noise), key for more noise)."""
-  _, key_rest = jax.random.split(key)
-  noise = logistic_noise(key, logits.shape, logits.dtype)
+  """The shared draw: (noise logit(u), b = H(l + noise), key for more noise).
+
+  The noise is `logistic_noise(key)`'s, from the same single split (XLA does
+  not merge two identical threefry loops, so the split is not repeated).
+  """
+  key_u, key_rest = jax.random.split(key)
+  noise = logit(uniform_open(key_u, logits.shape, logits.dtype))
   return noise, hard_threshold(logits + noise), key_rest
 
 
