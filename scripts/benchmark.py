@@ -51,6 +51,11 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/benchmark", "Output.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement.")
 _QUICK = flags.DEFINE_bool("quick", False, "Small grids (a smoke run).")
 _STEPS = flags.DEFINE_integer("steps_per_call", 100, "Scanned steps per call.")
+_SECTIONS = flags.DEFINE_list(
+    "sections", ["alone", "steps", "scaling"],
+    "Which measurements: alone (estimators by themselves), steps (train step "
+    "table), scaling. With steps left out, the peer comparison still runs "
+    "on the linear SBN at batch 24.")
 _PEER_PYTHON = flags.DEFINE_string(
     "peer_python", ".venv-peers/bin/python",
     "Python of the environment with PyTorch + Storchastic (`make peers`); "
@@ -209,12 +214,19 @@ def main(argv):
     np.save(peer_data, np.asarray(train.build(sbn_mnist.get_config())
                                   .dataset.train, np.uint8))
 
-  alone = estimator_throughput(repeats, 64 if quick else 256)
+  sections = set(_SECTIONS.value)
+  unknown = sections - {"alone", "steps", "scaling"}
+  if unknown:
+    raise app.UsageError(f"Unknown sections {sorted(unknown)}; choose from "
+                         "alone, steps, scaling.")
+  alone = (estimator_throughput(repeats, 64 if quick else 256)
+           if "alone" in sections else [])
   names = (["reinforce", "disarm", "rebar"] if quick else
            sorted(set(estimators.BERNOULLI) | {"nvil"}))
   steps_rows, peer_rows = [], []
-  for kind in ("linear", "nonlinear"):
-    for batch in ((24,) if quick else (24, 50)):
+  full = "steps" in sections
+  for kind in ("linear", "nonlinear") if full else ("linear",):
+    for batch in ((24,) if quick or not full else (24, 50)):
       for name in names:
         steps_rows.append(train_step(kind, name, batch, 200, 1, steps, repeats,
                                      peak))
@@ -243,7 +255,7 @@ def main(argv):
       "num_samples": [2, 10] if quick else [2, 5, 10, 50, 100],
   }
   scaling = {}
-  for axis, values in grids.items():
+  for axis, values in (grids.items() if "scaling" in sections else ()):
     est = "vimco_geometric" if axis == "num_samples" else "rebar"
     rows = []
     for v in values:
@@ -263,7 +275,10 @@ def main(argv):
 
   # What bounds the small-batch step: a lone matmul of the step's own shape.
   shape_bound = {}
-  for b in sorted({24, 50, *grids["batch"]}):
+  batches = {r["batch"] for r in steps_rows}
+  if "batch" in scaling:
+    batches |= set(scaling["batch"]["values"])
+  for b in sorted(batches):
     shape_bound[b] = matmul_flops_per_sec(repeats, b, 784, 200,
                                           calls=max(10, 20000 // b))
     print(f"matmul {b} x 784 x 200: {shape_bound[b] / 1e9:.1f} GFLOP/s = "
@@ -279,7 +294,8 @@ def main(argv):
   with open(os.path.join(out_dir, "benchmark.md"), "w") as fh:
     fh.write(md)
   print(md)
-  plot(scaling, os.path.join(out_dir, "benchmark.png"))
+  if scaling:
+    plot(scaling, os.path.join(out_dir, "benchmark.png"))
 
 
 def markdown(result: dict, repeats: int) -> str:
@@ -288,10 +304,11 @@ def markdown(result: dict, repeats: int) -> str:
       "step_shape_matmul_flops_per_sec"]
   steps_rows = result["train_step"]
   md = [f"Machine: {result['machine']}. Matmul roofline (1024^3, measured in "
-        f"this run) {peak / 1e9:.1f} GFLOP/s. Medians of {repeats} repeats.",
-        "", "| family | estimator | draws/s |", "| --- | --- | --- |"]
-  md += [f"| {r['family']} | {r['estimator']} | {r['draws_per_sec']:.0f} |"
-         for r in result["estimators_alone"]]
+        f"this run) {peak / 1e9:.1f} GFLOP/s. Medians of {repeats} repeats."]
+  if result["estimators_alone"]:
+    md += ["", "| family | estimator | draws/s |", "| --- | --- | --- |"]
+    md += [f"| {r['family']} | {r['estimator']} | {r['draws_per_sec']:.0f} |"
+           for r in result["estimators_alone"]]
   if result["peer_storchastic"]:
     md += ["", "Side by side with Storchastic (PyTorch, CPU), linear SBN "
            "784-200, batch 24, in this run:", "",
@@ -322,8 +339,9 @@ def markdown(result: dict, repeats: int) -> str:
          "| --- | --- | --- |"]
   md += [f"| B = {b} | {v / 1e9:.1f} | {100 * v / peak:.1f} |"
          for b, v in bound.items()]
-  md += ["", "| axis | estimator | values | s/step | exponent | roofline % |",
-         "| --- | --- | --- | --- | --- | --- |"]
+  if result["scaling"]:
+    md += ["", "| axis | estimator | values | s/step | exponent | roofline % |",
+           "| --- | --- | --- | --- | --- | --- |"]
   for axis, s in result["scaling"].items():
     md.append(f"| {axis} | {s['estimator']} | {s['values']} | "
               f"{[f'{t:.2e}' for t in s['seconds_per_step']]} | "
