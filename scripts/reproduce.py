@@ -121,22 +121,25 @@ def curves_markdown_and_plot(best_runs: dict, path: str) -> list[str]:
         f"{by_step[s]:.2f}" if s in by_step else "" for s in steps) +
               f" | {published} |")
   rows = sorted({row for row, _ in curves})
+  names = sorted({est for _, est in curves})
+  color = {est: f"C{i % 10}" for i, est in enumerate(names)}
   fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4 * len(rows)),
                            squeeze=False)
   for (ax_elbo, ax_var), row in zip(axes, rows):
     for (r, est), c in curves.items():
       if r != row or not c:
         continue
-      line, = ax_elbo.plot([q["step"] for q in c],
-                           [q["valid_elbo"] for q in c], "o-", label=est)
+      ax_elbo.plot([q["step"] for q in c], [q["valid_elbo"] for q in c],
+                   "o-", color=color[est], label=est)
       if est in PUBLISHED_NAMES:
         ax_elbo.axhline(PUBLISHED[row][PUBLISHED_NAMES.index(est)],
-                        color=line.get_color(), ls=":", lw=1)
+                        color=color[est], ls=":", lw=1)
       # NVIL's logged gradient is divided by the running sd of its signal (a
       # step size): its variance is compared in scripts/variance.py instead.
       if "grad_log_variance" in c[0] and est != "nvil":
         ax_var.plot([q["step"] for q in c],
-                    [q["grad_log_variance"] for q in c], "o-", label=est)
+                    [q["grad_log_variance"] for q in c], "o-",
+                    color=color[est], label=est)
     ax_elbo.set(xlabel="step", ylabel="validation ELBO",
                 title=f"{row} (dotted: published training ELBO)")
     ax_var.set(xlabel="step", ylabel="log variance of the encoder gradient",
