@@ -382,32 +382,32 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
     est_loss = jnp.mean(jnp.square(residual))
     extra = (baseline,)
 
-  estimates = []
   if spec.name in ("reinforce", "nvil") and spec.family == "bernoulli":
-    # The same estimates as the loop below, without recomputing them: in an
-    # SBN a layer's b is the one the estimator would draw from its key and
-    # REINFORCE's signal F(b) is the chain's ELBO for every layer. XLA merges
-    # neither the estimator's second noise draw nor its second evaluation of
-    # F with the chain's, and they cost ~30% of a batch-24 step on CPU.
-    baseline = extra[0] + est_state.stats.mean if spec.name == "nvil" else 0.0
-    signal = jax.lax.stop_gradient(elbo) - baseline  # (B,)
+    # The same estimates as the per-layer estimators below, without
+    # recomputing them: in an SBN a layer's b is the one the estimator would
+    # draw from its key and REINFORCE's signal F(b) is the chain's ELBO for
+    # every layer. XLA merges neither the estimator's second noise draw nor its
+    # second evaluation of F with the chain's (~30% of a batch-24 CPU step).
+    signal = (residual if spec.name == "nvil" else
+              jax.lax.stop_gradient(elbo))  # (B,), baseline subtracted
     estimates = [signal[:, None] * bernoulli.score(layer.logits, layer.b)
                  for layer in layers]
-    layers = []
-  for l, layer in enumerate(layers):
-    def one(k, lg, ctx, extra, layer=layer, l=l):
-      f = lambda b: layer.f_hard(b, ctx)
-      fr = lambda s, t: layer.f_soft(s, t, ctx)
-      return _one_estimate(spec, est_state, k, lg, f, fr, extra, l)
+  else:
+    estimates = []
+    for l, layer in enumerate(layers):
+      def one(k, lg, ctx, extra, layer=layer, l=l):
+        f = lambda b: layer.f_hard(b, ctx)
+        fr = lambda s, t: layer.f_soft(s, t, ctx)
+        return _one_estimate(spec, est_state, k, lg, f, fr, extra, l)
 
-    est, grads_l, loss_l = jax.vmap(one)(layer.keys, layer.logits, layer.ctx,
-                                         extra)
-    estimates.append(est)
-    if spec.name in ("rebar", "relax") and spec.tune:
-      grads_l = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_l)
-      cv_grads = grads_l if cv_grads is None else jax.tree.map(
-          jnp.add, cv_grads, grads_l)
-      est_loss = est_loss + jnp.mean(loss_l)
+      est, grads_l, loss_l = jax.vmap(one)(layer.keys, layer.logits,
+                                           layer.ctx, extra)
+      estimates.append(est)
+      if spec.name in ("rebar", "relax") and spec.tune:
+        grads_l = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_l)
+        cv_grads = grads_l if cv_grads is None else jax.tree.map(
+            jnp.add, cv_grads, grads_l)
+        est_loss = est_loss + jnp.mean(loss_l)
 
   if spec.name == "nvil":
     scale = 1.0 / jnp.maximum(1.0, jnp.sqrt(est_state.stats.var))

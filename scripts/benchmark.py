@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import sbn_mnist  # pylint: disable=g-import-not-at-top
 from rebar_jax import estimators
 from rebar_jax import train
+from rebar_jax.models import sbn
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/benchmark", "Output.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement.")
@@ -134,9 +135,7 @@ def estimator_throughput(repeats: int, num_draws: int) -> list[dict]:
     logits = jax.random.normal(k3, shape)
 
     def f(b):
-      out = b.reshape(-1) @ w
-      return jnp.sum(x * jax.nn.log_sigmoid(out) +
-                     (1 - x) * jax.nn.log_sigmoid(-out))
+      return sbn.bernoulli_log_prob(x, b.reshape(-1) @ w)
 
     for name, est in registry.items():
       run = jax.jit(jax.vmap(lambda k: est(k, logits, f)))

@@ -30,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import sbn_linear  # pylint: disable=g-import-not-at-top
@@ -73,7 +74,7 @@ def tune(exp, params, est_state, x, steps: int):
           exp.model, exp.spec, params, est_state, x, key)
       updates, opt_state = opt.update(grads, opt_state, est_state.params)
       est_state = gradients.EstimatorState(
-          jax.tree.map(jnp.add, est_state.params, updates), stats)
+          optax.apply_updates(est_state.params, updates), stats)
       return (est_state, opt_state), None
     return jax.lax.scan(step, (est_state, opt_state), keys)[0]
 

@@ -106,18 +106,25 @@ def logistic_noise(key: PRNGKey, shape: Sequence[int],
   so a caller can reproduce their sample (e.g. to reuse it for a decoder
   gradient) without calling them.
   """
-  key_u, _ = jax.random.split(key)
-  return logit(uniform_open(key_u, shape, dtype))
+  return _noise_and_spare_key(key, shape, dtype)[0]
+
+
+def _noise_and_spare_key(key: PRNGKey, shape: Sequence[int],
+                         dtype) -> tuple[Array, PRNGKey]:
+  """(logit(u) from the first half of split(key), the second half).
+
+  One split serves both: XLA does not merge two identical threefry loops.
+  """
+  key_u, key_rest = jax.random.split(key)
+  return logit(uniform_open(key_u, shape, dtype)), key_rest
 
 
 def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, PRNGKey]:
   """The shared draw: (noise logit(u), b = H(l + noise), key for more noise).
 
-  The noise is `logistic_noise(key)`'s, from the same single split (XLA does
-  not merge two identical threefry loops, so the split is not repeated).
+  The noise is `logistic_noise(key)`'s.
   """
-  key_u, key_rest = jax.random.split(key)
-  noise = logit(uniform_open(key_u, logits.shape, logits.dtype))
+  noise, key_rest = _noise_and_spare_key(key, logits.shape, logits.dtype)
   return noise, hard_threshold(logits + noise), key_rest
 
 
