@@ -353,6 +353,13 @@ _WORKDIR = flags.DEFINE_string(
     "defaults to runs/<config name>-<estimator>.")
 
 
+def default_workdir(config_path: str, config: ml_collections.ConfigDict
+                    ) -> str:
+  """runs/<config file name>-<estimator>, relative to the current directory."""
+  name = os.path.splitext(os.path.basename(config_path))[0]
+  return os.path.join("runs", f"{name}-{config.estimator}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -362,9 +369,8 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. "
                          "--config=configs/sbn_mnist.py")
-  workdir = _WORKDIR.value or os.path.join(
-      "runs", f"{os.path.splitext(os.path.basename(flags.FLAGS['config'].value))[0]}"
-      f"-{config.estimator}")
+  workdir = _WORKDIR.value or default_workdir(
+      config_flags.get_config_filename(flags.FLAGS["config"]), config)
   final = train_and_evaluate(config, workdir)
   lines = [f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
            for k, v in final.items()]

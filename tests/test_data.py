@@ -1,10 +1,11 @@
-"""Tests of rebar_jax.data against the real data sets in ../shared/data.
+"""Tests of rebar_jax.data against the real data sets.
 
-The data directory is ../shared/data relative to the repository root, or the
-directory named by $REBAR_JAX_DATA_DIR. The TFDS test prepares binarized_mnist
-offline from a manual directory written by `write_binarized_mnist_amat`
-(capped at $REBAR_JAX_TFDS_EXAMPLES rows per split, default 2000; 0 prepares
-all 70000, which takes a minute more).
+The tests that read the paper data find it in the directory named by
+$REBAR_JAX_DATA_DIR, or in ../shared/data beside the repository when that
+exists (the development tree and CI); elsewhere they are skipped with the
+reason. The TFDS test prepares binarized_mnist offline from a manual directory
+written by `write_binarized_mnist_amat` (capped at $REBAR_JAX_TFDS_EXAMPLES rows
+per split, default 2000; 0 prepares all 70000, which takes a minute more).
 """
 import functools
 import gzip
@@ -18,21 +19,18 @@ import numpy as np
 import pytest
 
 from rebar_jax import data
+from rebar_jax.data import datasets
+import paper_data
 
-DATA_DIR = pathlib.Path(
-    os.environ.get("REBAR_JAX_DATA_DIR")
-    or pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data")
+DATA_DIR = paper_data.DATA_DIR
 TFDS_EXAMPLES = int(os.environ.get("REBAR_JAX_TFDS_EXAMPLES", "2000"))
 THREE_WAYS = ("data_source=local", "data_source=tfds", "data_source=embedded",
-              'pip install -e ".[tfds]"')
+              'pip install -e ".[tfds]"', "python -m rebar_jax.data.prepare")
 
 
 @pytest.fixture(scope="module")
 def data_dir() -> pathlib.Path:
-  assert DATA_DIR.is_dir(), (
-      f"{DATA_DIR} does not exist: set REBAR_JAX_DATA_DIR to the directory "
-      "holding binarized_mnist.npz, mnist.npz and omniglot_*.npz.")
-  return DATA_DIR
+  return paper_data.require()
 
 
 @pytest.fixture(scope="module")
@@ -129,18 +127,19 @@ def _write_idx(path: pathlib.Path, array: np.ndarray, compress: bool):
 
 def test_fashion_mnist_local_reads_plain_and_gzipped_idx(tmp_path):
   rng = np.random.default_rng(0)
-  train = rng.integers(0, 256, (5007, 28, 28), dtype=np.uint8)
-  test = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
-  _write_idx(tmp_path / "train-images-idx3-ubyte.gz", train, compress=True)
-  _write_idx(tmp_path / "t10k-images-idx3-ubyte", test, compress=False)
+  train = rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8)
+  test = rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8)
+  _write_idx(tmp_path / "train-images-idx3-ubyte", train, compress=False)
+  _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", test, compress=True)
   np.testing.assert_array_equal(
-      data.read_idx(tmp_path / "train-images-idx3-ubyte.gz"), train)
+      data.read_idx(tmp_path / "t10k-images-idx3-ubyte.gz"), test)
   ds = data.load_dataset("fashion_mnist", "local", tmp_path)
-  _assert_splits(ds, "fashion_mnist", "local", (7, 5000, 3), dynamic=True)
+  _assert_splits(ds, "fashion_mnist", "local", (55000, 5000, 10000),
+                 dynamic=True)
   np.testing.assert_array_equal(
-      ds.valid, train[7:].reshape(5000, 784).astype(np.float32) / 255)
+      ds.valid, train[55000:].reshape(5000, 784).astype(np.float32) / 255)
   np.testing.assert_array_equal(
-      ds.test, test.reshape(3, 784).astype(np.float32) / 255)
+      ds.test, test.reshape(10000, 784).astype(np.float32) / 255)
 
 
 def test_area_resize_is_a_block_mean():
@@ -203,7 +202,7 @@ def test_tfds_binarized_mnist_from_manual_dir_matches_local(
   # TFDS's preparation of all 70000 examples (PNG-encoding each one) takes a
   # minute; by default it stops after TFDS_EXAMPLES rows per split (TFDS still
   # checks the sha256 of the whole files). REBAR_JAX_TFDS_EXAMPLES=0: all.
-  tfds = data._import_tfds()  # pylint: disable=protected-access
+  tfds = datasets._import_tfds()  # pylint: disable=protected-access
   if TFDS_EXAMPLES:
     monkeypatch.setattr(tfds.download, "DownloadConfig", functools.partial(
         tfds.download.DownloadConfig, max_examples_per_split=TFDS_EXAMPLES))
@@ -228,10 +227,10 @@ def test_tfds_binarized_mnist_from_manual_dir_matches_local(
 
 def test_unknown_name_and_source_list_the_valid_ones():
   with pytest.raises(ValueError, match="Unknown dataset 'cifar10'") as e:
-    data.load_dataset("cifar10", "local", DATA_DIR)
+    data.load_dataset("cifar10", "local", "unused")
   assert all(name in str(e.value) for name in data.DATASETS)
   with pytest.raises(ValueError, match="Unknown data source 'web'") as e:
-    data.load_dataset("mnist", "web", DATA_DIR)
+    data.load_dataset("mnist", "web", "unused")
   assert all(source in str(e.value) for source in data.SOURCES)
 
 
@@ -254,10 +253,18 @@ def test_missing_local_file_names_dataset_path_and_three_ways(
     assert way in message
 
 
-def test_local_without_data_dir_is_an_error_not_a_fallback():
-  with pytest.raises(FileNotFoundError, match="data_dir is None") as e:
+def test_local_without_data_dir_is_an_error_not_a_fallback(monkeypatch):
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  with pytest.raises(FileNotFoundError, match="no data_dir given") as e:
     data.load_dataset("binarized_mnist", "local")
   assert all(way in str(e.value) for way in THREE_WAYS)
+
+
+def test_local_data_dir_defaults_to_the_environment(tmp_path, monkeypatch):
+  monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+  with pytest.raises(FileNotFoundError) as e:
+    data.load_dataset("binarized_mnist", "local")
+  assert str(tmp_path / "binarized_mnist.npz") in str(e.value)
 
 
 def test_names_a_source_does_not_serve():

