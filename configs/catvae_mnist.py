@@ -1,21 +1,21 @@
-r"""Categorical VAE (seed 002): 30 variables x 10 categories, MLP 784-512-256.
+r"""Categorical VAE (Jang et al. 2017): 30 variables x 10 classes, 784-512-256.
 
 Trained with any categorical estimator (`rebar_jax.estimators.categorical`):
 
   python -m rebar_jax.train --config=configs/catvae_mnist.py \
       --config.estimator=gumbel_softmax
   python -m rebar_jax.train --config=configs/catvae_mnist.py \
-      --config.data_source=local --config.data_dir=../shared/data \
+      --config.data_source=local --config.data_dir=$REBAR_JAX_DATA_DIR \
       --config.estimator=arsm --config.num_vars=20
 
 Estimators: reinforce, reinforce_loo, ars, arsm, gumbel_softmax,
 straight_through_gumbel, gumbel_rao, rebar, relax, nvil.
 """
-from configs import sbn_mnist
+from rebar_jax import defaults
 
 
 def get_config():
-  c = sbn_mnist.get_config()
+  c = defaults.config()
   c.model = "categorical_vae"
   c.num_vars = 30
   c.num_classes = 10

@@ -1,13 +1,13 @@
 r"""Linear SBN with two stochastic layers (784-200-200).
 
   python -m rebar_jax.train --config=configs/sbn_linear2.py \
-      --config.data_source=local --config.data_dir=../shared/data
+      --config.data_source=local --config.data_dir=$REBAR_JAX_DATA_DIR
 """
-from configs import sbn_mnist
+from rebar_jax import defaults
 
 
 def get_config():
-  c = sbn_mnist.get_config()
+  c = defaults.config()
   c.nonlinear = False
   c.num_layers = 2
   return c

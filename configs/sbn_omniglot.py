@@ -1,17 +1,18 @@
 r"""Nonlinear SBN trained with REBAR on Omniglot (28x28, dynamic binarization).
 
   python -m rebar_jax.train --config=configs/sbn_omniglot.py \
-      --config.data_dir=../shared/data
+      --config.data_dir=$REBAR_JAX_DATA_DIR
 
-Omniglot is not embedded: it is read from a local directory holding
-omniglot_background.npz and omniglot_evaluation.npz.
+Omniglot is not embedded: it is read from a directory holding
+omniglot_background.npz and omniglot_evaluation.npz, written by
+`python -m rebar_jax.data.prepare --datasets=omniglot --data_dir=DIR`
+(with no data_dir, $REBAR_JAX_DATA_DIR is used).
 """
-from configs import sbn_mnist
+from rebar_jax import defaults
 
 
 def get_config():
-  c = sbn_mnist.get_config()
+  c = defaults.config()
   c.dataset = "omniglot"
   c.data_source = "local"
-  c.data_dir = "../shared/data"
   return c

@@ -16,20 +16,42 @@ the noise of an uninterrupted one.
 Minibatches are the rows of a per-epoch permutation drawn on the host from
 (seed, epoch), also a function of the step alone.
 
-Outputs in `workdir`: checkpoints/ (orbax), metrics.jsonl, metrics.csv,
-tensorboard/ event files, curves.png, and the final evaluation in
-final_metrics.json.
+Outputs in `workdir`: checkpoints/ (orbax, each verified by a digest),
+run.json (the run's identity: config, data fingerprint, history), config.json,
+metrics.jsonl, metrics.csv, tensorboard/ event files, curves.png, and the final
+evaluation in final_metrics.json.
+
+What a run guarantees (README, "Runs and failures"):
+  * Exact resume: rerunning the same command continues from the newest intact
+    checkpoint and gives the numbers of an uninterrupted run.
+  * One run per workdir: resuming with a configuration (or data) that differs
+    in anything that changes results is refused before anything is written,
+    listing the fields (`--allow_config_change` continues and records the
+    change in run.json); a second process on the same workdir is refused (OS
+    file lock).
+  * Integrity: a damaged checkpoint is reported, moved aside and never
+    restored; the run falls back to the newest intact one.
+  * SIGINT / SIGTERM finish the current chunk, save a checkpoint, flush the
+    metrics and TensorBoard and exit with one line saying how to resume.
+  * A non-finite ELBO or gradient, or a training ELBO more than
+    `config.divergence_threshold` nats below its value at initialisation,
+    stops the run with the step, the estimator and the last checkpoint.
 """
 import dataclasses
-import functools
+import hashlib
 import json
+import math
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Any, NamedTuple, Optional
 
 from absl import app
 from absl import flags
 from absl import logging
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -46,10 +68,27 @@ from rebar_jax.models import categorical_vae as cat_lib
 from rebar_jax.models import sbn as sbn_lib
 from rebar_jax.utils import checkpoints
 from rebar_jax.utils import plots
+from rebar_jax.utils import runs
 from rebar_jax.utils import writers
 
 Array = jax.Array
 Params = Any
+
+
+# The training ELBO of the last RECENT steps is kept in the state, so the
+# reported `train_elbo_last_1000_steps` comes from the checkpoint, exactly,
+# whatever happens to metrics.jsonl.
+RECENT = 1000
+
+
+class Monitor(NamedTuple):
+  """Training ELBOs the run's guards and final metrics read, in the state.
+
+  initial_elbo: the batch ELBO of step 0 (at initialisation).
+  recent_elbo: (RECENT,), the batch ELBO of step s at index s % RECENT.
+  """
+  initial_elbo: Array
+  recent_elbo: Array
 
 
 class TrainState(NamedTuple):
@@ -59,6 +98,26 @@ class TrainState(NamedTuple):
   opt_state: optax.OptState
   estimator: gradients.EstimatorState
   estimator_opt_state: optax.OptState
+  monitor: Monitor
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot be used; the message names the field."""
+
+
+class TrainingStopped(FloatingPointError):
+  """A non-finite or diverged training run; the last checkpoint is kept."""
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM stopped the run after saving a checkpoint."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    self.signum, self.step = signum, step
+    super().__init__(
+        f"Stopped by {signal.Signals(signum).name} at step {step}; the "
+        f"checkpoint is saved in {workdir}/checkpoints. Run the same command "
+        "to resume.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,44 +130,87 @@ class Experiment:
   estimator_optimizer: optax.GradientTransformation
 
 
+# Config fields and the values they accept (the model and estimator fields are
+# checked by the model and `gradients.EstimatorSpec`).
+_INTS = {  # name: minimum
+    "seed": 0, "eval_seed": 0, "eval_max_examples": 0, "diagnostic_draws": 0,
+    "batch_size": 1, "num_steps": 1, "steps_per_call": 1, "eval_every": 1,
+    "checkpoint_every": 1, "eval_num_samples": 1, "eval_batch_size": 1,
+    "num_samples": 1, "estimator_num_samples": 1,
+}
+_POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate", "temperature")
+_FINITE_FLOATS = ("eta",)
+_MODEL_INTS = {"sbn": {"num_layers": 1, "num_latents": 1, "hidden": 1},
+               "categorical_vae": {"num_vars": 1, "num_classes": 2}}
+_MODEL_SIZES = {"sbn": (), "categorical_vae": ("mlp_hidden",)}
+_MAX_SEED = 2**32 - 1
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
-  positive = ("batch_size", "num_steps", "steps_per_call", "eval_every",
-              "checkpoint_every", "eval_num_samples", "eval_batch_size")
-  for name in positive:
-    if int(config[name]) < 1:
-      raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
-  for name in ("learning_rate", "estimator_learning_rate", "temperature"):
-    if not float(config[name]) > 0:
-      raise ValueError(f"config.{name} must be > 0, got {config[name]}.")
+  """Raises ConfigError, naming the field, for any value that cannot work."""
+  def fail(name, expected):
+    raise ConfigError(f"config.{name} must be {expected}, got "
+                      f"{config[name]!r}.")
+
   if config.model not in MODELS:
-    raise ValueError(f"config.model={config.model!r} is unknown; choose one "
-                     f"of {MODELS}.")
-  sizes = (("num_layers", "num_latents") if config.model == "sbn" else
-           ("num_vars", "num_classes"))
-  for name in sizes:
-    if int(config[name]) < 1:
-      raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
+    fail("model", f"one of {MODELS}")
+  ints = dict(_INTS, **_MODEL_INTS[config.model])
+  for name, minimum in ints.items():
+    if not _is_int(config[name]) or config[name] < minimum:
+      fail(name, f"an integer >= {minimum}")
+  for name in ("seed", "eval_seed"):
+    if config[name] > _MAX_SEED:
+      fail(name, f"an integer in [0, {_MAX_SEED}]")
+  for name in _POSITIVE_FLOATS:
+    if not (math.isfinite(float(config[name])) and float(config[name]) > 0):
+      fail(name, "a finite number > 0")
+  for name in _FINITE_FLOATS:
+    if not math.isfinite(float(config[name])):
+      fail(name, "a finite number")
+  if not float(config.divergence_threshold) > 0:
+    fail("divergence_threshold", "> 0 (nats; inf turns the guard off)")
+  for name in ("relax_hidden",) + _MODEL_SIZES[config.model]:
+    if not all(_is_int(h) and h >= 1 for h in config[name]):
+      fail(name, "a tuple of integers >= 1")
   for name in ("eval_every", "checkpoint_every"):
     if config[name] % config.steps_per_call:
-      raise ValueError(
+      raise ConfigError(
           f"config.{name}={config[name]} must be a multiple of "
           f"config.steps_per_call={config.steps_per_call}.")
+  if (config.estimator == "reinforce_loo" and config.num_samples == 1
+      and config.estimator_num_samples < 2):
+    fail("estimator_num_samples",
+         ">= 2 for reinforce_loo (n, the samples of its leave-one-out "
+         "baseline)")
 
 
 MODELS = ("sbn", "categorical_vae")
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
-  """Data, model, estimator and optimisers from a config (validated)."""
+  """Data, model, estimator and optimisers from a config (validated).
+
+  Raises:
+    ConfigError: a config value that cannot work (the message names it).
+    rebar_jax.data.DataError, FileNotFoundError, ImportError, RuntimeError:
+      the data set cannot be loaded (the message says how to provide it).
+  """
   _check_config(config)
-  spec = gradients.EstimatorSpec(
-      name=config.estimator,
-      family="bernoulli" if config.model == "sbn" else "categorical",
-      temperature=config.temperature, eta=config.eta,
-      num_samples=config.estimator_num_samples,
-      tune=config.tune_estimator,
-      relax_hidden=tuple(config.relax_hidden),
-      num_iw_samples=config.num_samples)
+  try:
+    spec = gradients.EstimatorSpec(
+        name=config.estimator,
+        family="bernoulli" if config.model == "sbn" else "categorical",
+        temperature=config.temperature, eta=config.eta,
+        num_samples=config.estimator_num_samples,
+        tune=config.tune_estimator,
+        relax_hidden=tuple(config.relax_hidden),
+        num_iw_samples=config.num_samples)
+  except ValueError as e:
+    raise ConfigError(f"config.estimator={config.estimator!r}: {e}") from e
   dataset = data_lib.load_dataset(
       config.dataset, config.data_source, config.data_dir or None,
       seed=config.seed)
@@ -136,13 +238,25 @@ def init_state(exp: Experiment, seed: int) -> TrainState:
     b = jnp.zeros((1, exp.model.num_vars, exp.model.num_classes))
   params = exp.model.init(key_model, x, b)
   est = exp.spec.init(key_est, exp.model)
+  monitor = Monitor(jnp.full((), jnp.nan, jnp.float32),
+                    jnp.zeros((RECENT,), jnp.float32))
   return TrainState(jnp.zeros((), jnp.int32), params,
                     exp.optimizer.init(params), est,
-                    exp.estimator_optimizer.init(est.params))
+                    exp.estimator_optimizer.init(est.params), monitor)
 
 
-def make_train_chunk(exp: Experiment, seed: int):
-  """jit(scan(train_step)) over a (K, B) block of minibatch indices."""
+def make_train_chunk(exp: Experiment, seed: int,
+                     max_traces: Optional[int] = None):
+  """jit(scan(train_step)) over a (K, B) block of minibatch indices.
+
+  Args:
+    exp: the experiment.
+    seed: the run's seed (root key).
+    max_traces: if given, tracing the chunk more often than this raises
+      (`chex.assert_max_traces`): a guard against silent retracing. A run
+      traces it once per distinct chunk length (a shorter last chunk is one
+      more).
+  """
   root = jax.random.key(seed)
   dynamic = exp.dataset.dynamic_binarization
 
@@ -164,10 +278,13 @@ def make_train_chunk(exp: Experiment, seed: int):
     finite = jnp.isfinite(metrics["elbo"]) & jnp.all(jnp.asarray(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     metrics = dict(metrics, finite=finite)
+    elbo = metrics["elbo"]
+    monitor = Monitor(
+        jnp.where(state.step == 0, elbo, state.monitor.initial_elbo),
+        state.monitor.recent_elbo.at[state.step % RECENT].set(elbo))
     return TrainState(state.step + 1, params, opt_state, est,
-                      est_opt_state), metrics
+                      est_opt_state, monitor), metrics
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def train_chunk(state, indices, train_x):
     # split(fold_in(root, step)) for every step of the chunk in one batched
     # call: on CPU each threefry call is a rolled loop, so a per-step call
@@ -178,7 +295,9 @@ def make_train_chunk(exp: Experiment, seed: int):
     return jax.lax.scan(lambda s, ik: train_step(s, *ik, train_x), state,
                         (indices, keys))
 
-  return train_chunk
+  if max_traces is not None:
+    train_chunk = chex.assert_max_traces(train_chunk, n=max_traces)
+  return jax.jit(train_chunk, donate_argnums=0)
 
 
 def batch_indices(seed: int, num_examples: int, batch_size: int, start: int,
@@ -221,33 +340,139 @@ def evaluate(exp: Experiment, params: Params, config, split: str
           f"{split}_iw{config.eval_num_samples}": res["iw_bound"]}
 
 
+class _StopOnSignals:
+  """Turns SIGINT / SIGTERM into a request the loop honours between chunks.
+
+  A second SIGINT raises KeyboardInterrupt at once. Handlers are installed
+  only in the main thread (signal's rule) and restored on exit.
+  """
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._old = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __enter__(self) -> "_StopOnSignals":
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGINT, signal.SIGTERM):
+        self._old[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._old.items():
+      signal.signal(signum, handler)
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def config_digest(config: ml_collections.ConfigDict) -> str:
+  """sha256 of the fields that change results (`runs.RESULT_FREE_FIELDS` out)."""
+  identity = {k: v for k, v in _config_dict(config).items()
+              if k not in runs.RESULT_FREE_FIELDS}
+  return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()
+                        ).hexdigest()
+
+
+def _check_identity(record: runs.RunRecord, checkpointed: bool,
+                    config: ml_collections.ConfigDict, data_sha256: str,
+                    workdir: str, allow_change: bool) -> dict[str, Any]:
+  """The result-changing differences from the run's record, if allowed.
+
+  Raises:
+    runs.WorkdirError: they differ (or the workdir has checkpoints but no
+      record) and `allow_change` is False.
+  """
+  ways_out = ("Either use a new --workdir for the new configuration, or "
+              "rerun with --allow_config_change to continue this run with it "
+              "(the change is recorded in run.json).")
+  if not record.exists:
+    if checkpointed and not allow_change:
+      raise runs.WorkdirError(
+          f"{workdir} holds checkpoints but no {runs.RECORD_FILE} (written "
+          "by an older rebar_jax?), so its configuration cannot be checked. "
+          + ways_out)
+    return {}
+  changes = record.changes(_config_dict(config), data_sha256)
+  if changes and not allow_change:
+    listing = "\n".join(f"  {name}: {old!r} in the run, {new!r} now"
+                        for name, (old, new) in changes.items())
+    raise runs.WorkdirError(
+        f"{workdir} holds a run with another configuration or data; resuming "
+        f"it would report numbers that belong to neither. Differences:\n"
+        f"{listing}\n{ways_out}")
+  return changes
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_after: Optional[int] = None) -> dict[str, Any]:
+                       stop_after: Optional[int] = None,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if possible.
 
   Args:
     config: see configs/sbn_mnist.py for the fields.
-    workdir: output directory; a checkpoint there is resumed.
+    workdir: output directory; a run there is resumed.
     stop_after: stop (as if interrupted) after this many steps of this call;
       used to test exact resumption.
+    allow_config_change: resume even if result-changing fields of the config
+      (or the data) differ from the run's record; the change is recorded.
 
   Returns:
-    The final metrics (also written to workdir/final_metrics.json).
+    The final metrics (also written to workdir/final_metrics.json), or
+    {"step": ...} when stopped early by `stop_after`.
 
   Raises:
-    FloatingPointError: a non-finite ELBO or gradient; the last good
-      checkpoint is kept.
+    ConfigError, rebar_jax.data.DataError, FileNotFoundError: bad config or
+      data, before anything is written.
+    runs.WorkdirError: the workdir is locked by another process, or holds a
+      run of another configuration; nothing is written.
+    checkpoints.CheckpointError: no intact checkpoint fits this run.
+    TrainingStopped: a non-finite or diverged run; the last good checkpoint
+      is kept.
+    Interrupted: SIGINT or SIGTERM, after saving a checkpoint.
   """
   exp = build(config)
+  data_sha256 = exp.dataset.fingerprint
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+  # Refuse before writing anything; checked again under the lock.
+  _check_identity(runs.RunRecord(workdir), ckpt.latest_step() is not None,
+                  config, data_sha256, workdir, allow_config_change)
   os.makedirs(workdir, exist_ok=True)
+  with runs.WorkdirLock(workdir), _StopOnSignals() as stop:
+    record = runs.RunRecord(workdir)
+    changes = _check_identity(record, ckpt.latest_step() is not None, config,
+                              data_sha256, workdir, allow_config_change)
+    return _train(exp, config, workdir, ckpt, record, changes, data_sha256,
+                  stop, stop_after)
+
+
+def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
+           ckpt: checkpoints.Checkpointer, record: runs.RunRecord,
+           changes: dict[str, Any], data_sha256: str, stop: _StopOnSignals,
+           stop_after: Optional[int]) -> dict[str, Any]:
+  """The body of `train_and_evaluate`, with the workdir locked and checked."""
+  state, damaged = ckpt.restore_latest_intact(init_state(exp, config.seed))
+  for d in damaged:
+    print(f"Warning: checkpoint {d.path} is damaged ({d.reason}); moved to "
+          f"{d.moved_to}, never restored.")
+  if state is None:
+    state = init_state(exp, config.seed)
+  start = int(state.step)
+  if start:
+    print(f"Resuming from step {start} in {workdir}"
+          + (f" (fell back past {len(damaged)} damaged checkpoint(s))"
+             if damaged else ""))
+  record.write(_config_dict(config), data_sha256, start,
+               "resume" if start else "start", changes)
   with open(os.path.join(workdir, "config.json"), "w") as fh:
     fh.write(config.to_json_best_effort(indent=2))
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state = init_state(exp, config.seed)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    print(f"Resuming from step {int(state.step)} in {workdir}")
-  start = int(state.step)
+
   train_chunk = make_train_chunk(exp, config.seed)
   train_x = jnp.asarray(exp.dataset.train)
   metric_writer = writers.MetricWriter(workdir, resume_step=start)
@@ -264,20 +489,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   x_many = _binarized(exp.dataset.valid[:1000], exp.dataset, config.eval_seed)
   bar = tqdm(total=end - start, desc=f"{config.estimator}", unit="step",
              dynamic_ncols=True, disable=not config.progress_bar)
-  tic, step = time.perf_counter(), start
-  while step < end:
+  tic, step, saved = time.perf_counter(), start, start
+  while step < end and stop.signum is None:
     n = min(k, end - step)
     indices = batch_indices(config.seed, exp.dataset.train.shape[0],
                             config.batch_size, step, n)
     state, metrics = train_chunk(state, jnp.asarray(indices), train_x)
     metrics = jax.device_get(metrics)
-    if not np.all(metrics["finite"]):
-      bad = step + int(np.argmin(metrics["finite"]))
-      raise FloatingPointError(
-          f"Non-finite ELBO or gradient at step {bad} with estimator "
-          f"{config.estimator!r}; the last good checkpoint (step "
-          f"{ckpt.latest_step()}) in {workdir}/checkpoints is kept. Try a "
-          "lower learning_rate or another estimator.")
+    _check_progress(metrics, float(state.monitor.initial_elbo), step, config,
+                    ckpt, workdir)
     step += n
     elapsed = time.perf_counter() - tic
     row = {"step": step, "train_elbo": float(np.mean(metrics["elbo"])),
@@ -287,7 +507,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            "steps_per_sec": n / elapsed}
     row.update(_estimator_summary(exp.spec, state.estimator))
     tic = time.perf_counter()
-    if step % config.eval_every == 0 or step == config.num_steps:
+    if (step % config.eval_every == 0 or step == config.num_steps) and (
+        stop.signum is None):
       for split in ("valid", "test"):
         row.update(evaluate(exp, state.params, config, split))
       if config.diagnostic_draws > 1:
@@ -298,15 +519,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     metric_writer.write(row)
     bar.update(n)
     bar.set_postfix(elbo=f"{row['train_elbo']:.2f}")
-    if step % config.checkpoint_every == 0 or step == end:
+    if (step % config.checkpoint_every == 0 or step == end
+        or stop.signum is not None):
       ckpt.save(step, state)
+      metric_writer.flush()
+      saved = step
   bar.close()
   ckpt.wait()
+  if stop.signum is not None:
+    if saved != step:
+      ckpt.save(step, state)
+    metric_writer.close()
+    raise Interrupted(stop.signum, step, workdir)
 
   final = {"step": int(state.step)}
   if int(state.step) >= config.num_steps:
-    final["train_elbo_last_1000_steps"] = _recent_train_elbo(
-        metric_writer.rows(), 1000)
+    final["train_elbo_last_1000_steps"] = recent_train_elbo(state)
     rows = metric_writer.rows()
     evaluated = {key: v for key, v in (rows[-1] if rows else {}).items()
                  if key.startswith(("valid_", "test_"))}
@@ -315,22 +543,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     else:
       for split in ("valid", "test"):
         final.update(evaluate(exp, state.params, config, split))
+    final["config_sha256"] = config_digest(config)
+    final["data_sha256"] = data_sha256
+    changed_at = [h["step"] for h in record.data["history"]
+                  if h.get("changes")]
+    if changed_at:
+      final["config_changed_at_steps"] = changed_at
     with open(os.path.join(workdir, "final_metrics.json"), "w") as fh:
       json.dump(final, fh, indent=2)
-    plots.plot_curves(metric_writer.rows(), os.path.join(workdir,
-                                                         "curves.png"))
+    plots.plot_curves(rows, os.path.join(workdir, "curves.png"))
   metric_writer.close()
   return final
 
 
-def _recent_train_elbo(rows, num_steps: int) -> Optional[float]:
-  """Step-weighted mean training ELBO over (about) the last `num_steps`."""
-  rows = [r for r in rows if "train_elbo" in r]
-  if not rows:
-    return None
-  last = rows[-1]["step"]
-  recent = [r for r in rows if r["step"] > last - num_steps] or rows[-1:]
-  return float(np.mean([r["train_elbo"] for r in recent]))
+def _check_progress(metrics: dict[str, np.ndarray], initial_elbo: float,
+                    step: int, config: ml_collections.ConfigDict,
+                    ckpt: checkpoints.Checkpointer, workdir: str) -> None:
+  """Raises TrainingStopped for a non-finite or diverged chunk of steps."""
+  last = ckpt.latest_step()
+  keep = (f"the last checkpoint (step {last}) in {workdir}/checkpoints is "
+          "kept" if last is not None else "no checkpoint was written yet")
+  if not np.all(metrics["finite"]):
+    bad = step + int(np.argmin(metrics["finite"]))
+    raise TrainingStopped(
+        f"Non-finite ELBO or gradient at step {bad} with estimator "
+        f"{config.estimator!r}; {keep}. Try a lower learning_rate or "
+        "another estimator.")
+  chunk_elbo = float(np.mean(metrics["elbo"]))
+  if chunk_elbo < initial_elbo - config.divergence_threshold:
+    end = step + len(metrics["elbo"])
+    raise TrainingStopped(
+        f"Diverged: the mean training ELBO of steps {step}..{end} is "
+        f"{chunk_elbo:.4g}, more than config.divergence_threshold="
+        f"{config.divergence_threshold:g} nats below its value at "
+        f"initialisation ({initial_elbo:.4g}), with estimator "
+        f"{config.estimator!r} and learning_rate={config.learning_rate:g}; "
+        f"{keep}. Try a lower learning_rate or another estimator.")
+
+
+def recent_train_elbo(state: TrainState) -> float:
+  """Mean training ELBO over the last min(step, RECENT) steps, from the state.
+
+  Each step counts once (a mean over steps, not over logged rows).
+  """
+  step = int(state.step)
+  values = np.asarray(state.monitor.recent_elbo, np.float64)
+  return float(np.mean(values[:step] if step < RECENT else values))
 
 
 def _estimator_summary(spec, est_state) -> dict[str, float]:
@@ -351,6 +609,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (resumed if it holds a checkpoint); "
     "defaults to runs/<config name>-<estimator>.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a run although result-changing config fields (or the data) "
+    "differ from its record in run.json; the change is recorded there.")
+
+# Errors that are the user's to fix: printed as one message, no traceback.
+USER_ERRORS = (ConfigError, data_lib.DataError, FileNotFoundError,
+               ImportError, runs.WorkdirError, checkpoints.CheckpointError,
+               TrainingStopped)
 
 
 def default_workdir(config_path: str, config: ml_collections.ConfigDict
@@ -371,7 +638,15 @@ def main(argv):
                          "--config=configs/sbn_mnist.py")
   workdir = _WORKDIR.value or default_workdir(
       config_flags.get_config_filename(flags.FLAGS["config"]), config)
-  final = train_and_evaluate(config, workdir)
+  try:
+    final = train_and_evaluate(config, workdir,
+                               allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except Interrupted as e:
+    print(e)
+    sys.exit(128 + e.signum)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   lines = [f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
            for k, v in final.items()]
   print("Final metrics (" + workdir + "):\n  " + "\n  ".join(lines))

@@ -105,12 +105,15 @@ class TrainTest(parameterized.TestCase):
     config = small_config(estimator="rebar")
     exp = train.build(config)
     state = train.init_state(exp, 0)
-    chunk = train.make_train_chunk(exp, 0)
+    chunk = train.make_train_chunk(exp, 0, max_traces=1)
     x = jnp.asarray(exp.dataset.train)
     for start in (0, 100, 200):
       idx = train.batch_indices(0, x.shape[0], config.batch_size, start, 100)
-      state, _ = chunk(state, jnp.asarray(idx), x)
-    self.assertEqual(chunk._cache_size(), 1)
+      state, _ = chunk(state, jnp.asarray(idx), x)  # a retrace would raise
+    # The guard itself works: a chunk of another length is a second trace.
+    idx = train.batch_indices(0, x.shape[0], config.batch_size, 300, 50)
+    with self.assertRaisesRegex(AssertionError, "traced > 1 times"):
+      chunk(state, jnp.asarray(idx), x)
 
   def test_non_finite_loss_stops_and_keeps_checkpoint(self):
     workdir = self.create_tempdir().full_path
@@ -120,10 +123,10 @@ class TrainTest(parameterized.TestCase):
     # Resume with an absurd learning rate: the first update overflows.
     config = small_config(estimator="reinforce", learning_rate=1e38,
                           num_steps=400)
-    with self.assertRaisesRegex(FloatingPointError,
+    with self.assertRaisesRegex(train.TrainingStopped,
                                 r"at step 20\d with estimator 'reinforce'.*"
                                 r"step 200"):
-      train.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(config, workdir, allow_config_change=True)
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
                                                            "checkpoints"))
                    if s.isdigit())

@@ -1,36 +1,195 @@
-"""Checkpoints of a pytree train state with orbax (synchronous, keeps the last few)."""
+"""Checkpoints of a pytree train state with orbax, verified by a digest.
+
+Every checkpoint `directory/<step>/` gets, once orbax has finished writing it,
+a file `DIGEST_FILE` listing the sha256 of every other file in it. Restoring
+verifies the digest first: a checkpoint whose files were truncated, deleted,
+flipped or replaced (or that has no digest because the process died while
+writing it) is reported by path, moved aside to `<workdir>/damaged_checkpoints/`
+and never restored; the newest intact checkpoint is used instead.
+"""
+import dataclasses
+import hashlib
+import json
 import os
+import pathlib
+import shutil
+import time
 from typing import Any, Optional
 
 import orbax.checkpoint as ocp
 
+DIGEST_FILE = "rebar_jax_digest.json"
+
+
+class CheckpointError(RuntimeError):
+  """No intact checkpoint can be restored, or it does not fit the state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Damaged:
+  """A checkpoint that failed verification: where it was, why, where it is."""
+  step: int
+  path: pathlib.Path
+  reason: str
+  moved_to: pathlib.Path
+
+
+def _file_digests(step_dir: pathlib.Path) -> dict[str, str]:
+  """{relative path: sha256} of every file under step_dir but the digest."""
+  out = {}
+  for path in sorted(step_dir.rglob("*")):
+    if path.is_file() and path.name != DIGEST_FILE:
+      out[str(path.relative_to(step_dir))] = hashlib.sha256(
+          path.read_bytes()).hexdigest()
+  return out
+
+
+def write_digest(step_dir: pathlib.Path) -> None:
+  """Writes DIGEST_FILE into a finished checkpoint (atomically)."""
+  tmp = step_dir / (DIGEST_FILE + ".tmp")
+  tmp.write_text(json.dumps({"files": _file_digests(step_dir)}, indent=1))
+  os.replace(tmp, step_dir / DIGEST_FILE)
+
+
+def verify(step_dir: pathlib.Path) -> Optional[str]:
+  """None if the checkpoint matches its digest, else what is wrong."""
+  digest_path = step_dir / DIGEST_FILE
+  if not digest_path.is_file():
+    return ("it has no digest: the process stopped while writing it, or it "
+            "was written by another program")
+  try:
+    recorded = json.loads(digest_path.read_text())["files"]
+  except (ValueError, KeyError, TypeError) as e:
+    return f"its digest file is unreadable ({type(e).__name__}: {e})"
+  found = _file_digests(step_dir)
+  missing = sorted(set(recorded) - set(found))
+  extra = sorted(set(found) - set(recorded))
+  changed = sorted(p for p in set(recorded) & set(found)
+                   if recorded[p] != found[p])
+  problems = []
+  if missing:
+    problems.append(f"missing files {missing}")
+  if changed:
+    problems.append(f"files whose content changed {changed}")
+  if extra:
+    problems.append(f"unexpected files {extra}")
+  return "; ".join(problems) or None
+
 
 class Checkpointer:
-  """Saves and restores a pytree under `directory/<step>`.
+  """Saves and restores a pytree under `directory/<step>`, verified.
 
   Saving is synchronous: the train step donates its state buffers, so the
-  arrays must be on the host before the next step runs.
+  arrays must be on the host before the next step runs; the digest is written
+  after orbax has finished.
+
+  Args:
+    directory: the checkpoint directory (created on the first save).
+    max_to_keep: how many of the newest checkpoints are kept; the older ones
+      are the fallback when the newest is damaged.
+    damaged_dir: where damaged checkpoints are moved; defaults to
+      `<directory>/../damaged_checkpoints`.
   """
 
-  def __init__(self, directory: str, max_to_keep: int = 2):
-    self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True,
-            enable_async_checkpointing=False))
+  def __init__(self, directory: str, max_to_keep: int = 3,
+               damaged_dir: Optional[str] = None):
+    self.directory = pathlib.Path(directory).absolute()
+    self.damaged_dir = pathlib.Path(
+        damaged_dir or self.directory.parent / "damaged_checkpoints")
+    self._options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        enable_async_checkpointing=False)
+    self._manager = None
+
+  @property
+  def manager(self) -> ocp.CheckpointManager:
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(self.directory,
+                                            options=self._options)
+    return self._manager
+
+  def steps(self) -> list[int]:
+    """Steps of the checkpoint directories present, oldest first."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(int(p.name) for p in self.directory.iterdir()
+                  if p.is_dir() and p.name.isdigit())
 
   def latest_step(self) -> Optional[int]:
-    return self._manager.latest_step()
+    steps = self.steps()
+    return steps[-1] if steps else None
 
   def save(self, step: int, state: Any) -> None:
-    self._manager.save(step, args=ocp.args.StandardSave(state))
+    self.manager.save(step, args=ocp.args.StandardSave(state))
+    self.manager.wait_until_finished()
+    write_digest(self.directory / str(step))
+
+  def _move_aside(self, step: int, reason: str) -> Damaged:
+    path = self.directory / str(step)
+    self.damaged_dir.mkdir(parents=True, exist_ok=True)
+    target = self.damaged_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    suffix = 0
+    while target.exists():
+      suffix += 1
+      target = target.with_name(f"{target.name}.{suffix}")
+    shutil.move(str(path), str(target))
+    return Damaged(step, path, reason, target)
+
+  def restore_latest_intact(self, like: Any
+                            ) -> tuple[Optional[Any], list[Damaged]]:
+    """The newest checkpoint that passes verification, shaped like `like`.
+
+    Damaged checkpoints met on the way (newest first) are moved aside and
+    returned, so the caller can say what happened.
+
+    Returns:
+      (state or None when there is no checkpoint at all, damaged ones).
+
+    Raises:
+      CheckpointError: checkpoints exist but none is intact, or the intact
+        one does not have the structure of `like`.
+    """
+    damaged = []
+    for step in reversed(self.steps()):
+      reason = verify(self.directory / str(step))
+      if reason is None:
+        self._manager = None  # re-scan: damaged steps were moved away
+        try:
+          state = self.manager.restore(step,
+                                       args=ocp.args.StandardRestore(like))
+        except Exception as e:  # pylint: disable=broad-except
+          raise CheckpointError(
+              f"The intact checkpoint {self.directory / str(step)} does not "
+              f"fit this run's state ({type(e).__name__}: "
+              f"{str(e).splitlines()[0][:300]}). It was written by another "
+              "configuration or version; start a new workdir.") from e
+        return state, damaged
+      damaged.append(self._move_aside(step, reason))
+    if damaged:
+      listing = "; ".join(f"{d.path} ({d.reason})" for d in damaged)
+      raise CheckpointError(
+          f"No intact checkpoint in {self.directory}: {listing}. They were "
+          f"moved to {self.damaged_dir}. Start the run again in a new workdir "
+          "(or delete this one).")
+    return None, damaged
 
   def restore(self, like: Any, step: Optional[int] = None) -> Any:
-    """The checkpoint at `step` (default: latest), shaped like `like`."""
+    """The checkpoint at `step` (default: the latest), verified, read-only.
+
+    For reading another run's checkpoint (scripts): nothing is moved.
+
+    Raises:
+      CheckpointError: no checkpoint, or it fails verification.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"No checkpoint in {self._manager.directory}.")
-    return self._manager.restore(step, args=ocp.args.StandardRestore(like))
+      raise CheckpointError(f"No checkpoint in {self.directory}.")
+    reason = verify(self.directory / str(step))
+    if reason is not None:
+      raise CheckpointError(
+          f"Checkpoint {self.directory / str(step)} is damaged: {reason}.")
+    return self.manager.restore(step, args=ocp.args.StandardRestore(like))
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    if self._manager is not None:
+      self._manager.wait_until_finished()
