@@ -89,3 +89,35 @@ def test_reproduce_best_elbo_and_curves(tmp_path):
   assert "| mnist_linear1 | rebar | -149.00 | -148.00 | -147.00 | -111.6 |" in md
   assert "| mnist_linear1 | disarm | -154.00 | -153.00 | -152.00 |  |" in md
   assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_report_groups_runs_and_aggregates_their_files(tmp_path):
+  for name, estimator, seed, final in (("a", "rebar", 0, -100.0),
+                                       ("b", "rebar", 1, -102.0),
+                                       ("c", "disarm", 0, None)):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(
+        {"estimator": estimator, "seed": seed}))
+    if final is not None:
+      (workdir / "final_metrics.json").write_text(json.dumps(
+          {"test_elbo": final}))
+    with open(workdir / "metrics.jsonl", "w") as fh:
+      for step in (100, 200, 300):
+        fh.write(json.dumps({"step": step, "valid_elbo": -step / 10 + seed,
+                             "train_elbo": -step}) + "\n")
+      fh.write('{"step": 400, "valid_')  # a torn last line is skipped
+  out = run_with_script("report", f"""
+      runs = [m.load_run(str(p)) for p in
+              sorted(__import__('pathlib').Path({str(tmp_path)!r}).iterdir())]
+      table = m.group_table(runs, ['estimator'],
+                            ['test_elbo', 'valid_elbo:max', 'valid_elbo:last'])
+      out['md'] = m.markdown(table, ['estimator', 'runs', 'test_elbo',
+                                     'valid_elbo:max', 'valid_elbo:last'])
+      m.plot_curves(runs, ['estimator'], 'train_elbo',
+                    {str(tmp_path / 'curves.png')!r})
+  """)
+  # rebar: test_elbo mean of -100 and -102; valid max = mean(-10, -9).
+  assert "| rebar | 2 | -101.00 | -9.50 | -29.50 |" in out["md"]
+  assert "| disarm | 1 | - | -10.00 | -30.00 |" in out["md"]
+  assert (tmp_path / "curves.png").stat().st_size > 0
