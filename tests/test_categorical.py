@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from rebar_jax import testing
+from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import exact
 
@@ -327,8 +328,7 @@ class ConditionalGumbelTest(parameterized.TestCase):
 
     def draw(key):
       _, _, b, key_v = categorical._sample(key, logits)
-      e = categorical.log_exponential(
-          categorical.uniform_open(key_v, logits.shape))
+      e = -categorical.gumbel_noise(key_v, logits.shape)  # log(-log v)
       return categorical.conditional_gumbel(logits, b, e), b
 
     keys = jax.random.split(jax.random.key(0), 2**16)
@@ -379,20 +379,51 @@ class NumericsAndJitTest(parameterized.TestCase):
     jitted = _draws(name, logits, theta)[0]
     eager = est(_first_key(), logits, f)
     np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
-    # Uniform draws replaced by values at the edges of (0, 1), crossed with
-    # extreme logits (eager, so the patched sampler is used).
-    tiny = np.finfo(np.float32).tiny
-    edges = jnp.asarray(np.array(
-        [tiny, 1e-30, 1e-7, 0.5, 1 - 2**-24,
-         np.nextafter(np.float32(1), np.float32(0)), 0.9, tiny], np.float32))
+    # Every draw of u = (w, side) replaced by the edges of its range (u from
+    # 2^-126 to 1/2 - 2^-25 and from 1/2 + 2^-25 to 1 - 2^-126), crossed
+    # with extreme logits (eager, so the patched sampler is used).
+    w_edges = np.array([2.0**-126, 1e-30, 1e-7, 0.25, 0.5 - 2.0**-25],
+                       np.float32)
+    edges = (jnp.asarray(np.concatenate([w_edges, w_edges[::-1]])),
+             jnp.asarray(np.repeat([False, True], 5)))
     with pytest.MonkeyPatch.context() as mp:
       for shift in range(3):
-        mp.setattr(categorical, "uniform_open",
-                   lambda key, shape, dtype=jnp.float32, s=shift:
-                   jnp.resize(jnp.roll(edges, s), shape).astype(dtype))
+        mp.setattr(bernoulli, "_draw_halves",
+                   lambda key, shape, s=shift: tuple(
+                       jnp.resize(jnp.roll(x, s), shape) for x in edges))
         for l in (_EXTREME, -_EXTREME):
           grad = est(jax.random.key(0), l, f)
           self.assertTrue(np.all(np.isfinite(grad)), (name, shift, grad))
+
+  @parameterized.parameters(*ALL)
+  def test_non_finite_logits_give_an_all_nan_estimate(self, name):
+    logits, _, f = _problem(*PROBLEMS[0])
+    est = categorical.REGISTRY[name]
+    key = jax.random.key(0)
+    # Eager.
+    for bad in (np.nan, np.inf):
+      out = est(key, logits.at[1, 2].set(bad), f)
+      self.assertEqual(out.shape, logits.shape)
+      self.assertTrue(np.all(np.isnan(out)), (name, bad, out))
+    # Jitted and vmapped: only the members with a non-finite logit are NaN.
+    batch = jnp.stack([logits, logits.at[0, 0].set(np.nan),
+                       logits.at[2, 3].set(np.inf),
+                       logits.at[1, 1].set(-np.inf)])
+    out = jax.jit(jax.vmap(lambda l: est(key, l, f)),
+                  compiler_options=_FAST_COMPILE)(batch)
+    self.assertTrue(np.all(np.isfinite(out[0])), (name, out))
+    self.assertTrue(np.all(np.isnan(out[1:])), (name, out))
+
+  def test_exact_gradient_is_unmoved_by_a_large_offset_in_f(self):
+    # d/dl E[f + c] = d/dl E[f]: with float64 sums an offset c = 1e4 changes
+    # the exact gradient by float32 rounding only.
+    for problem in (PROBLEMS[0], PROBLEMS[3]):
+      logits, theta, _ = _problem(*problem)
+      grad = np.asarray(_exact_gradient(logits, theta), np.float64)
+      offset = np.asarray(_exact_gradient(
+          logits, dict(theta, const=jnp.float32(1e4))), np.float64)
+      error = np.linalg.norm(offset - grad) / np.linalg.norm(grad)
+      self.assertLess(error, 1e-6, problem)
 
   def test_variance_gradient_wrt_eta_and_log_temperature(self):
     logits, _, f = _problem(*PROBLEMS[0])

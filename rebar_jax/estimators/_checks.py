@@ -2,8 +2,11 @@
 
 Every check runs at trace time on static information (shapes, dtypes, Python
 numbers), so it costs nothing inside `jit` and never forces a host sync. A value
-that is only known at run time (a traced temperature, say) is not checked.
+that is only known at run time (a traced temperature, say) is not checked;
+non-finite logits, which are only known at run time, are propagated instead:
+`nan_if_nonfinite` makes an estimator's output all NaN.
 """
+import functools
 from typing import Any, Callable
 
 import jax
@@ -75,5 +78,28 @@ def scalar_fn(f: Callable[..., Any], name: str = "f") -> Callable[..., jax.Array
           "estimator with one f per data point."
       )
     return out
+
+  return wrapped
+
+
+def nan_if_nonfinite(estimator: Callable[..., Any]) -> Callable[..., Any]:
+  """Decorates est(key, logits, f, ...) to return all NaN for non-finite logits.
+
+  If any entry of `logits` is NaN or +-inf, every entry of the output (every
+  leaf of an output pytree) is NaN; otherwise the output is unchanged. A NaN
+  estimate cannot be mistaken for a gradient, whereas the estimators' own
+  arithmetic would give finite values for some (ARM's thresholds compare
+  False with NaN, ARSM's swaps never fire) and NaN for others. The check is one
+  reduction and a select, traced like the rest (no host sync, works under jit
+  and vmap: per member of a vmapped batch); the select passes gradients
+  through unchanged where the logits are finite. Validation errors (non-float
+  logits, a bad key) are raised first, by the estimator.
+  """
+
+  @functools.wraps(estimator)
+  def wrapped(key, logits, f, *args, **kwargs):
+    out = estimator(key, logits, f, *args, **kwargs)
+    bad = jnp.logical_not(jnp.all(jnp.isfinite(jnp.asarray(logits))))
+    return jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), out)
 
   return wrapped

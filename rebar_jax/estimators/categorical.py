@@ -20,12 +20,28 @@ Shared reparameterisation (Gumbel-max; Jang et al. 2017, Maddison et al. 2017):
     b = one_hot(argmax_c z_c),
 
 so b ~ Cat(softmax(l)). Every estimator that needs a hard sample draws it this
-way from the first split of its key, so on one key REINFORCE, REBAR, ARS and
-ARSM see the same b (REBAR with eta = 0 equals REINFORCE draw for draw). The
-same u is the exponential race / Dirichlet augmentation of ARSM: with
-eps = -log u ~ Exp(1), pi = eps / sum(eps) ~ Dir(1_C) and
+way from the first split of its key (`gumbel_noise`), so on one key REINFORCE,
+REBAR, ARS and ARSM see the same b (REBAR with eta = 0 equals REINFORCE draw
+for draw). The same u is the exponential race / Dirichlet augmentation of ARSM:
+with eps = -log u ~ Exp(1), pi = eps / sum(eps) = softmax(-g) ~ Dir(1_C) and
 b = argmin_c pi_c e^{-l_c} = argmax_c z_c. The score is
 d/dl log p(b) = b - softmax(l).
+
+Resolution: u is the pair (w, side) of `bernoulli.uniform_halves_from_bits`
+(u = w or 1 - w, w uniform on (0, 1/2) at full float32 resolution), so
+E = -log u is -log w or -log1p(-w) and g = -log E, all without rounding u
+(`exponential_from_halves`, `gumbel_from_halves`). E's law is exact to 1e-5
+relative in both tails, P(E <= t) = 1 - e^-t for t down to e^-80 and
+P(E > t) = e^-t for t up to 80, and so is the upper tail of g up to 80
+(exact computation over the noise's values in tests/test_noise.py), which is
+what a category of probability down to e^-80 needs (see `gumbel_noise`). A
+float32 u with 23 random bits, as jax.random.gumbel draws it by default, makes
+every g > 15.9 impossible: a category that needs one (log-probability below
+about -16 against a dominant one) is drawn with probability 2^-23 or never.
+
+Non-finite logits: every estimator returns an all-NaN estimate (shape of the
+logits) when any logit is NaN or +-inf (`_checks.nan_if_nonfinite`), per
+member of a vmapped batch.
 """
 from typing import Any, Callable, Optional
 
@@ -53,8 +69,69 @@ init_relax_params = bernoulli.init_relax_params
 # ----------------------------------------------------------------------------
 
 
-# u ~ U(0, 1) on the open interval, shared with the Bernoulli estimators.
+# u ~ U(0, 1) on the open interval, shared with the Bernoulli estimators (a
+# convenience: the estimators draw (w, side) pairs, see `gumbel_noise`).
 uniform_open = bernoulli.uniform_open
+
+
+def exponential_from_halves(w: Array, side: Array) -> Array:
+  r"""E = -log u ~ Exp(1) for u = (w, side), see `bernoulli.uniform_halves_from_bits`.
+
+      E = -log w  (side 0, u = w: E in (log 2, 87.3]),
+      E = -log1p(-w)  (side 1, u = 1 - w: E in [2^-126, log 2)),
+
+  with log w from `bernoulli.split_log`, so both tails of E keep the full
+  relative resolution of w: P(E <= t) = 1 - e^-t for small t and
+  P(E > t) = e^-t for large t, to 1e-5 relative for e^-80 <= t <= 80.
+  """
+  hi, lo = bernoulli.split_log(w)
+  return jnp.where(side, -jnp.log1p(-w), -(hi + lo))
+
+
+def gumbel_from_halves(w: Array, side: Array) -> Array:
+  """g = -log E, E = `exponential_from_halves(w, side)`: a standard Gumbel.
+
+  log E by `bernoulli.split_log`, rounded about once even where |g| ~ 87
+  (E ~ 2^-126, the largest g that matters for the rarest categories).
+  """
+  hi, lo = bernoulli.split_log(exponential_from_halves(w, side))
+  return -(hi + lo)
+
+
+def gumbel_noise_from_bits(bits: Array) -> Array:
+  """`gumbel_noise` as a function of its NOISE_WORDS words (for tests)."""
+  return gumbel_from_halves(*bernoulli.uniform_halves_from_bits(bits))
+
+
+def gumbel_noise(key: PRNGKey, shape, dtype=jnp.float32) -> Array:
+  r"""g ~ Gumbel(0, 1): the noise behind the hard sample of every estimator.
+
+  `reinforce`, `reinforce_loo` (per sample), `ars`, `arsm`, `gumbel_softmax`,
+  `straight_through_gumbel`, `gumbel_rao`, `rebar` and `relax` called with
+  `key` all see b = one_hot(argmax(log_softmax(l) + gumbel_noise(key, l.shape))).
+
+  Why the two tails of E = e^-g suffice: in the exponential race, b = c iff
+  E_c / p_c < M_c = min_{i != c} E_i / p_i, and M_c ~ Exp(1 - p_c) is
+  independent of E_c, so
+
+      P(b = c) = E[F(p_c M_c)],   F(t) = P(E <= t) = 1 - e^-t,
+
+  and the law of M_c is that of the survival functions S(t) = P(E_i > t).
+  For a category with log p_c >= -80, F is needed at t = p_c M_c down to
+  about e^-87 (below, only M_c < e^-7 contributes, less than 1e-6 of P(b = c)),
+  and S (through M_c) up to t ~ 80, beyond which e^-t is negligible against
+  any p_c >= e^-80; F relative at small t and S relative at large t, each to
+  1e-5, give P(b = c) to about 1e-5 relative. Computed in float32 (g's own
+  rounding is a relative 2^-24 of |g| <= 88) and cast to `dtype`.
+  """
+  return _gumbel_and_spare_key(key, shape, dtype)[0]
+
+
+def _gumbel_and_spare_key(key: PRNGKey, shape, dtype) -> tuple[Array, PRNGKey]:
+  """(`gumbel_noise` of key, a spare key for more noise): one split of key."""
+  key_u, key_rest = jax.random.split(key)
+  g = gumbel_from_halves(*bernoulli._draw_halves(key_u, shape))  # pylint: disable=protected-access
+  return g.astype(dtype), key_rest
 
 
 def log_exponential(u: Array) -> Array:
@@ -98,7 +175,8 @@ def conditional_gumbel(logits: Array, b: Array, e: Array) -> Array:
   Args:
     logits: l, shape (..., C).
     b: one-hot sample, same shape (held fixed: no gradient flows into it).
-    e: log(-log v), same shape, v ~ U(0, 1) (see `log_exponential`).
+    e: log(-log v), same shape, v ~ U(0, 1) (`log_exponential(v)`, or
+      -`gumbel_noise` at full resolution).
 
   Returns:
     z~, shape of l, a differentiable function of l with v and b fixed.
@@ -134,9 +212,11 @@ def _tied_noise(logits: Array, z: Array, b: Array) -> Array:
 
 
 def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, Array, PRNGKey]:
-  """The shared draw: (Gumbel noise g, z = log_softmax(l) + g, b, spare key)."""
-  key_u, key_rest = jax.random.split(key)
-  g = -log_exponential(uniform_open(key_u, logits.shape, logits.dtype))
+  """The shared draw: (Gumbel noise g, z = log_softmax(l) + g, b, spare key).
+
+  g is `gumbel_noise(key, logits.shape)`.
+  """
+  g, key_rest = _gumbel_and_spare_key(key, logits.shape, logits.dtype)
   z = jax.nn.log_softmax(logits, axis=-1) + g
   return g, z, one_hot_argmax(z), key_rest
 
@@ -152,6 +232,7 @@ def _prepare(key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
 # ----------------------------------------------------------------------------
 
 
+@_checks.nan_if_nonfinite
 def reinforce(key: PRNGKey, logits: Array, f: Fn,
               baseline: Any = 0.0) -> Array:
   r"""REINFORCE (score function), unbiased for any baseline independent of b.
@@ -174,6 +255,7 @@ def reinforce(key: PRNGKey, logits: Array, f: Fn,
   return (f(b) - baseline) * score(logits, b)
 
 
+@_checks.nan_if_nonfinite
 def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
                   num_samples: int = 2) -> Array:
   r"""REINFORCE with the leave-one-out baseline over n samples, unbiased.
@@ -234,6 +316,7 @@ def _one_hot(index: Array, num_classes: int, dtype) -> Array:
   return jax.lax.stop_gradient(jax.nn.one_hot(index, num_classes, dtype=dtype))
 
 
+@_checks.nan_if_nonfinite
 def ars(key: PRNGKey, logits: Array, f: Fn) -> Array:
   r"""ARS, augment-REINFORCE-swap with a random reference category, unbiased.
 
@@ -270,6 +353,7 @@ def ars(key: PRNGKey, logits: Array, f: Fn) -> Array:
   return weight[..., None] * centred
 
 
+@_checks.nan_if_nonfinite
 def arsm(key: PRNGKey, logits: Array, f: Fn) -> Array:
   r"""ARSM, ARS merged over all reference categories, unbiased.
 
@@ -310,6 +394,7 @@ def arsm(key: PRNGKey, logits: Array, f: Fn) -> Array:
 # ----------------------------------------------------------------------------
 
 
+@_checks.nan_if_nonfinite
 def gumbel_softmax(key: PRNGKey, logits: Array, f: Fn,
                    temperature: Any = 1.0) -> Array:
   r"""Gumbel-softmax / Concrete estimator: BIASED for E[f(b)].
@@ -331,6 +416,7 @@ def gumbel_softmax(key: PRNGKey, logits: Array, f: Fn,
       jax.nn.log_softmax(l, axis=-1) + g, temperature)))(logits)
 
 
+@_checks.nan_if_nonfinite
 def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
                             temperature: Any = 1.0) -> Array:
   r"""Straight-through Gumbel-softmax: BIASED.
@@ -354,6 +440,7 @@ def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
   return jax.grad(surrogate)(logits)
 
 
+@_checks.nan_if_nonfinite
 def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
                num_samples: int = 10) -> Array:
   r"""Gumbel-Rao: straight-through Gumbel Rao-Blackwellised over z | b; BIASED.
@@ -372,8 +459,7 @@ def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
   _checks.check_positive("temperature", temperature)
   _checks.check_int("num_samples", num_samples, 1)
   _, _, b, key_v = _sample(key, logits)
-  e = log_exponential(
-      uniform_open(key_v, (num_samples,) + logits.shape, logits.dtype))
+  e = -gumbel_noise(key_v, (num_samples,) + logits.shape, logits.dtype)
   const = jax.lax.stop_gradient(logits)
   noise = jax.vmap(lambda ek: conditional_gumbel(const, b, ek))(e)
   noise = jax.lax.stop_gradient(noise - jax.nn.log_softmax(const, axis=-1))
@@ -406,13 +492,14 @@ def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
     z = jax.nn.log_softmax(logits, axis=-1) + g
     e = _tied_noise(logits, z, b)
   else:
-    e = log_exponential(uniform_open(key_v, logits.shape, logits.dtype))
+    e = -gumbel_noise(key_v, logits.shape, logits.dtype)  # log(-log v)
   return bernoulli.combine_control_variate(
       logits, b, score(logits, b), f, c,
       lambda l: jax.nn.log_softmax(l, axis=-1) + g,
       lambda l: conditional_gumbel(l, b, e))
 
 
+@_checks.nan_if_nonfinite
 def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
                 f_relaxed: Optional[RelaxedFn] = None,
                 tied: bool = True) -> tuple[Array, Array]:
@@ -429,6 +516,7 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
   return _control_variate_terms(key, logits, f, c, tied)
 
 
+@_checks.nan_if_nonfinite
 def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
           temperature: Any = 0.5, f_relaxed: Optional[RelaxedFn] = None,
           tied: bool = True) -> Array:
@@ -474,6 +562,7 @@ def default_control_variate(params: RelaxParams, z: Array,
   return out
 
 
+@_checks.nan_if_nonfinite
 def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
           control_variate: Optional[ControlVariate] = None,
           temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,

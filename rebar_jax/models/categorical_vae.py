@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rebar_jax.estimators import categorical
 from rebar_jax.models import sbn
 
 Array = jax.Array
@@ -120,7 +121,8 @@ class CategoricalVAE(nn.Module):
   def sample(self, x: Array, key: PRNGKey) -> tuple[Array, Array]:
     """One-hot b ~ q(b | x) by Gumbel-max, and log q(b | x); see `sample_q`."""
     logits = self.encoder_logits(x)
-    g = jax.random.gumbel(key, logits.shape, logits.dtype)
+    # The estimators' Gumbel noise, exact in both tails of E = e^-g.
+    g = categorical.gumbel_noise(key, logits.shape, logits.dtype)
     b = jax.nn.one_hot(jnp.argmax(logits + g, axis=-1), self.num_classes,
                        dtype=logits.dtype)
     return b, categorical_log_prob(b, logits)

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rebar_jax.estimators import bernoulli
+
 Array = jax.Array
 PRNGKey = jax.Array
 Params = Any
@@ -233,8 +235,9 @@ class SBN(nn.Module):
     h, bs, log_q = x, [], 0.0
     for l in range(self.num_layers):
       logits = self.encoder_logits(l, h)
-      # b = H(l + logistic noise) = 1[u < sigmoid(l)], the estimators' coupling.
-      z = logits + jax.random.logistic(keys[l], logits.shape, logits.dtype)
+      # b = H(l + logistic noise): the estimators' noise, exact in both tails
+      # (P(b = 1) = sigmoid(l) to 1e-5 relative for |l| <= 80).
+      z = logits + bernoulli.logistic_noise(keys[l], logits.shape, logits.dtype)
       h = (z >= 0).astype(logits.dtype)
       bs.append(h)
       log_q = log_q + bernoulli_log_prob(h, logits)
