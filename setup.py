@@ -32,7 +32,7 @@ setuptools.setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist"],
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
         # importlib_resources: tensorflow-datasets 4.9.10 imports it without
         # declaring it for Python >= 3.9 (tensorflow/datasets#11212).
         "tfds": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
