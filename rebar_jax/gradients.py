@@ -5,7 +5,7 @@ and a generative model p_theta(x, b), training maximises the mean ELBO
 
     L = (1/B) sum_i E_{q(b | x_i)}[F_i(b)],   F_i(b) = log p(x_i, b) - log q(b | x_i).
 
-Gradients (ARCHITECTURE.md):
+Gradients:
   * theta: d/dtheta log p(x_i, b_i) at the sampled chain b_i (pathwise, exact
     given b).
   * phi, layer l: est(key_il, logits_il, f_il) pulled back through the encoder of
@@ -17,7 +17,7 @@ Gradients (ARCHITECTURE.md):
 
 One learning signal per data point: the estimator is vmapped over the batch with
 its own key, logits and f_i, never fed a batch-summed f (500x the variance at
-initialisation, ARCHITECTURE.md).
+initialisation on the linear SBN).
 
 REBAR/RELAX differentiate their control variate along z, so for them f_il has a
 relaxed twin where the downstream layers are relaxed too, sigma((enc(s) +
@@ -116,7 +116,7 @@ class EstimatorSpec:
     family: "bernoulli" (SBNs) or "categorical" (categorical VAEs).
     temperature: lambda for relaxed estimators (initial value when tuned).
     eta: REBAR's control-variate scale (initial value when tuned).
-    num_samples: n for reinforce_loo (and K of gumbel_rao).
+    num_samples: n for reinforce_loo (gumbel_rao keeps its own default K = 10).
     tune: train REBAR's (eta, log lambda) / RELAX's network on the variance.
     relax_hidden: hidden widths of RELAX's network r_rho(z).
     nvil_decay: decay of NVIL's running mean/variance of the signal.

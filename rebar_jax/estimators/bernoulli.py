@@ -246,7 +246,7 @@ def conditional_reparameterize(logits: Array, b: Array, v: Array) -> Array:
   With theta = sigmoid(l), the conditional of u given b is uniform on
   (1 - theta, 1) for b = 1 and on (0, 1 - theta) for b = 0. Mapping
   u = (1 - theta) + v theta (b = 1), u = v (1 - theta) (b = 0) through g gives
-  (notes of seed 001, written in a stable form)
+  (Tucker et al. 2017, App. C, written in a stable form)
 
       z~ = s * softplus(logit(v) + softplus(s * l)),   s = 2b - 1.
 
@@ -344,7 +344,7 @@ def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
     num_samples: n >= 2.
 
   Reference: Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a
-  baseline for free!"; seed 004 ("RF+"); Salimans & Knowles (2014).
+  baseline for free!", ICLR workshop; Salimans & Knowles (2014).
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_int("num_samples", num_samples, 2)
@@ -603,7 +603,7 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
 
   Reference: Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein (2017), "REBAR:
   Low-variance, unbiased gradient estimates for discrete latent variable
-  models", NeurIPS, Eq. 5 and App. G.2; seed 001.
+  models", NeurIPS, Eq. 5 and App. G.2.
   """
   r, h = rebar_terms(key, logits, f, temperature, f_relaxed, tied)
   return r - eta * h

@@ -272,7 +272,7 @@ def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
     num_samples: n >= 2.
 
   Reference: Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a
-  baseline for free!"; seed 004 ("RF+").
+  baseline for free!", ICLR workshop.
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_int("num_samples", num_samples, 2)
@@ -336,7 +336,7 @@ def ars(key: PRNGKey, logits: Array, f: Fn) -> Array:
 
   Reference: Yin, Yue & Zhou (2019), "ARSM: Augment-REINFORCE-Swap-Merge
   estimator for gradient backpropagation through categorical variables", ICML,
-  (ARS, multivariate form); seed 004.
+  (ARS, multivariate form).
   """
   logits, f = _prepare(key, logits, f)
   num_classes = logits.shape[-1]
@@ -369,7 +369,7 @@ def arsm(key: PRNGKey, logits: Array, f: Fn) -> Array:
   Shapes: logits (..., C), D = prod of leading axes; returns shape of logits.
 
   Reference: Yin, Yue & Zhou (2019), ICML, the multivariate ARSM estimator
-  and Algorithm 1; seed 004.
+  and Algorithm 1.
   """
   logits, f = _prepare(key, logits, f)
   num_classes = logits.shape[-1]
@@ -407,7 +407,7 @@ def gumbel_softmax(key: PRNGKey, logits: Array, f: Fn,
 
   Shapes: logits (..., C); returns shape of logits.
 
-  Reference: Jang, Gu & Poole (2017); Maddison, Mnih & Teh (2017); seed 002.
+  Reference: Jang, Gu & Poole (2017); Maddison, Mnih & Teh (2017).
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)
@@ -427,7 +427,7 @@ def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
   its derivative w.r.t. b is propagated through the soft s. f must be
   differentiable in b.
 
-  Reference: Jang, Gu & Poole (2017), Sec. 2.2; Bengio et al. (2013); seed 002.
+  Reference: Jang, Gu & Poole (2017), Sec. 2.2; Bengio et al. (2013).
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)

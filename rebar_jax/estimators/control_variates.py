@@ -6,8 +6,8 @@ the control-variate parameters phi (eta, log lambda, the RELAX network, ...),
     d/dphi (1/M) sum_m Var[g^_m] = d/dphi (1/M) (E[g^ . g^] - g . g)
                                  = E[ (2/M) (dg^/dphi)^T g^ ],
 
-so (1/M) |g^|^2 of a single draw is an unbiased loss for the variance (seed 001;
-Tucker et al. 2017 Sec. 3.3; Grathwohl et al. 2018 Sec. 3.3). Its gradient needs
+so (1/M) |g^|^2 of a single draw is an unbiased loss for the variance (Tucker et al.
+2017 Sec. 3.3; Grathwohl et al. 2018 Sec. 3.3). Its gradient needs
 second derivatives (g^ contains d/dl c_phi), which JAX differentiates through.
 
 Also the closed form for REBAR's scale: g^(eta) = r - eta h with E[h] = 0, so

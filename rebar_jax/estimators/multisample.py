@@ -336,7 +336,7 @@ def reinforce_loo_surrogate(log_w: Array, log_q: Array) -> Array:
                         + grad log w_k ]
         = (1/(K-1)) sum_k (log w_k - mean_j log w_j) h_k + (1/K) sum_k grad log w_k,
 
-  (Kool et al. 2019; Salimans & Knowles 2014; seed 004 "RF+"); the pathwise
+  (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!"; Salimans & Knowles 2014); the pathwise
   term gives theta its gradient and adds -(1/K) sum_k h_k (zero mean) to phi.
   K >= 2. Shapes: log_w, log_q (K,); returns a scalar.
   """

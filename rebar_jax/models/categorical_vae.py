@@ -1,4 +1,4 @@
-r"""A VAE with V independent categorical latents of C classes (seed 002; ARSM).
+r"""A VAE with V independent categorical latents of C classes (Jang et al. 2017; Yin et al. 2019).
 
     q(b | x) = prod_v Cat(b_v; softmax(enc(x)_v)),
     p(x, b) = p(b) prod_d Bernoulli(x_d; sigmoid(dec(b)_d)),
