@@ -24,10 +24,9 @@ relaxed twin where the downstream layers are relaxed too, sigma((enc(s) +
 noise)/lambda) (the "soft" pass of the REBAR code); with one layer it is F on
 the relaxed sample.
 
-Control-variate parameters (REBAR's eta and log lambda, RELAX's networks, NVIL's
-baseline network) are trained by a separate optimiser on the variance loss
-(1/B) sum_i |g^_il|^2 (per-logit variance, `control_variates.variance_loss`), or,
-for NVIL, on the squared error of the baseline.
+The estimator is a `protocol.Estimator` (a pair of pure functions); its own
+parameters (REBAR's eta and log lambda, RELAX's networks, NVIL's baseline
+network) are trained by a separate optimiser on the loss it reports.
 
 Multi-sample objectives (`multisample`: VIMCO, OVIS, VarGrad, ...) take K whole
 chains per data point and differentiate their surrogate loss directly.
@@ -40,18 +39,16 @@ differentiated through. The reported ELBO is the hard one, same noise.
 """
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rebar_jax import estimators
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
-from rebar_jax.estimators import control_variates as cv
 from rebar_jax.estimators import multisample
+from rebar_jax.estimators import protocol
 from rebar_jax.models import categorical_vae as cat_lib
 from rebar_jax.models import sbn as sbn_lib
 
@@ -59,35 +56,8 @@ Array = jax.Array
 PRNGKey = jax.Array
 Params = Any
 
-class EstimatorState(NamedTuple):
-  """What an estimator learns during training.
-
-  params: trained by the control-variate optimiser (RebarParams, a list of
-    RelaxParams (one per layer), NVIL baseline network variables, or ()).
-  stats: not trained by gradient: NVIL's running mean and variance of the
-    centred learning signal, () otherwise.
-  """
-  params: Any
-  stats: Any
-
-
-class NvilStats(NamedTuple):
-  mean: Array
-  var: Array
-
-
-class BaselineMLP(nn.Module):
-  """NVIL's input-dependent baseline b_psi(x): D -> hidden -> 1 (tanh).
-
-  Mnih & Gregor (2014), Sec. 2.3.1; the REBAR code uses 100 hidden units.
-  """
-  hidden: int = 100
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    h = jnp.tanh(nn.Dense(self.hidden)(x))
-    return nn.Dense(1)(h)[..., 0]
-
+EstimatorState = protocol.EstimatorState
+Layer = protocol.Layer
 
 FAMILIES = {"bernoulli": bernoulli, "categorical": categorical}
 
@@ -101,34 +71,25 @@ def family_of(model) -> str:
   raise TypeError(f"No estimators for model type {type(model).__name__}.")
 
 
-def registry(family: str) -> dict[str, Callable]:
-  """The one-layer estimators of a family, plus NVIL."""
-  base = estimators.BERNOULLI if family == "bernoulli" else categorical.REGISTRY
-  return dict(base, nvil=base["reinforce"])
+def _model_info(model) -> protocol.ModelInfo:
+  if isinstance(model, sbn_lib.SBN):
+    shapes = ((model.num_latents,),) * model.num_layers
+  else:
+    shapes = ((model.num_vars, model.num_classes),)
+  return protocol.ModelInfo(shapes, model.data_dim)
 
 
 @dataclasses.dataclass(frozen=True)
-class EstimatorSpec:
-  """An estimator chosen by name, with its fixed options.
+class EstimatorSpec(protocol.Options):
+  """An estimator chosen by name, with its fixed options (`protocol.Options`).
 
   Attributes:
-    name: a key of `registry(family)`: the family's estimators or "nvil".
+    name: a key of `protocol.REGISTRY[family]` or of `multisample.MULTISAMPLE`.
     family: "bernoulli" (SBNs) or "categorical" (categorical VAEs).
-    temperature: lambda for relaxed estimators (initial value when tuned).
-    eta: REBAR's control-variate scale (initial value when tuned).
-    num_samples: n for reinforce_loo (gumbel_rao keeps its own default K = 10).
-    tune: train REBAR's (eta, log lambda) / RELAX's network on the variance.
-    relax_hidden: hidden widths of RELAX's network r_rho(z).
-    nvil_decay: decay of NVIL's running mean/variance of the signal.
+    num_iw_samples: K, the chains of a multi-sample objective.
   """
   name: str
   family: str = "bernoulli"
-  temperature: float = 0.5
-  eta: float = 1.0
-  num_samples: int = 2
-  tune: bool = True
-  relax_hidden: tuple[int, ...] = (50,)
-  nvil_decay: float = 0.8
   num_iw_samples: int = 1
 
   @property
@@ -139,12 +100,18 @@ class EstimatorSpec:
     num_iw_samples == 1 and the K-chain surrogate when it is larger.
     """
     return self.name in multisample.MULTISAMPLE and (
-        self.name not in registry(self.family) or self.num_iw_samples > 1)
+        self.name not in protocol.REGISTRY[self.family]
+        or self.num_iw_samples > 1)
+
+  @property
+  def estimator(self) -> protocol.Estimator:
+    """The training estimator (not for multi-sample objectives)."""
+    return protocol.get(self.family, self.name, self)
 
   def __post_init__(self):
-    if self.family not in FAMILIES:
+    if self.family not in protocol.REGISTRY:
       raise ValueError(f"Unknown family {self.family!r}; choose one of "
-                       f"{sorted(FAMILIES)}.")
+                       f"{sorted(protocol.REGISTRY)}.")
     if self.num_iw_samples < 1:
       raise ValueError(
           f"num_samples (K) must be >= 1, got {self.num_iw_samples}.")
@@ -159,7 +126,8 @@ class EstimatorSpec:
             "not draw; use ovis_gamma0 / vimco_* or call "
             "multisample.ovis_mc_surrogate directly.")
       return
-    valid = sorted(set(registry(self.family)) | set(multisample.MULTISAMPLE))
+    valid = sorted(set(protocol.REGISTRY[self.family])
+                   | set(multisample.MULTISAMPLE))
     if self.name not in valid:
       model = ("a sigmoid belief network" if self.family == "bernoulli" else
                "a categorical VAE")
@@ -168,45 +136,17 @@ class EstimatorSpec:
           f"{valid}.")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-    if self.num_samples < 2 and self.name == "reinforce_loo":
-      raise ValueError("reinforce_loo needs num_samples >= 2.")
+    self.estimator  # pylint: disable=pointless-statement; checks the options
+
+  def summary(self, params) -> dict[str, float]:
+    """The tuned scalars worth watching (host values of state.params)."""
+    return {} if self.is_multisample else self.estimator.summary(params)
 
   def init(self, key: PRNGKey, model) -> EstimatorState:
     """The initial EstimatorState for `model`."""
     if self.is_multisample:
       return EstimatorState((), ())
-    if self.name == "rebar":
-      return EstimatorState(cv.RebarParams.create(self.eta, self.temperature),
-                            ())
-    if self.name == "relax":
-      num_layers = getattr(model, "num_layers", 1)
-      size = (model.num_latents if self.family == "bernoulli" else
-              model.num_vars * model.num_classes)
-      keys = jax.random.split(key, num_layers)
-      return EstimatorState(
-          [bernoulli.init_relax_params(k, size, self.relax_hidden,
-                                       self.temperature) for k in keys], ())
-    if self.name == "nvil":
-      params = BaselineMLP().init(key, jnp.zeros((1, model.data_dim)))
-      return EstimatorState(params, NvilStats(jnp.zeros(()), jnp.ones(())))
-    return EstimatorState((), ())
-
-
-class Layer(NamedTuple):
-  """What one stochastic layer's estimator needs, per data point (axis 0 = B).
-
-  f_hard(b, ctx) is the learning signal F continued from this layer's sample b;
-  f_soft(s, temperature, ctx) its relaxed twin; ctx a pytree of per-data-point
-  arrays (the data point, the layers above, the downstream noise); b the
-  chain's sample at this layer (for an SBN, the b the estimators draw from
-  `keys`).
-  """
-  keys: Array
-  logits: Array
-  f_hard: Callable[..., Array]
-  f_soft: Callable[..., Array]
-  ctx: Any
-  b: Array
+    return self.estimator.init(key, _model_info(model))
 
 
 def _signal(model, params, x, bs):
@@ -259,7 +199,7 @@ def _sbn_layers(model: sbn_lib.SBN, params: Params, x: Array, key: PRNGKey):
       Layer(keys[:, l], logits[l],
             functools.partial(lambda l, b, ctx: chain(l, b, ctx), l),
             functools.partial(lambda l, s, t, ctx: chain(l, s, ctx, t), l),
-            (x, bs[:l], noise[l + 1:]), bs[l])
+            (x, bs[:l], noise[l + 1:]), bs[l], bernoulli, b_from_keys=True)
       for l in range(num_layers)]
   return log_p, log_q, vjp_fn, layers
 
@@ -283,11 +223,8 @@ def _categorical_layers(model: cat_lib.CategoricalVAE, params: Params,
   log_q = model.apply(params, x, b, method=cat_lib.CategoricalVAE.log_q)
   f_hard = lambda b, x_i: _signal(model, params, x_i, b)
   f_soft = lambda s, t, x_i: _signal(model, params, x_i, s)
-  return log_p, log_q, vjp_fn, [Layer(keys, logits, f_hard, f_soft, x, b)]
-
-
-# Trained on the relaxed objective, pathwise through every parameter.
-RELAXED = ("concrete", "gumbel_softmax")
+  return log_p, log_q, vjp_fn, [Layer(keys, logits, f_hard, f_soft, x, b, categorical,
+                                     b_from_keys=False)]
 
 
 def _relaxed_gradients(model, spec, params, est_state, x, key):
@@ -357,68 +294,20 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
         f"{type(model).__name__}, which needs {family_of(model)!r} estimators.")
   if spec.is_multisample:
     return _multisample_gradients(model, spec, params, est_state, x, key)
-  if spec.name in RELAXED:
+  estimator = spec.estimator
+  if estimator.relaxed_objective:
     return _relaxed_gradients(model, spec, params, est_state, x, key)
   build = (_sbn_layers if isinstance(model, sbn_lib.SBN) else
            _categorical_layers)
   log_p, log_q, vjp_fn, layers = build(model, params, x, key)
   batch = x.shape[0]
   elbo = log_p - log_q  # (B,), the sampled chain's ELBO
-
-  cv_grads, est_loss = None, jnp.zeros(())
-  new_stats, extra = est_state.stats, ()
-  if spec.name == "nvil":
-    # NVIL: baseline b_psi(x) + running mean c, signal scaled by 1/max(1, sd).
-    baseline, baseline_vjp = jax.vjp(
-        lambda psi: BaselineMLP().apply(psi, x - _mean(model)),
-        est_state.params)
-    centred = jax.lax.stop_gradient(elbo) - baseline
-    stats, decay = est_state.stats, spec.nvil_decay
-    new_stats = NvilStats(
-        decay * stats.mean + (1 - decay) * jnp.mean(centred),
-        decay * stats.var + (1 - decay) * jnp.var(centred))
-    residual = centred - stats.mean  # d/dpsi (1/B) sum residual^2, F fixed
-    (cv_grads,) = baseline_vjp(-2.0 * residual / batch)
-    est_loss = jnp.mean(jnp.square(residual))
-    extra = (baseline,)
-
-  if spec.name in ("reinforce", "nvil") and spec.family == "bernoulli":
-    # The same estimates as the per-layer estimators below, without
-    # recomputing them: in an SBN a layer's b is the one the estimator would
-    # draw from its key and REINFORCE's signal F(b) is the chain's ELBO for
-    # every layer. XLA merges neither the estimator's second noise draw nor its
-    # second evaluation of F with the chain's (~30% of a batch-24 CPU step).
-    signal = (residual if spec.name == "nvil" else
-              jax.lax.stop_gradient(elbo))  # (B,), baseline subtracted
-    estimates = [signal[:, None] * bernoulli.score(layer.logits, layer.b)
-                 for layer in layers]
-  else:
-    estimates = []
-    for l, layer in enumerate(layers):
-      def one(k, lg, ctx, extra, layer=layer, l=l):
-        f = lambda b: layer.f_hard(b, ctx)
-        fr = lambda s, t: layer.f_soft(s, t, ctx)
-        return _one_estimate(spec, est_state, k, lg, f, fr, extra, l)
-
-      est, grads_l, loss_l = jax.vmap(one)(layer.keys, layer.logits,
-                                           layer.ctx, extra)
-      estimates.append(est)
-      if spec.name in ("rebar", "relax") and spec.tune:
-        grads_l = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_l)
-        cv_grads = grads_l if cv_grads is None else jax.tree.map(
-            jnp.add, cv_grads, grads_l)
-        est_loss = est_loss + jnp.mean(loss_l)
-
-  if spec.name == "nvil":
-    scale = 1.0 / jnp.maximum(1.0, jnp.sqrt(est_state.stats.var))
-    estimates = [e * scale for e in estimates]
-
-  (model_grads,) = vjp_fn((tuple(-e / batch for e in estimates),
+  out = estimator.estimate(est_state, protocol.Problem(
+      layers, jax.lax.stop_gradient(elbo), x - _mean(model)))
+  (model_grads,) = vjp_fn((tuple(-e / batch for e in out.grads),
                            -jnp.ones_like(log_p) / batch))
-  if cv_grads is None:
-    cv_grads = jax.tree.map(jnp.zeros_like, est_state.params)
-  metrics = {"elbo": jnp.mean(elbo), "estimator_loss": est_loss}
-  return model_grads, cv_grads, new_stats, metrics
+  metrics = {"elbo": jnp.mean(elbo), "estimator_loss": out.loss}
+  return model_grads, out.param_grads, out.stats, metrics
 
 
 def _multisample_gradients(model, spec, params, est_state, x, key):
@@ -452,36 +341,3 @@ def _multisample_gradients(model, spec, params, est_state, x, key):
 def _mean(model):
   return (np.zeros(model.data_dim, np.float32) if model.train_mean is None
           else np.asarray(model.train_mean, np.float32))
-
-
-def _one_estimate(spec, est_state, key, logits, f, f_relaxed, extra, layer):
-  """One data point, one layer: (estimate, cv param grads, variance loss)."""
-  name, fam = spec.name, FAMILIES[spec.family]
-  if name == "nvil":
-    (baseline,) = extra
-    est = fam.reinforce(key, logits, f,
-                        baseline=baseline + est_state.stats.mean)
-    return est, (), jnp.zeros(())
-  if name == "rebar":
-    def estimate(p):
-      return fam.rebar(key, logits, f, eta=p.eta,
-                       temperature=jnp.exp(p.log_temperature),
-                       f_relaxed=f_relaxed)
-  elif name == "relax":
-    def estimate(all_params):
-      return fam.relax(key, logits, f, cv_params=all_params[layer],
-                       f_relaxed=f_relaxed)
-  else:
-    options = {
-        "reinforce_loo": {"num_samples": spec.num_samples},
-        "concrete": {"temperature": spec.temperature},
-        "gumbel_softmax": {"temperature": spec.temperature},
-        "straight_through_gumbel": {"temperature": spec.temperature},
-        "gumbel_rao": {"temperature": spec.temperature},
-    }.get(name, {})
-    est = registry(spec.family)[name](key, logits, f, **options)
-    return est, (), jnp.zeros(())
-  if not spec.tune:
-    return estimate(est_state.params), (), jnp.zeros(())
-  est, grads = cv.variance_gradient(estimate, est_state.params)
-  return est, grads, cv.variance_loss(est)

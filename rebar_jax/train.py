@@ -505,7 +505,7 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
                metrics["iw_bound"]))} if "iw_bound" in metrics else {}),
            "estimator_loss": float(np.mean(metrics["estimator_loss"])),
            "steps_per_sec": n / elapsed}
-    row.update(_estimator_summary(exp.spec, state.estimator))
+    row.update(exp.spec.summary(jax.device_get(state.estimator.params)))
     tic = time.perf_counter()
     if (step % config.eval_every == 0 or step == config.num_steps) and (
         stop.signum is None):
@@ -589,19 +589,6 @@ def recent_train_elbo(state: TrainState) -> float:
   step = int(state.step)
   values = np.asarray(state.monitor.recent_elbo, np.float64)
   return float(np.mean(values[:step] if step < RECENT else values))
-
-
-def _estimator_summary(spec, est_state) -> dict[str, float]:
-  """The tuned scalars worth watching (REBAR's eta and lambda)."""
-  if spec.name == "rebar":
-    p = jax.device_get(est_state.params)
-    return {"eta": float(p.eta),
-            "temperature": float(np.exp(p.log_temperature))}
-  if spec.name == "relax":
-    p = jax.device_get(est_state.params)
-    return {"temperature": float(np.mean([np.exp(q.log_temperature)
-                                          for q in p]))}
-  return {}
 
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -1,0 +1,435 @@
+r"""Estimators as pairs of pure functions, and the one registry of their names.
+
+In the spirit of optax's `GradientTransformation`, a training estimator is a
+NamedTuple of pure functions
+
+    init(key, info) -> EstimatorState              its trainable state
+    estimate(state, problem) -> Estimate           one draw per data point
+    summary(params) -> {name: float}               tuned scalars to log
+
+where `problem` holds, for every stochastic layer l of a model and every data
+point i of a batch, the logits l_il of q(b_l | x_i, b_<l), a key, and the
+learning signal f_il(b_l) continuing the chain from b_l (its downstream noise
+fixed) together with its relaxed twin (see `Layer`). `estimate` returns
+
+    g^_il ~ d/dl_il E_{b_l}[f_il(b_l)]   (one draw, shaped like l_il),
+
+the gradient of the estimator's own loss w.r.t. its trained parameters (the
+variance loss (1/B) sum_i |g^_il|^2 for REBAR and RELAX, Tucker et al. 2017
+Sec. 3.3, Grathwohl et al. 2018 Sec. 3.3; the baseline's squared error for
+NVIL, Mnih & Gregor 2014 Sec. 2.3), its updated untrained statistics, and that
+loss. The composition (`rebar_jax.gradients`) pulls g^ back through the
+encoders and never asks which estimator it holds.
+
+`REGISTRY[family][name](options)` builds an Estimator; it is the only place an
+estimator name is mapped to code. A one-layer estimator with the contract
+`est(key, logits, f, **options) -> grad` becomes a training estimator through
+`stateless`; one with trained control-variate parameters through `tuned`.
+"""
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import categorical
+from rebar_jax.estimators import control_variates as cv
+
+Array = jax.Array
+PRNGKey = jax.Array
+Params = Any
+
+
+class EstimatorState(NamedTuple):
+  """What an estimator learns during training.
+
+  params: trained by the control-variate optimiser (RebarParams, a list of
+    RelaxParams (one per layer), NVIL's baseline network variables, or ()).
+  stats: not trained by gradient (NVIL's running moments of the signal), or ().
+  """
+  params: Any
+  stats: Any
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+  """The fixed options an estimator may read when it is built.
+
+  Attributes:
+    temperature: lambda of relaxed estimators (initial value when tuned).
+    eta: REBAR's control-variate scale (initial value when tuned).
+    num_samples: n, the samples of reinforce_loo's leave-one-out baseline.
+    tune: train the control variate's parameters on the variance loss.
+    relax_hidden: hidden widths of RELAX's network r_rho(z).
+    nvil_decay: decay of NVIL's running mean and variance of the signal.
+  """
+  temperature: float = 0.5
+  eta: float = 1.0
+  num_samples: int = 2
+  tune: bool = True
+  relax_hidden: tuple[int, ...] = (50,)
+  nvil_decay: float = 0.8
+
+
+class ModelInfo(NamedTuple):
+  """What `init` may know of a model.
+
+  layer_shapes: the event shape of each stochastic layer, e.g. (H,) for H
+    Bernoulli units or (V, C) for V categorical variables of C classes.
+  data_dim: D, the size of a data point.
+  """
+  layer_shapes: tuple[tuple[int, ...], ...]
+  data_dim: int
+
+
+class Layer(NamedTuple):
+  """One stochastic layer's estimation problem, per data point (axis 0 = B).
+
+  keys: (B,) keys, one per data point, from which the estimator draws b_l.
+  logits: (B, *event) logits l_il of q(b_l | x_i, b_<l).
+  f_hard: (b, ctx) -> F, the learning signal continued from b (scalar).
+  f_soft: (s, temperature, ctx) -> F on the relaxed chain from s (scalar).
+  ctx: a pytree of per-data-point arrays f_hard and f_soft close over.
+  b: (B, *event) the chain's sample at this layer.
+  family: the module of the layer's one-layer estimators (`bernoulli` or
+    `categorical`): its `score(logits, b)` and estimator functions.
+  b_from_keys: whether b is the sample the family's estimators draw from
+    `keys` (then F(b) for every layer is the chain's signal).
+  """
+  keys: Array
+  logits: Array
+  f_hard: Callable[..., Array]
+  f_soft: Callable[..., Array]
+  ctx: Any
+  b: Array
+  family: Any
+  b_from_keys: bool
+
+
+class Problem(NamedTuple):
+  """Every layer of one batch, plus what baselines may use.
+
+  layers: the layers, top (closest to x) first.
+  signal: (B,) F_i of the sampled chain, no gradient.
+  inputs: (B, D) the data points minus the training mean (baseline inputs).
+  """
+  layers: Sequence[Layer]
+  signal: Array
+  inputs: Array
+
+
+class Estimate(NamedTuple):
+  """One draw for a batch.
+
+  grads: per layer, (B, *event) g^_il, estimates of d/dl E[f_il].
+  param_grads: gradient of `loss` w.r.t. state.params (zeros when untrained).
+  stats: the updated state.stats.
+  loss: scalar, the estimator's own loss (0 when it has none).
+  """
+  grads: list[Array]
+  param_grads: Any
+  stats: Any
+  loss: Array
+
+
+def _no_summary(params) -> dict[str, float]:
+  del params
+  return {}
+
+
+class Estimator(NamedTuple):
+  """A training estimator: pure functions of its state.
+
+  relaxed_objective: instead of `estimate`, the model is trained by the
+    pathwise gradient of the relaxed ELBO (Concrete, Gumbel-softmax), every
+    layer relaxed at `Options.temperature`.
+  """
+  init: Callable[[PRNGKey, ModelInfo], EstimatorState]
+  estimate: Callable[[EstimatorState, Problem], Estimate]
+  summary: Callable[[Any], dict[str, float]] = _no_summary
+  relaxed_objective: bool = False
+
+
+def _empty_init(key: PRNGKey, info: ModelInfo) -> EstimatorState:
+  del key, info
+  return EstimatorState((), ())
+
+
+def _zeros(params):
+  return jax.tree.map(jnp.zeros_like, params)
+
+
+def per_data_point(layer: Layer, one: Callable[..., Any]) -> Any:
+  """vmap of one(key, logits, f, f_relaxed) over the data points of a layer."""
+  def run(key, logits, ctx):
+    f = lambda b: layer.f_hard(b, ctx)
+    f_relaxed = lambda s, t: layer.f_soft(s, t, ctx)
+    return one(key, logits, f, f_relaxed)
+
+  return jax.vmap(run)(layer.keys, layer.logits, layer.ctx)
+
+
+def stateless(estimator: Callable[..., Array], **options) -> Estimator:
+  """A one-layer estimator est(key, logits, f, **options), no trained state."""
+  def estimate(state, problem):
+    grads = [per_data_point(
+        layer, lambda k, lg, f, fr: estimator(k, lg, f, **options))
+             for layer in problem.layers]
+    return Estimate(grads, _zeros(state.params), state.stats, jnp.zeros(()))
+
+  return Estimator(_empty_init, estimate)
+
+
+def _score_times(signal: Array, layer: Layer) -> Array:
+  """signal_i * d/dl log q(b_il), the REINFORCE estimate at the chain's b."""
+  signal = signal.reshape(signal.shape + (1,) * (layer.logits.ndim - 1))
+  return signal * layer.family.score(layer.logits, layer.b)
+
+
+def reinforce(options: Options) -> Estimator:
+  r"""REINFORCE per layer, g^_il = F_i(b_i) d/dl log q(b_il) (Williams 1992).
+
+  Where the chain's b is the estimator's own sample (`Layer.b_from_keys`),
+  F(b) of every layer is the chain's signal, so the estimate is computed from
+  it without drawing b or evaluating F again.
+  """
+  del options
+
+  def estimate(state, problem):
+    grads = [_score_times(problem.signal, layer) if layer.b_from_keys else
+             per_data_point(layer, lambda k, lg, f, fr, fam=layer.family:
+                            fam.reinforce(k, lg, f))
+             for layer in problem.layers]
+    return Estimate(grads, _zeros(state.params), state.stats, jnp.zeros(()))
+
+  return Estimator(_empty_init, estimate)
+
+
+class NvilStats(NamedTuple):
+  """Running mean and variance of NVIL's centred learning signal."""
+  mean: Array
+  var: Array
+
+
+class BaselineMLP(nn.Module):
+  """NVIL's input-dependent baseline b_psi(x): D -> hidden -> 1 (tanh).
+
+  Mnih & Gregor (2014), Sec. 2.3.1; the REBAR code uses 100 hidden units.
+  """
+  hidden: int = 100
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    h = jnp.tanh(nn.Dense(self.hidden)(x))
+    return nn.Dense(1)(h)[..., 0]
+
+
+def nvil(options: Options) -> Estimator:
+  r"""NVIL: REINFORCE with a learned baseline and variance normalisation.
+
+      g^_il = (F_i - b_psi(x_i) - c) d/dl log q(b_il) / max(1, sqrt(v)),
+
+  c and v running means (decay `options.nvil_decay`) of the mean and variance
+  of F - b_psi(x) over batches; psi minimises (1/B) sum_i (F_i - b_psi(x_i)
+  - c)^2 with F fixed. Unbiased up to the positive scale 1/max(1, sqrt(v)),
+  which depends only on earlier batches.
+
+  Reference: Mnih & Gregor (2014), "Neural variational inference and learning
+  in belief networks", ICML, Sec. 2.3 and Alg. 1.
+  """
+  def init(key, info):
+    params = BaselineMLP().init(key, jnp.zeros((1, info.data_dim)))
+    return EstimatorState(params, NvilStats(jnp.zeros(()), jnp.ones(())))
+
+  def estimate(state, problem):
+    baseline, baseline_vjp = jax.vjp(
+        lambda psi: BaselineMLP().apply(psi, problem.inputs), state.params)
+    centred = problem.signal - baseline
+    stats, decay = state.stats, options.nvil_decay
+    new_stats = NvilStats(
+        decay * stats.mean + (1 - decay) * jnp.mean(centred),
+        decay * stats.var + (1 - decay) * jnp.var(centred))
+    residual = centred - stats.mean  # d/dpsi (1/B) sum residual^2, F fixed
+    (param_grads,) = baseline_vjp(-2.0 * residual / centred.shape[0])
+
+    def layer_estimate(layer):
+      if layer.b_from_keys:
+        return _score_times(residual, layer)
+      def one(k, lg, ctx, base):
+        return layer.family.reinforce(k, lg, lambda b: layer.f_hard(b, ctx),
+                                      baseline=base + stats.mean)
+      return jax.vmap(one)(layer.keys, layer.logits, layer.ctx, baseline)
+
+    scale = 1.0 / jnp.maximum(1.0, jnp.sqrt(stats.var))
+    grads = [layer_estimate(layer) * scale for layer in problem.layers]
+    return Estimate(grads, param_grads, new_stats,
+                    jnp.mean(jnp.square(residual)))
+
+  return Estimator(init, estimate)
+
+
+def tuned(init: Callable[[PRNGKey, ModelInfo], EstimatorState],
+          estimator: Callable[..., Array], tune: bool,
+          summary: Callable[[Any], dict[str, float]] = _no_summary
+          ) -> Estimator:
+  r"""An estimator whose control variate has parameters phi trained on its variance.
+
+  estimator(params, layer_index, family, key, logits, f, f_relaxed) -> g^ is
+  one draw, unbiased for every phi (family: the layer's `Layer.family`). With `tune`, each layer's draws come with
+  d/dphi (1/B) sum_i |g^_il|^2 (`control_variates.variance_gradient`), summed
+  over layers; the loss is the matching sum of variance losses.
+  """
+  def estimate(state, problem):
+    grads, param_grads, loss = [], None, jnp.zeros(())
+    for l, layer in enumerate(problem.layers):
+      def one(k, lg, f, fr, l=l, layer=layer):
+        draw = lambda p: estimator(p, l, layer.family, k, lg, f, fr)
+        if not tune:
+          return draw(state.params), (), jnp.zeros(())
+        est, g = cv.variance_gradient(draw, state.params)
+        return est, g, cv.variance_loss(est)
+
+      est, grads_l, loss_l = per_data_point(layer, one)
+      grads.append(est)
+      if tune:
+        grads_l = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads_l)
+        param_grads = grads_l if param_grads is None else jax.tree.map(
+            jnp.add, param_grads, grads_l)
+        loss = loss + jnp.mean(loss_l)
+    if param_grads is None:
+      param_grads = _zeros(state.params)
+    return Estimate(grads, param_grads, state.stats, loss)
+
+  return Estimator(init, estimate, summary)
+
+
+def rebar(options: Options) -> Estimator:
+  r"""REBAR with (eta, log lambda) shared by all layers, tuned on the variance.
+
+  Reference: Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein (2017), "REBAR:
+  Low-variance, unbiased gradient estimates for discrete latent variable
+  models", NeurIPS, Sec. 3.
+  """
+  def init(key, info):
+    del key, info
+    return EstimatorState(
+        cv.RebarParams.create(options.eta, options.temperature), ())
+
+  def draw(p, layer_index, family, key, logits, f, f_relaxed):
+    del layer_index
+    return family.rebar(key, logits, f, eta=p.eta,
+                        temperature=jnp.exp(p.log_temperature),
+                        f_relaxed=f_relaxed)
+
+  def summary(p):
+    return {"eta": float(p.eta),
+            "temperature": float(np.exp(p.log_temperature))}
+
+  return tuned(init, draw, options.tune, summary)
+
+
+def relax(options: Options) -> Estimator:
+  r"""RELAX with one control-variate network r_rho(z) per layer, tuned.
+
+  c_phi(z) = f_relaxed(sigma_lambda(z)) + r_rho(z), phi = (log lambda, rho),
+  one phi per layer, initialised to REBAR with eta = 1.
+
+  Reference: Grathwohl, Choi, Wu, Roeder & Duvenaud (2018), "Backpropagation
+  through the void", ICLR, Alg. 2.
+  """
+  def init(key, info):
+    keys = jax.random.split(key, len(info.layer_shapes))
+    return EstimatorState(
+        [bernoulli.init_relax_params(k, _size(shape), options.relax_hidden,
+                                     options.temperature)
+         for k, shape in zip(keys, info.layer_shapes)], ())
+
+  def draw(params, layer_index, family, key, logits, f, f_relaxed):
+    return family.relax(key, logits, f, cv_params=params[layer_index],
+                        f_relaxed=f_relaxed)
+
+  def summary(params):
+    return {"temperature": float(np.mean([np.exp(q.log_temperature)
+                                          for q in params]))}
+
+  return tuned(init, draw, options.tune, summary)
+
+
+def _size(shape: Sequence[int]) -> int:
+  return int(np.prod(shape))
+
+
+def _relaxed_objective(options: Options) -> Estimator:
+  """Concrete / Gumbel-softmax: the pathwise gradient of the relaxed ELBO."""
+  del options
+  return Estimator(_empty_init, _pathwise_only, relaxed_objective=True)
+
+
+def _pathwise_only(state, problem):
+  raise ValueError("A relaxed-objective estimator trains the model by the "
+                   "pathwise gradient of the relaxed ELBO; it has no "
+                   "per-layer estimate.")
+
+
+def _one_layer(name: str, family, *option_names: str
+               ) -> Callable[[Options], Estimator]:
+  """A stateless one-layer estimator of `family`, with the named options."""
+  def build(options: Options) -> Estimator:
+    return stateless(getattr(family, name),
+                     **{n: getattr(options, n) for n in option_names})
+  return build
+
+
+def _reinforce_loo(family) -> Callable[[Options], Estimator]:
+  """REINFORCE with the leave-one-out baseline of n = options.num_samples."""
+  def build(options: Options) -> Estimator:
+    if options.num_samples < 2:
+      raise ValueError("reinforce_loo needs num_samples >= 2.")
+    return stateless(family.reinforce_loo, num_samples=options.num_samples)
+  return build
+
+
+# The one map from names to training estimators, per distribution family.
+REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
+    "bernoulli": {
+        "reinforce": reinforce,
+        "nvil": nvil,
+        "reinforce_loo": _reinforce_loo(bernoulli),
+        "arm": _one_layer("arm", bernoulli),
+        "disarm": _one_layer("disarm", bernoulli),
+        "muprop": _one_layer("muprop", bernoulli),
+        "concrete": _relaxed_objective,
+        "straight_through": _one_layer("straight_through", bernoulli),
+        "straight_through_gumbel": _one_layer(
+            "straight_through_gumbel", bernoulli, "temperature"),
+        "rebar": rebar,
+        "relax": relax,
+    },
+    "categorical": {
+        "reinforce": reinforce,
+        "nvil": nvil,
+        "reinforce_loo": _reinforce_loo(categorical),
+        "ars": _one_layer("ars", categorical),
+        "arsm": _one_layer("arsm", categorical),
+        "gumbel_softmax": _relaxed_objective,
+        "straight_through_gumbel": _one_layer(
+            "straight_through_gumbel", categorical, "temperature"),
+        "gumbel_rao": _one_layer("gumbel_rao", categorical, "temperature"),
+        "rebar": rebar,
+        "relax": relax,
+    },
+}
+
+
+def get(family: str, name: str, options: Options = Options()) -> Estimator:
+  """The training estimator `name` of `family`, built with `options`."""
+  if family not in REGISTRY:
+    raise ValueError(f"Unknown family {family!r}; choose one of "
+                     f"{sorted(REGISTRY)}.")
+  if name not in REGISTRY[family]:
+    raise ValueError(f"Unknown {family} estimator {name!r}; choose one of "
+                     f"{sorted(REGISTRY[family])}.")
+  return REGISTRY[family][name](options)
