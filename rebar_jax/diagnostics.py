@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from rebar_jax import gradients
-from rebar_jax.models import sbn as sbn_lib
+from rebar_jax.estimators import protocol
 
 Array = jax.Array
 
@@ -61,13 +61,12 @@ def effective_sample_size(model, params: Any, x: Array, key: Array,
 def active_units(model, params: Any, x: Array, threshold: float = 0.01
                  ) -> Array:
   """Number of first-layer units (variables) with Cov_x(E_q[b | x]) > threshold."""
-  if isinstance(model, sbn_lib.SBN):
-    probs = jax.nn.sigmoid(model.apply(params, 0, x,
-                                       method=sbn_lib.SBN.encoder_logits))
-    activity = jnp.var(probs, axis=0)  # (H,)
-  else:
-    probs = jax.nn.softmax(model.apply(params, x, method="encoder_logits"), -1)
-    activity = jnp.sum(jnp.var(probs, axis=0), axis=-1)  # (V,)
+  layer = model.stochastic_layers()[0]
+  family = protocol.FAMILIES[layer.family]
+  probs = family.mean(model.apply(params, 0, x, (), method="layer_logits"))
+  activity = jnp.var(probs, axis=0)  # (*event)
+  if family.EVENT_NDIM:  # the trace of a variable's covariance
+    activity = jnp.sum(activity, axis=tuple(range(-family.EVENT_NDIM, 0)))
   return jnp.sum(activity > threshold)
 
 

@@ -45,12 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rebar_jax.estimators import bernoulli
-from rebar_jax.estimators import categorical
 from rebar_jax.estimators import multisample
 from rebar_jax.estimators import protocol
-from rebar_jax.models import categorical_vae as cat_lib
-from rebar_jax.models import sbn as sbn_lib
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -59,24 +55,14 @@ Params = Any
 EstimatorState = protocol.EstimatorState
 Layer = protocol.Layer
 
-FAMILIES = {"bernoulli": bernoulli, "categorical": categorical}
-
-
-def family_of(model) -> str:
-  """'bernoulli' for an SBN, 'categorical' for a categorical VAE."""
-  if isinstance(model, sbn_lib.SBN):
-    return "bernoulli"
-  if isinstance(model, cat_lib.CategoricalVAE):
-    return "categorical"
-  raise TypeError(f"No estimators for model type {type(model).__name__}.")
+def _families(model) -> set[str]:
+  return {layer.family for layer in model.stochastic_layers()}
 
 
 def _model_info(model) -> protocol.ModelInfo:
-  if isinstance(model, sbn_lib.SBN):
-    shapes = ((model.num_latents,),) * model.num_layers
-  else:
-    shapes = ((model.num_vars, model.num_classes),)
-  return protocol.ModelInfo(shapes, model.data_dim)
+  return protocol.ModelInfo(
+      tuple(tuple(layer.event_shape) for layer in model.stochastic_layers()),
+      model.data_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +71,7 @@ class EstimatorSpec(protocol.Options):
 
   Attributes:
     name: a key of `protocol.REGISTRY[family]` or of `multisample.MULTISAMPLE`.
-    family: "bernoulli" (SBNs) or "categorical" (categorical VAEs).
+    family: the family of the model's layers, a key of `protocol.REGISTRY`.
     num_iw_samples: K, the chains of a multi-sample objective.
   """
   name: str
@@ -129,11 +115,9 @@ class EstimatorSpec(protocol.Options):
     valid = sorted(set(protocol.REGISTRY[self.family])
                    | set(multisample.MULTISAMPLE))
     if self.name not in valid:
-      model = ("a sigmoid belief network" if self.family == "bernoulli" else
-               "a categorical VAE")
       raise ValueError(
-          f"Unknown estimator {self.name!r} for {model}; choose one of "
-          f"{valid}.")
+          f"Unknown estimator {self.name!r} for a {self.family} model; "
+          f"choose one of {valid}.")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}.")
     self.estimator  # pylint: disable=pointless-statement; checks the options
@@ -151,116 +135,89 @@ class EstimatorSpec(protocol.Options):
 
 def _signal(model, params, x, bs):
   """F(b) = log p(x, b) - log q(b | x)."""
-  log_p, log_q = model.apply(params, x, bs)
+  log_p, log_q = model.apply(params, x, bs, method="log_joint")
   return log_p - log_q
 
 
-def _sbn_layers(model: sbn_lib.SBN, params: Params, x: Array, key: PRNGKey):
-  """The hard chain b_l = H(enc_l(b_{l-1}) + noise_l) and one Layer per layer.
+def _chain_noise(model, x: Array, key: PRNGKey):
+  """Per data point and layer keys (B, L) and each layer's noise (B, *event).
 
-  Each data point and layer gets its own key; the chain's noise for layer l is
-  `bernoulli.logistic_noise(key_l)`, the same noise the sampling estimators
-  draw from key_l, so their b_l is the chain's b_l.
+  The noise of layer l is the family's `noise` of key (i, l), the noise its
+  estimators draw from that key, so their b_l is the chain's b_l.
   """
-  batch, num_layers = x.shape[0], model.num_layers
+  layers = model.stochastic_layers()
+  batch, num_layers = x.shape[0], len(layers)
   keys = jax.random.split(key, batch * num_layers).reshape(
       (batch, num_layers) + key.shape)
   noise = tuple(
-      jax.vmap(lambda k: bernoulli.logistic_noise(k, (model.num_latents,)))(
-          keys[:, l]) for l in range(num_layers))
-  encode = lambda p, l, h: model.apply(p, l, h,
-                                       method=sbn_lib.SBN.encoder_logits)
+      jax.vmap(lambda k, layer=layer: protocol.FAMILIES[layer.family].noise(
+          k, tuple(layer.event_shape)))(keys[:, l])
+      for l, layer in enumerate(layers))
+  return keys, noise
+
+
+def _layers(model, params: Params, x: Array, key: PRNGKey):
+  """The hard chain b_l = sample(logits_l(x, b_<l), noise_l), one Layer each.
+
+  Returns log p(x, b) (B,), log q(b | x) (B,), the vjp of (logits, log p)
+  w.r.t. params, and the layers' estimation problems: f of layer l keeps the
+  layers above as sampled and continues the chain below from b_l with the
+  same noise (hard, or relaxed at the given temperature for f_soft).
+  """
+  families = [protocol.FAMILIES[layer.family]
+              for layer in model.stochastic_layers()]
+  keys, noise = _chain_noise(model, x, key)
+  logits_of = lambda p, l, x, above: model.apply(
+      p, l, x, tuple(above), method="layer_logits")
 
   def forward(p):
-    h, logits, bs = x, [], []
-    for l in range(num_layers):
-      lg = encode(p, l, h)  # gradients flow to the encoder through the vjp
-      h = bernoulli.hard_threshold(jax.lax.stop_gradient(lg) + noise[l])
+    logits, bs = [], []
+    for l, fam in enumerate(families):
+      lg = logits_of(p, l, x, bs)  # gradients reach the encoder via the vjp
+      bs.append(fam.sample_from_noise(jax.lax.stop_gradient(lg), noise[l]))
       logits.append(lg)
-      bs.append(h)
-    log_p = model.apply(p, x, tuple(bs), method=sbn_lib.SBN.log_p)
+    log_p, _ = model.apply(p, x, tuple(bs), method="log_joint")
     return (tuple(logits), log_p), tuple(bs)
 
   (logits, log_p), vjp_fn, bs = jax.vjp(forward, params, has_aux=True)
-  log_q = model.apply(params, x, bs, method=sbn_lib.SBN.log_q)
+  _, log_q = model.apply(params, x, bs, method="log_joint")
 
   def chain(layer, b_l, ctx, temperature=None):
-    """b_1..b_L: the layers above as sampled, then layer+1.. from b_l."""
-    x_i, below, after = ctx
-    out, h = list(below) + [b_l], b_l
-    for k, nz in zip(range(layer + 1, num_layers), after):
-      z = encode(params, k, h) + nz
-      h = (bernoulli.hard_threshold(z) if temperature is None else
-           jax.nn.sigmoid(z / temperature))
-      out.append(h)
+    """F at b_1..b_L: the layers above as sampled, then layer+1.. from b_l."""
+    x_i, above, after = ctx
+    out = list(above) + [b_l]
+    for k, nz in zip(range(layer + 1, len(families)), after):
+      lg = logits_of(params, k, x_i, out)
+      out.append(families[k].sample_from_noise(lg, nz) if temperature is None
+                 else families[k].relaxed_from_noise(lg, nz, temperature))
     return _signal(model, params, x_i, tuple(out))
 
   layers = [
       Layer(keys[:, l], logits[l],
             functools.partial(lambda l, b, ctx: chain(l, b, ctx), l),
             functools.partial(lambda l, s, t, ctx: chain(l, s, ctx, t), l),
-            (x, bs[:l], noise[l + 1:]), bs[l], bernoulli, b_from_keys=True)
-      for l in range(num_layers)]
+            (x, bs[:l], noise[l + 1:]), bs[l], fam, b_from_keys=True)
+      for l, fam in enumerate(families)]
   return log_p, log_q, vjp_fn, layers
-
-
-def _categorical_layers(model: cat_lib.CategoricalVAE, params: Params,
-                        x: Array, key: PRNGKey):
-  """One categorical layer: logits (B, V, C), b a Gumbel-max one-hot sample."""
-  batch = x.shape[0]
-  key_chain, key_est = jax.random.split(key)
-  keys = jax.random.split(key_est, batch)
-
-  def forward(p):
-    lg = model.apply(p, x, method=cat_lib.CategoricalVAE.encoder_logits)
-    g = jax.random.gumbel(key_chain, lg.shape, lg.dtype)
-    b = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(lg) + g, -1),
-                       lg.shape[-1], dtype=lg.dtype)
-    log_p = model.apply(p, x, b, method=cat_lib.CategoricalVAE.log_p)
-    return ((lg,), log_p), b
-
-  ((logits,), log_p), vjp_fn, b = jax.vjp(forward, params, has_aux=True)
-  log_q = model.apply(params, x, b, method=cat_lib.CategoricalVAE.log_q)
-  f_hard = lambda b, x_i: _signal(model, params, x_i, b)
-  f_soft = lambda s, t, x_i: _signal(model, params, x_i, s)
-  return log_p, log_q, vjp_fn, [Layer(keys, logits, f_hard, f_soft, x, b, categorical,
-                                     b_from_keys=False)]
 
 
 def _relaxed_gradients(model, spec, params, est_state, x, key):
   """Pathwise gradient of the relaxed ELBO; the hard ELBO with the same noise.
 
-  The noise is the chain noise of `_sbn_layers` (logistic, per data point and
-  layer) or the Gumbel noise the categorical estimators draw from the same
-  per-data-point keys.
+  The noise is the chain noise of `_layers`, every layer relaxed at
+  spec.temperature (Concrete / Gumbel-softmax).
   """
-  batch, temperature = x.shape[0], spec.temperature
-  if isinstance(model, sbn_lib.SBN):
-    keys = jax.random.split(key, batch * model.num_layers).reshape(
-        (batch, model.num_layers) + key.shape)
-    noise = [jax.vmap(lambda k: bernoulli.logistic_noise(
-        k, (model.num_latents,)))(keys[:, l]) for l in range(model.num_layers)]
+  families = [protocol.FAMILIES[layer.family]
+              for layer in model.stochastic_layers()]
+  _, noise = _chain_noise(model, x, key)
 
-    def signal(p, hard):
-      h, bs = x, []
-      for l in range(model.num_layers):
-        z = model.apply(p, l, h, method=sbn_lib.SBN.encoder_logits) + noise[l]
-        h = (bernoulli.hard_threshold(z) if hard else
-             bernoulli.relax_sample(z, temperature))
-        bs.append(h)
-      return _signal(model, p, x, tuple(bs))
-  else:
-    _, key_est = jax.random.split(key)
-    shape = (model.num_vars, model.num_classes)
-    g = jax.vmap(lambda k: categorical._sample(k, jnp.zeros(shape))[0])(  # pylint: disable=protected-access
-        jax.random.split(key_est, batch))
-
-    def signal(p, hard):
-      lg = model.apply(p, x, method=cat_lib.CategoricalVAE.encoder_logits)
-      z = jax.nn.log_softmax(lg, axis=-1) + g
-      b = (categorical.one_hot_argmax(z) if hard else
-           categorical.relax_sample(z, temperature))
-      return _signal(model, p, x, b)
+  def signal(p, hard):
+    bs = []
+    for l, fam in enumerate(families):
+      lg = model.apply(p, l, x, tuple(bs), method="layer_logits")
+      bs.append(fam.sample_from_noise(lg, noise[l]) if hard else
+                fam.relaxed_from_noise(lg, noise[l], spec.temperature))
+    return _signal(model, p, x, tuple(bs))
 
   grads = jax.grad(lambda p: -jnp.mean(signal(p, hard=False)))(params)
   metrics = {"elbo": jnp.mean(signal(params, hard=True)),
@@ -275,7 +232,8 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
   """Gradients of the negative mean ELBO and of the estimator's own loss.
 
   Args:
-    model: an SBN (Bernoulli estimators) or a CategoricalVAE (categorical).
+    model: a model following `rebar_jax.models.protocol` (SBN,
+      CategoricalVAE, or a user's), whose layers are all of spec.family.
     spec: which estimator, with its options; its family must match the model.
     params: model variables.
     est_state: the estimator's learned state.
@@ -288,18 +246,16 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
     loss (NVIL: the baseline's squared error) for the estimator parameters;
     metrics hold the batch-mean ELBO of the sampled chain and that loss.
   """
-  if family_of(model) != spec.family:
+  if _families(model) != {spec.family}:
     raise ValueError(
         f"Estimator family {spec.family!r} does not fit "
-        f"{type(model).__name__}, which needs {family_of(model)!r} estimators.")
+        f"{type(model).__name__}, whose layers are {sorted(_families(model))}.")
   if spec.is_multisample:
     return _multisample_gradients(model, spec, params, est_state, x, key)
   estimator = spec.estimator
   if estimator.relaxed_objective:
     return _relaxed_gradients(model, spec, params, est_state, x, key)
-  build = (_sbn_layers if isinstance(model, sbn_lib.SBN) else
-           _categorical_layers)
-  log_p, log_q, vjp_fn, layers = build(model, params, x, key)
+  log_p, log_q, vjp_fn, layers = _layers(model, params, x, key)
   batch = x.shape[0]
   elbo = log_p - log_q  # (B,), the sampled chain's ELBO
   out = estimator.estimate(est_state, protocol.Problem(

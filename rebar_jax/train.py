@@ -124,7 +124,7 @@ class Interrupted(Exception):
 class Experiment:
   """The pieces built from a config: data, model, estimator, optimisers."""
   dataset: data_lib.Dataset
-  model: Any  # sbn_lib.SBN or cat_lib.CategoricalVAE
+  model: Any  # follows rebar_jax.models.protocol (SBN, CategoricalVAE)
   spec: gradients.EstimatorSpec
   optimizer: optax.GradientTransformation
   estimator_optimizer: optax.GradientTransformation
@@ -231,12 +231,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 def init_state(exp: Experiment, seed: int) -> TrainState:
   key_model, key_est = jax.random.split(jax.random.key(seed))
   x = jnp.zeros((1, exp.model.data_dim))
-  if isinstance(exp.model, sbn_lib.SBN):
-    b = tuple(jnp.zeros((1, exp.model.num_latents))
-              for _ in range(exp.model.num_layers))
-  else:
-    b = jnp.zeros((1, exp.model.num_vars, exp.model.num_classes))
-  params = exp.model.init(key_model, x, b)
+  bs = tuple(jnp.zeros((1,) + tuple(layer.event_shape))
+             for layer in exp.model.stochastic_layers())
+  params = exp.model.init(key_model, x, bs, method="log_joint")
   est = exp.spec.init(key_est, exp.model)
   monitor = Monitor(jnp.full((), jnp.nan, jnp.float32),
                     jnp.zeros((RECENT,), jnp.float32))

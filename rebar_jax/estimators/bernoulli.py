@@ -290,6 +290,32 @@ def score(logits: Array, b: Array) -> Array:
   return b - jax.nn.sigmoid(logits)
 
 
+# The family seen from a chain of layers: one noise draw per layer, from which
+# the hard sample and its relaxation are deterministic functions.
+
+EVENT_NDIM = 0  # each unit is one Bernoulli variable
+
+
+def noise(key: PRNGKey, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  """The noise of b ~ Bernoulli(sigmoid(l)): `logistic_noise`."""
+  return logistic_noise(key, shape, dtype)
+
+
+def sample_from_noise(logits: Array, noise_: Array) -> Array:
+  """b = H(l + noise) ~ Bernoulli(sigmoid(l)), no gradient."""
+  return hard_threshold(logits + noise_)
+
+
+def relaxed_from_noise(logits: Array, noise_: Array, temperature: Any) -> Array:
+  """The Concrete relaxation of the same draw, sigmoid((l + noise) / lambda)."""
+  return relax_sample(logits + noise_, temperature)
+
+
+def mean(logits: Array) -> Array:
+  """E[b] = sigmoid(l)."""
+  return jax.nn.sigmoid(logits)
+
+
 def _prepare(key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
   _checks.check_key(key)
   logits = _checks.check_logits(logits)

@@ -158,6 +158,32 @@ def relax_sample(z: Array, temperature: Any) -> Array:
   return jax.nn.softmax(z / temperature, axis=-1)
 
 
+# The family seen from a chain of layers: one noise draw per layer, from which
+# the hard sample and its relaxation are deterministic functions.
+
+EVENT_NDIM = 1  # the last axis holds a variable's one-hot classes
+
+
+def noise(key: PRNGKey, shape, dtype=jnp.float32) -> Array:
+  """The noise of b ~ Cat(softmax(l)) by Gumbel-max: `gumbel_noise`."""
+  return gumbel_noise(key, shape, dtype)
+
+
+def sample_from_noise(logits: Array, g: Array) -> Array:
+  """b = one_hot(argmax(log_softmax(l) + g)) ~ Cat(softmax(l)), no gradient."""
+  return one_hot_argmax(jax.nn.log_softmax(logits, axis=-1) + g)
+
+
+def relaxed_from_noise(logits: Array, g: Array, temperature: Any) -> Array:
+  """The Gumbel-softmax relaxation, softmax((log_softmax(l) + g) / lambda)."""
+  return relax_sample(jax.nn.log_softmax(logits, axis=-1) + g, temperature)
+
+
+def mean(logits: Array) -> Array:
+  """E[b] = softmax(l) per variable."""
+  return jax.nn.softmax(logits, axis=-1)
+
+
 def conditional_gumbel(logits: Array, b: Array, e: Array) -> Array:
   r"""z~ = g~(v, l, b) ~ p(z | b): the Gumbel-max z conditioned on argmax z = b.
 

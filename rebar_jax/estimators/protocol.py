@@ -43,6 +43,11 @@ PRNGKey = jax.Array
 Params = Any
 
 
+# Distribution families by name: the modules of their one-layer estimators and
+# chain functions (noise, sample_from_noise, relaxed_from_noise, score, mean).
+FAMILIES = {"bernoulli": bernoulli, "categorical": categorical}
+
+
 class EstimatorState(NamedTuple):
   """What an estimator learns during training.
 

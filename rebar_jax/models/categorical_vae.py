@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from rebar_jax.estimators import categorical
+from rebar_jax.models import protocol
 from rebar_jax.models import sbn
 
 Array = jax.Array
@@ -117,6 +118,24 @@ class CategoricalVAE(nn.Module):
   def __call__(self, x: Array, b: Array) -> tuple[Array, Array]:
     """(log p(x, b), log q(b | x)); creates every parameter under `init`."""
     return self.log_p(x, b), self.log_q(x, b)
+
+  # The model protocol (`rebar_jax.models.protocol`).
+
+  def stochastic_layers(self) -> tuple[protocol.StochasticLayer, ...]:
+    """One categorical layer of V variables with C classes."""
+    return (protocol.StochasticLayer("categorical",
+                                     (self.num_vars, self.num_classes)),)
+
+  def layer_logits(self, layer: int, x: Array,
+                   above: Sequence[Array]) -> Array:
+    """Logits of q(b | x), (..., V, C); layer is 0 and above is ()."""
+    del layer, above
+    return self.encoder_logits(x)
+
+  def log_joint(self, x: Array, bs: Sequence[Array]) -> tuple[Array, Array]:
+    """(log p(x, b), log q(b | x)) for bs = (b,)."""
+    (b,) = bs
+    return self(x, b)
 
   def sample(self, x: Array, key: PRNGKey) -> tuple[Array, Array]:
     """One-hot b ~ q(b | x) by Gumbel-max, and log q(b | x); see `sample_q`."""

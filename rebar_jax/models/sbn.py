@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rebar_jax.estimators import bernoulli
+from rebar_jax.models import protocol
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -227,6 +228,22 @@ class SBN(nn.Module):
   def __call__(self, x: Array, bs: Sequence[Array]) -> tuple[Array, Array]:
     """(log p(x, b), log q(b | x)); creates every parameter under `init`."""
     return self.log_p(x, bs), self.log_q(x, bs)
+
+  # The model protocol (`rebar_jax.models.protocol`).
+
+  def stochastic_layers(self) -> tuple[protocol.StochasticLayer, ...]:
+    """L Bernoulli layers of H units."""
+    return (protocol.StochasticLayer("bernoulli", (self.num_latents,)),
+            ) * self.num_layers
+
+  def layer_logits(self, layer: int, x: Array,
+                   above: Sequence[Array]) -> Array:
+    """Logits of q(b_layer | b_{layer-1}) (of q(b_1 | x) for layer 0)."""
+    return self.encoder_logits(layer, above[-1] if layer else x)
+
+  def log_joint(self, x: Array, bs: Sequence[Array]) -> tuple[Array, Array]:
+    """(log p(x, b), log q(b | x)) for the tuple of layers bs."""
+    return self(x, bs)
 
   def sample(self, x: Array, key: PRNGKey) -> tuple[tuple[Array, ...], Array]:
     """Ancestral hard sample b ~ q(b | x) and log q(b | x); see `sample_q`."""
