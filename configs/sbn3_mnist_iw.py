@@ -3,9 +3,9 @@ importance-weighted bound with a multi-sample estimator (OVIS, Sec. 5; VIMCO).
 
   python -m rebar_jax.train --config=configs/sbn3_mnist_iw.py \
       --config.data_source=local --config.data_dir=$REBAR_JAX_DATA_DIR \
-      --config.estimator=vimco_geometric --config.num_samples=10
+      --config.estimator=vimco_geometric --config.iw_samples=10
   python -m rebar_jax.train --config=configs/sbn3_mnist_iw.py \
-      --config.estimator=ovis_gamma0 --config.num_samples=50
+      --config.estimator=ovis_gamma0 --config.iw_samples=50
 
 Estimators: iwae_reinforce, vimco_arithmetic, vimco_geometric, ovis_gamma0,
 ovis_gamma0.5, ovis_gamma1 (biased for gamma > 0), rws, reinforce_loo, vargrad.
@@ -18,6 +18,6 @@ def get_config():
   c.nonlinear = False
   c.num_layers = 3
   c.estimator = "vimco_geometric"
-  c.num_samples = 10
+  c.iw_samples = 10
   c.learning_rate = 3e-4
   return c

@@ -36,12 +36,12 @@ def config() -> ml_collections.ConfigDict:
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)
-  c.estimator_num_samples = 2   # n of reinforce_loo
+  c.loo_samples = 2             # n of reinforce_loo (leave-one-out)
   c.tune_estimator = True       # train eta/lambda, RELAX nets on the variance
   c.relax_hidden = (50,)
-  # K samples per data point for the multi-sample objectives
+  # K chains per data point for the multi-sample objectives
   # (rebar_jax.estimators.multisample: vimco_geometric, ovis_gamma0, ...).
-  c.num_samples = 1
+  c.iw_samples = 1
   # Optimisation.
   c.batch_size = 24
   c.learning_rate = 3e-4

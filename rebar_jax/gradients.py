@@ -72,22 +72,22 @@ class EstimatorSpec(protocol.Options):
   Attributes:
     name: a key of `protocol.REGISTRY[family]` or of `multisample.MULTISAMPLE`.
     family: the family of the model's layers, a key of `protocol.REGISTRY`.
-    num_iw_samples: K, the chains of a multi-sample objective.
+    iw_samples: K, the chains per data point of a multi-sample objective.
   """
   name: str
   family: str = "bernoulli"
-  num_iw_samples: int = 1
+  iw_samples: int = 1
 
   @property
   def is_multisample(self) -> bool:
     """K-sample objective: a `multisample.MULTISAMPLE` surrogate on K chains.
 
     A name in both registries (reinforce_loo) is the one-layer estimator when
-    num_iw_samples == 1 and the K-chain surrogate when it is larger.
+    iw_samples == 1 and the K-chain surrogate when it is larger.
     """
     return self.name in multisample.MULTISAMPLE and (
         self.name not in protocol.REGISTRY[self.family]
-        or self.num_iw_samples > 1)
+        or self.iw_samples > 1)
 
   @property
   def estimator(self) -> protocol.Estimator:
@@ -98,14 +98,14 @@ class EstimatorSpec(protocol.Options):
     if self.family not in protocol.REGISTRY:
       raise ValueError(f"Unknown family {self.family!r}; choose one of "
                        f"{sorted(protocol.REGISTRY)}.")
-    if self.num_iw_samples < 1:
+    if self.iw_samples < 1:
       raise ValueError(
-          f"num_samples (K) must be >= 1, got {self.num_iw_samples}.")
+          f"iw_samples (K) must be >= 1, got {self.iw_samples}.")
     if self.is_multisample:
-      if self.num_iw_samples < 2:
+      if self.iw_samples < 2:
         raise ValueError(
-            f"{self.name!r} is a multi-sample objective: set num_samples "
-            "(K) >= 2, e.g. --config.num_samples=10.")
+            f"{self.name!r} is a multi-sample objective: set iw_samples "
+            "(K) >= 2, e.g. --config.iw_samples=10.")
       if self.name in multisample.NEEDS_AUX:
         raise ValueError(
             f"{self.name!r} needs auxiliary samples, which the trainer does "
@@ -275,8 +275,8 @@ def _multisample_gradients(model, spec, params, est_state, x, key):
   estimator (`multisample`: VIMCO, OVIS-gamma, REINFORCE-LOO, VarGrad, RWS).
   """
   surrogate = multisample.MULTISAMPLE[spec.name]
-  keys = jax.random.split(key, x.shape[0] * spec.num_iw_samples).reshape(
-      (x.shape[0], spec.num_iw_samples) + key.shape)
+  keys = jax.random.split(key, x.shape[0] * spec.iw_samples).reshape(
+      (x.shape[0], spec.iw_samples) + key.shape)
 
   def loss(p):
     def chain(x_i, k):

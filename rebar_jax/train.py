@@ -136,7 +136,7 @@ _INTS = {  # name: minimum
     "seed": 0, "eval_seed": 0, "eval_max_examples": 0, "diagnostic_draws": 0,
     "batch_size": 1, "num_steps": 1, "steps_per_call": 1, "eval_every": 1,
     "checkpoint_every": 1, "eval_num_samples": 1, "eval_batch_size": 1,
-    "num_samples": 1, "estimator_num_samples": 1,
+    "iw_samples": 1, "loo_samples": 1,
 }
 _POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate", "temperature")
 _FINITE_FLOATS = ("eta",)
@@ -181,9 +181,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(
           f"config.{name}={config[name]} must be a multiple of "
           f"config.steps_per_call={config.steps_per_call}.")
-  if (config.estimator == "reinforce_loo" and config.num_samples == 1
-      and config.estimator_num_samples < 2):
-    fail("estimator_num_samples",
+  if (config.estimator == "reinforce_loo" and config.iw_samples == 1
+      and config.loo_samples < 2):
+    fail("loo_samples",
          ">= 2 for reinforce_loo (n, the samples of its leave-one-out "
          "baseline)")
 
@@ -205,10 +205,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         name=config.estimator,
         family="bernoulli" if config.model == "sbn" else "categorical",
         temperature=config.temperature, eta=config.eta,
-        num_samples=config.estimator_num_samples,
+        loo_samples=config.loo_samples,
         tune=config.tune_estimator,
         relax_hidden=tuple(config.relax_hidden),
-        num_iw_samples=config.num_samples)
+        iw_samples=config.iw_samples)
   except ValueError as e:
     raise ConfigError(f"config.estimator={config.estimator!r}: {e}") from e
   dataset = data_lib.load_dataset(
@@ -498,7 +498,7 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
     step += n
     elapsed = time.perf_counter() - tic
     row = {"step": step, "train_elbo": float(np.mean(metrics["elbo"])),
-           **({f"train_iw{config.num_samples}": float(np.mean(
+           **({f"train_iw{config.iw_samples}": float(np.mean(
                metrics["iw_bound"]))} if "iw_bound" in metrics else {}),
            "estimator_loss": float(np.mean(metrics["estimator_loss"])),
            "steps_per_sec": n / elapsed}

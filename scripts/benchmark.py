@@ -153,7 +153,7 @@ def train_step(model_kind: str, estimator: str, batch: int, num_latents: int,
   c = sbn_mnist.get_config()
   c.nonlinear = model_kind == "nonlinear"
   c.estimator, c.batch_size, c.num_latents = estimator, batch, num_latents
-  c.num_samples = num_samples
+  c.iw_samples = num_samples
   exp = train.build(c)
   state = train.init_state(exp, 0)
   chunk = train.make_train_chunk(exp, 0)

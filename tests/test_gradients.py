@@ -129,7 +129,7 @@ class MultiSampleTrainingTest(parameterized.TestCase):
                             ("reinforce_loo", "elbo"))
   def test_k_sample_gradients_are_unbiased(self, name, target_kind):
     params = _params()
-    spec = gradients.EstimatorSpec(name, num_iw_samples=2)
+    spec = gradients.EstimatorSpec(name, iw_samples=2)
     est_state = spec.init(jax.random.key(2), MODEL)
     target = _flat(exact_neg_iw_grad(params) if target_kind == "iw" else
                    exact_neg_elbo_grad(params))
@@ -143,7 +143,7 @@ class MultiSampleTrainingTest(parameterized.TestCase):
     testing.assert_unbiased(samples, np.asarray(target), name=name)
 
   def test_multisample_needs_k_of_two_or_more(self):
-    with self.assertRaisesRegex(ValueError, "num_samples"):
+    with self.assertRaisesRegex(ValueError, "iw_samples"):
       gradients.EstimatorSpec("vimco_geometric")
 
 

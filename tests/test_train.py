@@ -72,7 +72,7 @@ class TrainTest(parameterized.TestCase):
   @parameterized.parameters("vimco_geometric", "ovis_gamma0")
   def test_three_layer_sbn_on_the_iw_bound_improves(self, estimator):
     config = quick(sbn3_mnist_iw.get_config(), num_latents=50,
-                   estimator=estimator, num_samples=5, num_steps=300,
+                   estimator=estimator, iw_samples=5, num_steps=300,
                    eval_every=300, checkpoint_every=300)
     before, final = improvement(config, self.create_tempdir().full_path,
                                 "valid_iw10")

@@ -66,14 +66,14 @@ class Options:
   Attributes:
     temperature: lambda of relaxed estimators (initial value when tuned).
     eta: REBAR's control-variate scale (initial value when tuned).
-    num_samples: n, the samples of reinforce_loo's leave-one-out baseline.
+    loo_samples: n, the samples of reinforce_loo's leave-one-out baseline.
     tune: train the control variate's parameters on the variance loss.
     relax_hidden: hidden widths of RELAX's network r_rho(z).
     nvil_decay: decay of NVIL's running mean and variance of the signal.
   """
   temperature: float = 0.5
   eta: float = 1.0
-  num_samples: int = 2
+  loo_samples: int = 2
   tune: bool = True
   relax_hidden: tuple[int, ...] = (50,)
   nvil_decay: float = 0.8
@@ -389,11 +389,11 @@ def _one_layer(name: str, family, *option_names: str
 
 
 def _reinforce_loo(family) -> Callable[[Options], Estimator]:
-  """REINFORCE with the leave-one-out baseline of n = options.num_samples."""
+  """REINFORCE with the leave-one-out baseline of n = options.loo_samples."""
   def build(options: Options) -> Estimator:
-    if options.num_samples < 2:
-      raise ValueError("reinforce_loo needs num_samples >= 2.")
-    return stateless(family.reinforce_loo, num_samples=options.num_samples)
+    if options.loo_samples < 2:
+      raise ValueError("reinforce_loo needs loo_samples >= 2.")
+    return stateless(family.reinforce_loo, num_samples=options.loo_samples)
   return build
 
 
