@@ -8,7 +8,9 @@ Every model is a linen Module with methods
 
 (x of shape (..., data_dim); b a pytree of latents), plus `encoder_logits`.
 The module-level `sample_q(model, params, x, key)` of each model file wraps
-`sample`; `rebar_jax.objectives` needs only this protocol.
+`sample`; `rebar_jax.objectives` needs only this protocol. Training
+(`rebar_jax.gradients`) needs the layer-by-layer view of `models.protocol`:
+`stochastic_layers()`, `layer_logits(l, x, above)` and `log_joint(x, bs)`.
 """
 from typing import Any
 

@@ -1,0 +1,68 @@
+"""The estimator and model protocols: names live only in the registry."""
+import ast
+import inspect
+
+from absl.testing import absltest
+import jax
+import numpy as np
+
+from rebar_jax import estimators
+from rebar_jax import gradients
+from rebar_jax import models
+from rebar_jax.estimators import protocol
+
+
+def _code_strings_and_names(module):
+  """String constants (docstrings excluded) and identifiers in a module."""
+  tree = ast.parse(inspect.getsource(module))
+  docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+                and node.body and isinstance(node.body[0], ast.Expr)}
+  strings = {node.value for node in ast.walk(tree)
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and id(node) not in docstrings}
+  names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+  names |= {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)}
+  return strings, names
+
+
+class ProtocolTest(absltest.TestCase):
+
+  def test_composition_knows_no_estimator_and_no_model(self):
+    strings, names = _code_strings_and_names(gradients)
+    estimator_names = {n for family in protocol.REGISTRY.values()
+                       for n in family}
+    self.assertEmpty(
+        {s for s in strings for n in estimator_names if n in s.split()})
+    self.assertEmpty(names & {"SBN", "CategoricalVAE", "sbn_lib", "cat_lib"})
+
+  def test_every_one_layer_estimator_trains(self):
+    for family, fns in (("bernoulli", estimators.BERNOULLI),
+                        ("categorical", estimators.CATEGORICAL)):
+      self.assertContainsSubset(set(fns), set(protocol.REGISTRY[family]))
+      for name in protocol.REGISTRY[family]:
+        self.assertIsInstance(protocol.get(family, name), protocol.Estimator)
+
+  def test_summary_reports_the_tuned_scalars(self):
+    model = models.SBN(num_layers=2, num_latents=3, data_dim=4)
+    rebar = gradients.EstimatorSpec("rebar", eta=0.5, temperature=0.25)
+    state = rebar.init(jax.random.key(0), model)
+    out = rebar.summary(jax.device_get(state.params))
+    np.testing.assert_allclose([out["eta"], out["temperature"]], [0.5, 0.25],
+                               rtol=1e-6)
+    relax = gradients.EstimatorSpec("relax", temperature=0.25)
+    state = relax.init(jax.random.key(0), model)
+    self.assertLen(state.params, 2)  # one control variate per layer
+    np.testing.assert_allclose(
+        relax.summary(jax.device_get(state.params))["temperature"], 0.25,
+        rtol=1e-6)
+    self.assertEqual(gradients.EstimatorSpec("disarm").summary(()), {})
+
+  def test_reinforce_loo_needs_two_samples(self):
+    with self.assertRaisesRegex(ValueError, "loo_samples >= 2"):
+      gradients.EstimatorSpec("reinforce_loo", loo_samples=1)
+
+
+if __name__ == "__main__":
+  absltest.main()
