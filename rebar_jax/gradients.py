@@ -55,6 +55,7 @@ Params = Any
 EstimatorState = protocol.EstimatorState
 Layer = protocol.Layer
 
+
 def _families(model) -> set[str]:
   return {layer.family for layer in model.stochastic_layers()}
 
@@ -109,8 +110,9 @@ class EstimatorSpec(protocol.Options):
       if self.name in multisample.NEEDS_AUX:
         raise ValueError(
             f"{self.name!r} needs auxiliary samples, which the trainer does "
-            "not draw; use ovis_gamma0 / vimco_* or call "
-            "multisample.ovis_mc_surrogate directly.")
+            "not draw; choose one of "
+            f"{sorted(set(multisample.MULTISAMPLE) - multisample.NEEDS_AUX)} "
+            "or call its surrogate directly.")
       return
     valid = sorted(set(protocol.REGISTRY[self.family])
                    | set(multisample.MULTISAMPLE))

@@ -9,6 +9,7 @@ import numpy as np
 from rebar_jax import estimators
 from rebar_jax import gradients
 from rebar_jax import models
+from rebar_jax.estimators import multisample
 from rebar_jax.estimators import protocol
 
 
@@ -32,7 +33,7 @@ class ProtocolTest(absltest.TestCase):
   def test_composition_knows_no_estimator_and_no_model(self):
     strings, names = _code_strings_and_names(gradients)
     estimator_names = {n for family in protocol.REGISTRY.values()
-                       for n in family}
+                       for n in family} | set(multisample.MULTISAMPLE)
     self.assertEmpty(
         {s for s in strings for n in estimator_names if n in s.split()})
     self.assertEmpty(names & {"SBN", "CategoricalVAE", "sbn_lib", "cat_lib"})
