@@ -1,12 +1,14 @@
 r"""Categorical VAE (Jang et al. 2017): 30 variables x 10 classes, 784-512-256.
 
-Trained with any categorical estimator (`rebar_jax.estimators.categorical`):
+Trained with any categorical estimator (`rebar_jax.estimators.categorical`),
+by default Gumbel-softmax, here ARSM, on the embedded digits:
 
   python -m rebar_jax.train --config=configs/catvae_mnist.py \
-      --config.estimator=gumbel_softmax
-  python -m rebar_jax.train --config=configs/catvae_mnist.py \
-      --config.data_source=local --config.data_dir=$REBAR_JAX_DATA_DIR \
-      --config.estimator=arsm --config.num_vars=20
+      --config.estimator=arsm
+
+Add --config.data_source=local for Larochelle's binarized MNIST from
+$REBAR_JAX_DATA_DIR (written once by `python -m rebar_jax.data.prepare`);
+docs/results/catvae_sbn3.md has the table made that way.
 
 Estimators: reinforce, reinforce_loo, ars, arsm, gumbel_softmax,
 straight_through_gumbel, gumbel_rao, rebar, relax, nvil.

@@ -1,11 +1,14 @@
 r"""Linear SBN with three stochastic layers of 200 units, trained on the
 importance-weighted bound with a multi-sample estimator (OVIS, Sec. 5; VIMCO).
 
+OVIS-gamma0 at K = 10 on the embedded digits:
+
   python -m rebar_jax.train --config=configs/sbn3_mnist_iw.py \
-      --config.data_source=local --config.data_dir=$REBAR_JAX_DATA_DIR \
-      --config.estimator=vimco_geometric --config.iw_samples=10
-  python -m rebar_jax.train --config=configs/sbn3_mnist_iw.py \
-      --config.estimator=ovis_gamma0 --config.iw_samples=50
+      --config.estimator=ovis_gamma0 --config.iw_samples=10
+
+Add --config.data_source=local for Larochelle's binarized MNIST from
+$REBAR_JAX_DATA_DIR (written once by `python -m rebar_jax.data.prepare`);
+docs/results/catvae_sbn3.md has the table made that way.
 
 Estimators: iwae_reinforce, vimco_arithmetic, vimco_geometric, ovis_gamma0,
 ovis_gamma0.5, ovis_gamma1 (biased for gamma > 0), rws, reinforce_loo, vargrad.

@@ -7,16 +7,11 @@ of the REBAR code; Tucker et al. 2017). By default it trains on the embedded
 
   python -m rebar_jax.train --config=configs/sbn_mnist.py
 
-The paper's data (Larochelle's binarized MNIST), written once into a directory
-by `python -m rebar_jax.data.prepare --data_dir=$REBAR_JAX_DATA_DIR`:
-
-  python -m rebar_jax.train --config=configs/sbn_mnist.py \
-      --config.data_source=local --config.data_dir=$REBAR_JAX_DATA_DIR \
-      --config.num_steps=2000000 --config.eval_every=50000 \
-      --config.checkpoint_every=10000
-
-Any field of `rebar_jax.defaults.config` can be overridden, e.g.
---config.estimator=disarm.
+For the paper's data (Larochelle's binarized MNIST, written once by
+`python -m rebar_jax.data.prepare` into $REBAR_JAX_DATA_DIR) add
+--config.data_source=local, and for the paper's length
+--config.num_steps=2000000 --config.eval_every=50000. Any field of
+`rebar_jax.defaults.config` can be overridden, e.g. --config.estimator=disarm.
 """
 from rebar_jax import defaults
 

@@ -1,12 +1,11 @@
 r"""Nonlinear SBN trained with REBAR on Omniglot (28x28, dynamic binarization).
 
-  python -m rebar_jax.train --config=configs/sbn_omniglot.py \
-      --config.data_dir=$REBAR_JAX_DATA_DIR
+  python -m rebar_jax.train --config=configs/sbn_omniglot.py
 
-Omniglot is not embedded: it is read from a directory holding
-omniglot_background.npz and omniglot_evaluation.npz, written by
-`python -m rebar_jax.data.prepare --datasets=omniglot --data_dir=DIR`
-(with no data_dir, $REBAR_JAX_DATA_DIR is used).
+Omniglot is not embedded: it is read from $REBAR_JAX_DATA_DIR (or
+--config.data_dir), a directory holding omniglot_background.npz and
+omniglot_evaluation.npz, written by
+`python -m rebar_jax.data.prepare --datasets=omniglot --data_dir=DIR`.
 """
 from rebar_jax import defaults
 

@@ -2,12 +2,12 @@ r"""The REBAR/RELAX table protocol: SBNs on binarized MNIST and Omniglot.
 
   # the full protocol (days on a CPU): 2,000,000 steps, 5 learning rates, 3 seeds
   python scripts/reproduce.py --output_dir=results/reproduce \
-      --data_dir=../shared/data --num_steps=2000000 \
+      --data_dir=$REBAR_JAX_DATA_DIR --num_steps=2000000 \
       --learning_rates=5e-3,1e-3,5e-4,1e-4,5e-5 --seeds=0,1,2
 
   # one row, every estimator, a CPU-hour budget
   python scripts/reproduce.py --rows=mnist_linear1 --num_steps=30000 \
-      --learning_rates=3e-4 --seeds=0 --data_dir=../shared/data
+      --learning_rates=3e-4 --seeds=0 --data_dir=$REBAR_JAX_DATA_DIR
 
 For each (row, estimator, learning rate, seed) it trains with
 `rebar_jax.train.train_and_evaluate` in its own workdir, so an interrupted
@@ -56,8 +56,9 @@ PUBLISHED = {  # highest training ELBO: NVIL, MuProp, REBAR, RELAX
 PUBLISHED_NAMES = ("nvil", "muprop", "rebar", "relax")
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/reproduce", "Output.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data",
-                                "Directory of the local npz files.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", "", "Directory of the local npz files (written by "
+    "python -m rebar_jax.data.prepare); empty: $REBAR_JAX_DATA_DIR.")
 _ROWS = flags.DEFINE_list("rows", list(ROWS), f"Rows among {list(ROWS)}.")
 _ESTIMATORS = flags.DEFINE_list(
     "estimators", ["nvil", "muprop", "rebar", "relax", "concrete", "disarm",

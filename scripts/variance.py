@@ -1,7 +1,7 @@
 r"""Encoder-gradient variance of every estimator at the same model parameters.
 
   python scripts/variance.py --output_dir=results/variance \
-      --data_source=local --data_dir=../shared/data \
+      --data_source=local --data_dir=$REBAR_JAX_DATA_DIR \
       --checkpoints=runs/lin-rebar   # also the initial parameters
 
 For the linear one-layer SBN (or --nonlinear) at the initial parameters and at

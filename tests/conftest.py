@@ -9,12 +9,16 @@
   compiling dominates their time on 2 CPU cores. The cache is keyed by the
   program, jax/jaxlib versions and flags, so a hit returns the same executable.
   Set JAX_COMPILATION_CACHE_DIR yourself to choose its place.
+* The summary says how many tests used the paper data and how many were
+  skipped for want of it (`paper_data.require`).
 """
 import os
 import sys
 import tempfile
 
 from absl import flags
+
+import paper_data
 
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
@@ -24,3 +28,28 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+
+def pytest_configure(config):
+  # Set before pytest-xdist starts its workers, which inherit it.
+  if not hasattr(config, "workerinput"):
+    fd, path = tempfile.mkstemp(prefix="rebar_jax_paper_data_", suffix=".log")
+    os.close(fd)
+    os.environ[paper_data.LOG_ENV] = path
+    config.paper_data_log = path
+
+
+def pytest_terminal_summary(terminalreporter, config):
+  path = getattr(config, "paper_data_log", None)
+  if path is None:
+    return
+  with open(path) as fh:
+    ran = {line.strip() for line in fh if line.strip()}
+  os.remove(path)
+  skipped = [r for r in terminalreporter.stats.get("skipped", [])
+             if paper_data.ENV in str(r.longrepr)]
+  where = (f"from {paper_data.DATA_DIR}" if paper_data.AVAILABLE
+           else "(not found)")
+  terminalreporter.write_line(
+      f"paper data {where}: {len(ran)} tests used it, {len(skipped)} skipped "
+      "for want of it")

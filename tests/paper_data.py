@@ -23,11 +23,17 @@ REASON = (
     f"`python -m rebar_jax.data.prepare --data_dir=DIR` (looked in "
     f"{DATA_DIR or f'${ENV} (unset) and {_BESIDE}'})")
 
-needs_paper_data = pytest.mark.skipif(not AVAILABLE, reason=REASON)
+# conftest.py names a file here; each test that gets the data appends its id,
+# so the session's summary can say how many paper-data tests ran.
+LOG_ENV = "REBAR_JAX_PAPER_DATA_LOG"
 
 
 def require() -> pathlib.Path:
   """DATA_DIR, or skip the calling test with `REASON`."""
   if not AVAILABLE:
     pytest.skip(REASON)
+  log = os.environ.get(LOG_ENV)
+  if log:
+    with open(log, "a") as fh:
+      fh.write(os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0] + "\n")
   return DATA_DIR

@@ -28,14 +28,19 @@ THREE_WAYS = ("data_source=local", "data_source=tfds", "data_source=embedded",
               'pip install -e ".[tfds]"', "python -m rebar_jax.data.prepare")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def data_dir() -> pathlib.Path:
-  return paper_data.require()
+  return paper_data.require()  # per test: each one is counted
 
 
 @pytest.fixture(scope="module")
-def binarized_mnist(data_dir) -> data.Dataset:
-  return data.load_dataset("binarized_mnist", "local", data_dir)
+def _binarized_mnist() -> data.Dataset:
+  return data.load_dataset("binarized_mnist", "local", paper_data.require())
+
+
+@pytest.fixture
+def binarized_mnist(data_dir, _binarized_mnist) -> data.Dataset:
+  return _binarized_mnist
 
 
 def _byte_rows(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,97 @@
+"""Faults against the real trainer process: kill -9, SIGINT, SIGTERM, two runs.
+
+`python -m rebar_jax.train` runs as a subprocess on a tiny linear SBN (20
+units, embedded digits, a checkpoint every 50 steps). One run is hurt again and
+again, each time restarted with the same command: SIGINT, SIGTERM, a second
+process on the same workdir, and SIGKILL at three random points (drawn from a
+fixed seed: after a random number of new logged chunks plus a random delay, so
+kills land inside chunks and while checkpoints are written). At the end its
+final metrics and its whole metrics history must equal those of an
+uninterrupted run.
+"""
+import json
+import signal
+import time
+
+import numpy as np
+import user_shell
+
+COMMAND = (
+    "python -m rebar_jax.train --config=configs/sbn_linear.py --workdir=run "
+    "--config.num_latents=20 --config.estimator=disarm "
+    "--config.learning_rate=1e-3 --config.num_steps={steps} "
+    "--config.steps_per_call=50 --config.checkpoint_every=50 "
+    "--config.eval_every=5000 --config.eval_num_samples=5 "
+    "--config.eval_max_examples=100 --config.diagnostic_draws=0 "
+    "--config.progress_bar=false")
+STEPS = 5000
+
+
+def _restart(clone):
+  return user_shell.start(COMMAND.format(steps=STEPS), clone)
+
+
+def _after_new_rows(proc, metrics, new):
+  """Waits until `new` more rows are logged than when called."""
+  have = user_shell.count_rows(metrics)
+  user_shell.wait_for(lambda: user_shell.count_rows(metrics) >= have + new,
+                      proc)
+
+
+def _check_clean_stop(clone, proc, signum, status):
+  """The run stopped on signum: one line, a checkpoint at its step."""
+  code, out, err = user_shell.stop(proc, signum)
+  assert code == status, (out, err)
+  last = out.strip().splitlines()[-1]
+  name = signal.Signals(signum).name
+  assert last.startswith(f"Stopped by {name} at step "), out
+  assert last.endswith("Run the same command to resume."), last
+  assert "Traceback" not in err, err
+  step = int(last.split(" at step ")[1].split(";")[0])
+  assert (clone / "run" / "checkpoints" / str(step)).is_dir()
+  assert user_shell.rows(clone / "run" / "metrics.jsonl")[-1]["step"] == step
+
+
+def test_a_run_hurt_many_ways_ends_as_an_uninterrupted_one(tmp_path):
+  rng = np.random.default_rng(0)
+  command = COMMAND.format(steps=STEPS)
+  reference = user_shell.user_dir(tmp_path / "reference")
+  done = user_shell.run(command, reference)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  clone = user_shell.user_dir(tmp_path / "hurt")
+  metrics = clone / "run" / "metrics.jsonl"
+  proc = _restart(clone)
+  _after_new_rows(proc, metrics, 2)
+  _check_clean_stop(clone, proc, signal.SIGINT, 130)
+
+  proc = _restart(clone)
+  _after_new_rows(proc, metrics, 1)
+  second = user_shell.run(command, clone)  # a second process, same workdir
+  assert second.returncode == 1, second.stderr
+  assert f"is in use by process {proc.pid} on" in second.stderr
+  assert "Traceback" not in second.stderr
+  _check_clean_stop(clone, proc, signal.SIGTERM, 143)
+
+  for _ in range(3):  # kill -9 at random points; the lock dies with it
+    proc = _restart(clone)
+    _after_new_rows(proc, metrics, int(rng.integers(1, 4)))
+    time.sleep(float(rng.uniform(0.0, 0.05)))
+    status, _, _ = user_shell.stop(proc, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    # What was flushed at the last checkpoint survived the kill.
+    events = list((clone / "run" / "tensorboard").glob("events.*"))
+    assert events and max(e.stat().st_size for e in events) > 0
+
+  done = user_shell.run(command, clone)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "Resuming from step" in done.stdout
+  final = json.loads((clone / "run" / "final_metrics.json").read_text())
+  expected = json.loads((reference / "run" / "final_metrics.json").read_text())
+  assert final == expected
+  assert user_shell.rows(metrics) == user_shell.rows(
+      reference / "run" / "metrics.jsonl")
+  history = json.loads((clone / "run" / "run.json").read_text())["history"]
+  # The first process started the run; five resumed it (the refused second
+  # process left no trace).
+  assert [h["event"] for h in history] == ["start"] + ["resume"] * 5

@@ -1,0 +1,109 @@
+"""Commands run as a user types them: a shell in a fresh directory.
+
+`user_dir(tmp)` makes a directory that looks like a user's clone from the
+outside (configs/, scripts/, notebooks/, README.md copied in) with nothing of
+the development tree beside it; `run(command, cwd)` runs a command line with
+bash there, with the test environment's python first on PATH (so `python`
+is the interpreter the package is installed in) and this checkout's
+rebar_jax first on PYTHONPATH, $REBAR_JAX_DATA_DIR set when
+the paper data are available, and the persistent XLA cache of conftest.py
+inherited through the environment.
+"""
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+import paper_data
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COPIED = ("configs", "scripts", "notebooks", "examples", "README.md")
+
+
+def user_dir(tmp: pathlib.Path) -> pathlib.Path:
+  """tmp/clone holding copies of what a user runs commands from."""
+  clone = pathlib.Path(tmp) / "clone"
+  clone.mkdir(parents=True)
+  for name in COPIED:
+    src = ROOT / name
+    if src.is_dir():
+      shutil.copytree(src, clone / name,
+                      ignore=shutil.ignore_patterns("__pycache__"))
+    elif src.is_file():
+      shutil.copy(src, clone / name)
+  return clone
+
+
+def environment(**extra: str) -> dict[str, str]:
+  env = dict(os.environ)
+  env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+  # The checkout under test, whatever the environment's install points to.
+  env["PYTHONPATH"] = str(ROOT)
+  if paper_data.AVAILABLE:
+    env[paper_data.ENV] = str(paper_data.DATA_DIR)
+  else:
+    env.pop(paper_data.ENV, None)
+  env.update(extra)
+  return env
+
+
+def run(command: str, cwd: pathlib.Path, timeout: float = 600,
+        **env: str) -> subprocess.CompletedProcess:
+  """Runs `command` with bash in `cwd`; stdout and stderr captured as text."""
+  return subprocess.run(["bash", "-c", command], cwd=cwd,
+                        env=environment(**env), capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def start(command: str, cwd: pathlib.Path, **env: str) -> subprocess.Popen:
+  """Starts `command` (exec'd by bash, so signals reach python itself)."""
+  return subprocess.Popen(["bash", "-c", "exec " + command], cwd=cwd,
+                          env=environment(**env), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen,
+             timeout: float = 300) -> None:
+  """Polls `condition` until true; fails if `proc` exits first."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    if proc.poll() is not None:
+      out, err = proc.communicate()
+      raise AssertionError(f"process exited ({proc.returncode}) before the "
+                           f"condition held:\n{out}\n{err}")
+    if time.monotonic() > deadline:
+      proc.kill()
+      raise AssertionError("timed out waiting for the condition")
+    time.sleep(0.02)
+
+
+def stop(proc: subprocess.Popen, signum: int = signal.SIGKILL,
+         timeout: float = 120) -> tuple[int, str, str]:
+  """Sends `signum`, waits; (exit status, stdout, stderr)."""
+  proc.send_signal(signum)
+  out, err = proc.communicate(timeout=timeout)
+  return proc.returncode, out, err
+
+
+def rows(path: pathlib.Path) -> list[dict]:
+  """metrics.jsonl rows without the timing column (which differs by run)."""
+  import json  # pylint: disable=g-import-not-at-top
+  if not path.exists():
+    return []
+  out = []
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    row.pop("steps_per_sec", None)
+    out.append(row)
+  return out
+
+
+def count_rows(path: pathlib.Path) -> Optional[int]:
+  return len(rows(path))
