@@ -11,7 +11,8 @@ $REBAR_JAX_DATA_DIR (written once by `python -m rebar_jax.data.prepare`);
 docs/results/catvae_sbn3.md has the table made that way.
 
 Estimators: iwae_reinforce, vimco_arithmetic, vimco_geometric, ovis_gamma0,
-ovis_gamma0.5, ovis_gamma1 (biased for gamma > 0), rws, reinforce_loo, vargrad.
+ovis_gamma0.5, ovis_gamma1 (biased for gamma > 0), rws, elbo_loo (REINFORCE with the leave-one-out baseline over the K
+chains, for the ELBO), vargrad.
 """
 from rebar_jax import defaults
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from rebar_jax import gradients
-from rebar_jax.estimators import protocol
+from rebar_jax.models import protocol as protocol
 
 Array = jax.Array
 
@@ -47,10 +47,8 @@ def effective_sample_size(model, params: Any, x: Array, key: Array,
                           num_samples: int) -> Array:
   """Mean over data points of (sum w)^2 / sum w^2 for K = num_samples."""
   def log_weights(x_i, k):
-    def one(kk):
-      b, log_q = model.apply(params, x_i, kk, method="sample")
-      return model.apply(params, x_i, b, method="log_p") - log_q
-    return jax.vmap(one)(jax.random.split(k, num_samples))
+    return jax.vmap(lambda kk: protocol.log_weight(
+        model, params, x_i, kk))(jax.random.split(k, num_samples))
 
   log_w = jax.vmap(log_weights)(x, jax.random.split(key, x.shape[0]))
   ess = jnp.exp(2 * jax.nn.logsumexp(log_w, -1)
@@ -61,8 +59,7 @@ def effective_sample_size(model, params: Any, x: Array, key: Array,
 def active_units(model, params: Any, x: Array, threshold: float = 0.01
                  ) -> Array:
   """Number of first-layer units (variables) with Cov_x(E_q[b | x]) > threshold."""
-  layer = model.stochastic_layers()[0]
-  family = protocol.FAMILIES[layer.family]
+  family = protocol.families(model)[0]
   probs = family.mean(model.apply(params, 0, x, (), method="layer_logits"))
   activity = jnp.var(probs, axis=0)  # (*event)
   if family.EVENT_NDIM:  # the trace of a variable's covariance

@@ -47,6 +47,7 @@ import numpy as np
 
 from rebar_jax.estimators import multisample
 from rebar_jax.estimators import protocol
+from rebar_jax.models import protocol as models_protocol
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -56,14 +57,17 @@ EstimatorState = protocol.EstimatorState
 Layer = protocol.Layer
 
 
-def _families(model) -> set[str]:
-  return {layer.family for layer in model.stochastic_layers()}
-
-
 def _model_info(model) -> protocol.ModelInfo:
+  layers = model.stochastic_layers()
   return protocol.ModelInfo(
-      tuple(tuple(layer.event_shape) for layer in model.stochastic_layers()),
-      model.data_dim)
+      tuple(tuple(layer.event_shape) for layer in layers), model.data_dim,
+      tuple(layer.family for layer in layers))
+
+
+def layer_families(model) -> tuple[str, ...]:
+  """The distinct family names of a model's layers, in the order they occur."""
+  return tuple(dict.fromkeys(
+      layer.family for layer in model.stochastic_layers()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,33 +75,31 @@ class EstimatorSpec(protocol.Options):
   """An estimator chosen by name, with its fixed options (`protocol.Options`).
 
   Attributes:
-    name: a key of `protocol.REGISTRY[family]` or of `multisample.MULTISAMPLE`.
-    family: the family of the model's layers, a key of `protocol.REGISTRY`.
+    name: a key of `protocol.REGISTRY[family]` (for every family of the
+      model), "family:name" pairs for a model mixing families
+      ("bernoulli:disarm,categorical:arsm"), or a key of
+      `multisample.MULTISAMPLE`.
+    families: the families of the model's layers (`layer_families(model)`).
     iw_samples: K, the chains per data point of a multi-sample objective.
   """
   name: str
-  family: str = "bernoulli"
+  families: tuple[str, ...] = ("bernoulli",)
   iw_samples: int = 1
 
   @property
   def is_multisample(self) -> bool:
-    """K-sample objective: a `multisample.MULTISAMPLE` surrogate on K chains.
-
-    A name in both registries (reinforce_loo) is the one-layer estimator when
-    iw_samples == 1 and the K-chain surrogate when it is larger.
-    """
-    return self.name in multisample.MULTISAMPLE and (
-        self.name not in protocol.REGISTRY[self.family]
-        or self.iw_samples > 1)
+    """K-sample objective: a `multisample.MULTISAMPLE` surrogate on K chains."""
+    return self.name in multisample.MULTISAMPLE
 
   @property
   def estimator(self) -> protocol.Estimator:
     """The training estimator (not for multi-sample objectives)."""
-    return protocol.get(self.family, self.name, self)
+    return protocol.for_layers(self.name, self.families, self)
 
   def __post_init__(self):
-    if self.family not in protocol.REGISTRY:
-      raise ValueError(f"Unknown family {self.family!r}; choose one of "
+    unknown = set(self.families) - set(protocol.REGISTRY)
+    if unknown or not self.families:
+      raise ValueError(f"Unknown families {sorted(unknown)}; choose from "
                        f"{sorted(protocol.REGISTRY)}.")
     if self.iw_samples < 1:
       raise ValueError(
@@ -114,12 +116,13 @@ class EstimatorSpec(protocol.Options):
             f"{sorted(set(multisample.MULTISAMPLE) - multisample.NEEDS_AUX)} "
             "or call its surrogate directly.")
       return
-    valid = sorted(set(protocol.REGISTRY[self.family])
-                   | set(multisample.MULTISAMPLE))
-    if self.name not in valid:
-      raise ValueError(
-          f"Unknown estimator {self.name!r} for a {self.family} model; "
-          f"choose one of {valid}.")
+    for family, name in protocol.names_by_family(
+        self.name, self.families).items():
+      if name not in protocol.REGISTRY[family]:
+        raise ValueError(
+            f"Unknown estimator {name!r} for {family} layers; choose one of "
+            f"{sorted(protocol.REGISTRY[family])}, or a multi-sample "
+            f"objective {sorted(multisample.MULTISAMPLE)}.")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}.")
     self.estimator  # pylint: disable=pointless-statement; checks the options
@@ -166,8 +169,7 @@ def _layers(model, params: Params, x: Array, key: PRNGKey):
   layers above as sampled and continues the chain below from b_l with the
   same noise (hard, or relaxed at the given temperature for f_soft).
   """
-  families = [protocol.FAMILIES[layer.family]
-              for layer in model.stochastic_layers()]
+  families = models_protocol.families(model)
   keys, noise = _chain_noise(model, x, key)
   logits_of = lambda p, l, x, above: model.apply(
       p, l, x, tuple(above), method="layer_logits")
@@ -209,8 +211,7 @@ def _relaxed_gradients(model, spec, params, est_state, x, key):
   The noise is the chain noise of `_layers`, every layer relaxed at
   spec.temperature (Concrete / Gumbel-softmax).
   """
-  families = [protocol.FAMILIES[layer.family]
-              for layer in model.stochastic_layers()]
+  families = models_protocol.families(model)
   _, noise = _chain_noise(model, x, key)
 
   def signal(p, hard):
@@ -235,8 +236,8 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
 
   Args:
     model: a model following `rebar_jax.models.protocol` (SBN,
-      CategoricalVAE, or a user's), whose layers are all of spec.family.
-    spec: which estimator, with its options; its family must match the model.
+      CategoricalVAE, or a user's, whose layers may mix families).
+    spec: which estimator, with its options, for the model's families.
     params: model variables.
     est_state: the estimator's learned state.
     x: (B, D) binary batch.
@@ -248,10 +249,11 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
     loss (NVIL: the baseline's squared error) for the estimator parameters;
     metrics hold the batch-mean ELBO of the sampled chain and that loss.
   """
-  if _families(model) != {spec.family}:
+  if set(layer_families(model)) != set(spec.families):
     raise ValueError(
-        f"Estimator family {spec.family!r} does not fit "
-        f"{type(model).__name__}, whose layers are {sorted(_families(model))}.")
+        f"The estimator was built for {list(spec.families)} layers; "
+        f"{type(model).__name__}'s layers are {list(layer_families(model))}: "
+        "build the EstimatorSpec with families=layer_families(model).")
   if spec.is_multisample:
     return _multisample_gradients(model, spec, params, est_state, x, key)
   estimator = spec.estimator
@@ -282,8 +284,8 @@ def _multisample_gradients(model, spec, params, est_state, x, key):
 
   def loss(p):
     def chain(x_i, k):
-      b, _ = model.apply(p, x_i, k, method="sample")
-      log_p, log_q = model.apply(p, x_i, jax.lax.stop_gradient(b))
+      b = models_protocol.sample(model, p, x_i, k)
+      log_p, log_q = model.apply(p, x_i, b, method="log_joint")
       return log_p - log_q, log_q
 
     log_w, log_q = jax.vmap(jax.vmap(chain, in_axes=(None, 0)))(x, keys)

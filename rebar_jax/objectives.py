@@ -9,10 +9,9 @@ with E[ELBO] = E[IW_1] <= E[IW_K] <= E[IW_{K+1}] <= log p(x) and
 E[IW_K] -> log p(x) as K -> infinity (Burda et al. 2016, Thm. 1). The papers
 (REBAR, RELAX, DisARM) report the ELBO and IW_K with K = 100..5000 on test data.
 
-Model protocol (duck typed, see `rebar_jax.models`): a Flax module with methods
-`sample(x, key) -> (b, log_q)` (hard sample from q and its log-probability) and
-`log_p(x, b) -> (...)`, and an attribute `data_dim`. x is (..., data_dim); every
-bound returns the leading shape (...). One key serves the whole leading shape.
+Models follow `rebar_jax.models.protocol` (SBN, CategoricalVAE or a user's
+module). x is (..., data_dim); every bound returns the leading shape (...). One
+key serves the whole leading shape.
 """
 import functools
 from typing import Any, Optional
@@ -22,16 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rebar_jax.models import protocol
+
 Array = jax.Array
 PRNGKey = jax.Array
 Params = Any
 Model = Any
 
 
-def log_weight(model: Model, params: Params, x: Array, key: PRNGKey) -> Array:
-  """log w = log p(x, b) - log q(b | x) at one b ~ q(b | x); shape x.shape[:-1]."""
-  b, log_q = model.apply(params, x, key, method="sample")
-  return model.apply(params, x, b, method="log_p") - log_q
+log_weight = protocol.log_weight
 
 
 def elbo(model: Model, params: Params, x: Array, key: PRNGKey) -> Array:

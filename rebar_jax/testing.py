@@ -75,3 +75,48 @@ def assert_biased(samples: np.ndarray, target: Any, min_z: float = 6.0,
     raise AssertionError(
         f"{name}: expected a detectable bias, but max z-score is only "
         f"{worst:.2f} <= {min_z} (n={samples.shape[0]}).")
+
+
+def latent_states(model) -> tuple[Array, ...]:
+  """Every joint latent state of a protocol model, one array per layer.
+
+  The product over layers of every state of each layer: 2^n for n Bernoulli
+  units, C^V for V categorical variables of C classes (one-hot). Returns a
+  tuple of L arrays (N, *event_shape_l), N the product of the layers' counts.
+  Meant for tiny models (N up to a few thousand).
+  """
+  per_layer = []
+  for layer in model.stochastic_layers():
+    shape = tuple(layer.event_shape)
+    if layer.family == "bernoulli":
+      n = int(np.prod(shape))
+      bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+      per_layer.append(bits.reshape((-1,) + shape).astype(np.float32))
+    elif layer.family == "categorical":
+      *variables, classes = shape
+      v = int(np.prod(variables))
+      index = np.stack(np.unravel_index(np.arange(classes**v),
+                                        (classes,) * v), -1) if v else None
+      per_layer.append(np.eye(classes, dtype=np.float32)[index].reshape(
+          (-1,) + shape))
+    else:
+      raise ValueError(f"Cannot enumerate a {layer.family!r} layer.")
+  grids = np.meshgrid(*[np.arange(len(s)) for s in per_layer], indexing="ij")
+  return tuple(jnp.asarray(s[g.ravel()]) for s, g in zip(per_layer, grids))
+
+
+def exact_elbo(model, params: Any, x: Array) -> Array:
+  r"""E_{q(b | x)}[log p(x, b) - log q(b | x)] by enumerating every b, (B,).
+
+  For x of shape (B, D): sum over the N joint states of `latent_states` of
+  q(b | x) (log p(x, b) - log q(b | x)); differentiable in params, so
+  jax.grad of its mean is the exact gradient any estimator must match.
+  """
+  states = latent_states(model)
+
+  def one(x_i):
+    xs = jnp.broadcast_to(x_i, (len(states[0]),) + x_i.shape)
+    log_p, log_q = model.apply(params, xs, states, method="log_joint")
+    return jnp.sum(jnp.exp(log_q) * (log_p - log_q))
+
+  return jax.vmap(one)(x)

@@ -39,6 +39,8 @@ What a run guarantees (README, "Runs and failures"):
 """
 import dataclasses
 import hashlib
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -124,7 +126,7 @@ class Interrupted(Exception):
 class Experiment:
   """The pieces built from a config: data, model, estimator, optimisers."""
   dataset: data_lib.Dataset
-  model: Any  # follows rebar_jax.models.protocol (SBN, CategoricalVAE)
+  model: Any  # follows rebar_jax.models.protocol (SBN, CategoricalVAE, ...)
   spec: gradients.EstimatorSpec
   optimizer: optax.GradientTransformation
   estimator_optimizer: optax.GradientTransformation
@@ -156,9 +158,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.{name} must be {expected}, got "
                       f"{config[name]!r}.")
 
-  if config.model not in MODELS:
-    fail("model", f"one of {MODELS}")
-  ints = dict(_INTS, **_MODEL_INTS[config.model])
+  model_factory(config.model)  # raises ConfigError naming the fix
+  ints = dict(_INTS, **_MODEL_INTS.get(config.model, {}))
   for name, minimum in ints.items():
     if not _is_int(config[name]) or config[name] < minimum:
       fail(name, f"an integer >= {minimum}")
@@ -173,7 +174,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       fail(name, "a finite number")
   if not float(config.divergence_threshold) > 0:
     fail("divergence_threshold", "> 0 (nats; inf turns the guard off)")
-  for name in ("relax_hidden",) + _MODEL_SIZES[config.model]:
+  for name in ("relax_hidden",) + _MODEL_SIZES.get(config.model, ()):
     if not all(_is_int(h) and h >= 1 for h in config[name]):
       fail(name, "a tuple of integers >= 1")
   for name in ("eval_every", "checkpoint_every"):
@@ -181,14 +182,71 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(
           f"config.{name}={config[name]} must be a multiple of "
           f"config.steps_per_call={config.steps_per_call}.")
-  if (config.estimator == "reinforce_loo" and config.iw_samples == 1
-      and config.loo_samples < 2):
-    fail("loo_samples",
-         ">= 2 for reinforce_loo (n, the samples of its leave-one-out "
-         "baseline)")
 
 
-MODELS = ("sbn", "categorical_vae")
+def _sbn(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
+  return sbn_lib.SBN(
+      num_layers=config.num_layers, num_latents=config.num_latents,
+      nonlinear=config.nonlinear, hidden=config.hidden,
+      data_dim=dataset.data_dim, train_mean=dataset.train_mean)
+
+
+def _categorical_vae(config: ml_collections.ConfigDict,
+                     dataset: data_lib.Dataset):
+  return cat_lib.CategoricalVAE(
+      num_vars=config.num_vars, num_classes=config.num_classes,
+      hidden=tuple(config.mlp_hidden), data_dim=dataset.data_dim,
+      learned_prior=config.learned_prior, train_mean=dataset.train_mean)
+
+
+# config.model -> factory(config, dataset) -> a module following
+# rebar_jax.models.protocol. Any other value is an import path of a user's
+# factory (`model_factory`).
+MODELS = {"sbn": _sbn, "categorical_vae": _categorical_vae}
+
+
+def model_factory(name: str):
+  """The factory named by config.model: a key of MODELS or an import path.
+
+  An import path is "path/to/file.py:factory" (relative to the current
+  directory) or "package.module:factory"; the factory is called as
+  factory(config, dataset) and returns a Flax module following
+  `rebar_jax.models.protocol` (see examples/custom_model.py).
+  """
+  if name in MODELS:
+    return MODELS[name]
+  if not isinstance(name, str) or name.count(":") != 1:
+    raise ConfigError(
+        f"config.model must be one of {sorted(MODELS)} or the import path "
+        "of your model's factory, 'path/to/file.py:factory' or "
+        f"'package.module:factory'; got {name!r}.")
+  where, attr = name.split(":")
+  try:
+    if where.endswith(".py"):
+      path = os.path.abspath(where)
+      if not os.path.isfile(path):
+        raise ConfigError(f"config.model={name!r}: no file {path}.")
+      module_name = "rebar_jax_user_model_" + hashlib.sha256(
+          path.encode()).hexdigest()[:12]
+      module = sys.modules.get(module_name)
+      if module is None:
+        loader = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[module_name] = module
+        loader.loader.exec_module(module)
+    else:
+      module = importlib.import_module(where)
+  except ImportError as e:
+    raise ConfigError(f"config.model={name!r}: cannot import {where!r} "
+                      f"({e}).") from e
+  if not callable(getattr(module, attr, None)):
+    raise ConfigError(f"config.model={name!r}: {where} has no callable "
+                      f"{attr!r}.")
+  return getattr(module, attr)
+
+
+_PROTOCOL = ("stochastic_layers", "layer_logits", "log_joint", "data_dim",
+             "train_mean")
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -200,10 +258,19 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       the data set cannot be loaded (the message says how to provide it).
   """
   _check_config(config)
+  dataset = data_lib.load_dataset(
+      config.dataset, config.data_source, config.data_dir or None,
+      seed=config.seed)
+  model = model_factory(config.model)(config, dataset)
+  missing = [a for a in _PROTOCOL if not hasattr(model, a)]
+  if missing:
+    raise ConfigError(
+        f"config.model={config.model!r} made a {type(model).__name__}, "
+        f"which lacks {missing} of the model protocol "
+        "(rebar_jax/models/protocol.py).")
   try:
     spec = gradients.EstimatorSpec(
-        name=config.estimator,
-        family="bernoulli" if config.model == "sbn" else "categorical",
+        name=config.estimator, families=gradients.layer_families(model),
         temperature=config.temperature, eta=config.eta,
         loo_samples=config.loo_samples,
         tune=config.tune_estimator,
@@ -211,19 +278,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         iw_samples=config.iw_samples)
   except ValueError as e:
     raise ConfigError(f"config.estimator={config.estimator!r}: {e}") from e
-  dataset = data_lib.load_dataset(
-      config.dataset, config.data_source, config.data_dir or None,
-      seed=config.seed)
-  if config.model == "sbn":
-    model = sbn_lib.SBN(
-        num_layers=config.num_layers, num_latents=config.num_latents,
-        nonlinear=config.nonlinear, hidden=config.hidden,
-        data_dim=dataset.data_dim, train_mean=dataset.train_mean)
-  else:
-    model = cat_lib.CategoricalVAE(
-        num_vars=config.num_vars, num_classes=config.num_classes,
-        hidden=tuple(config.mlp_hidden), data_dim=dataset.data_dim,
-        learned_prior=config.learned_prior, train_mean=dataset.train_mean)
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),
                     optax.adam(config.estimator_learning_rate))
 
@@ -608,7 +662,8 @@ def default_workdir(config_path: str, config: ml_collections.ConfigDict
                     ) -> str:
   """runs/<config file name>-<estimator>, relative to the current directory."""
   name = os.path.splitext(os.path.basename(config_path))[0]
-  return os.path.join("runs", f"{name}-{config.estimator}")
+  estimator = config.estimator.replace(":", "-").replace(",", "+")
+  return os.path.join("runs", f"{name}-{estimator}")
 
 
 def main(argv):

@@ -37,6 +37,7 @@ from configs import sbn_linear  # pylint: disable=g-import-not-at-top
 from rebar_jax import diagnostics
 from rebar_jax import gradients
 from rebar_jax import train
+from rebar_jax.estimators import protocol
 from rebar_jax.utils import checkpoints
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/variance", "Output.")
@@ -128,11 +129,9 @@ def main(argv):
         est_state = restore(own, name).estimator
       if _TUNE_STEPS.value and jax.tree.leaves(est_state.params):
         est_state = tune(exp, state.params, est_state, x, _TUNE_STEPS.value)
-      if name == "nvil":
-        # NVIL divides its gradient by the running sd of the signal: a step
-        # size, not a variance reduction. Measure the baseline's effect alone.
-        est_state = est_state._replace(
-            stats=est_state.stats._replace(var=jnp.ones(())))
+      # NVIL's division by the running sd of the signal is a step size, not
+      # a variance reduction: measure the baseline's effect alone.
+      est_state = protocol.unit_scale(est_state)
       out = stats(state.params, est_state, jax.random.key(0))
       jax.block_until_ready(one(state.params, est_state, jax.random.key(1)))
       t = time.perf_counter()

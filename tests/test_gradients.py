@@ -18,6 +18,8 @@ from rebar_jax import testing
 from rebar_jax.models import categorical_vae as cat_lib
 from rebar_jax.models import sbn as sbn_lib
 
+from examples import custom_model
+
 MODEL = sbn_lib.SBN(num_layers=2, num_latents=2, data_dim=3,
                     train_mean=np.array([0.3, 0.6, 0.5], np.float32))
 X = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
@@ -93,6 +95,12 @@ class TwoLayerSBNTest(parameterized.TestCase):
                             jnp.zeros(target.shape), None, 2**14)
     testing.assert_biased(samples, np.asarray(target), name="concrete")
 
+  def test_enumeration_of_any_protocol_model_matches_the_hand_written_one(self):
+    params = _params()
+    np.testing.assert_allclose(
+        _flat(exact_neg_elbo_grad_of(MODEL, params)),
+        _flat(exact_neg_elbo_grad(params)), rtol=1e-5, atol=1e-6)
+
   def test_unknown_estimator_is_rejected_with_the_choices(self):
     with self.assertRaisesRegex(ValueError, "choose one of .*disarm.*nvil"):
       gradients.EstimatorSpec("vimco")
@@ -126,7 +134,7 @@ class MultiSampleTrainingTest(parameterized.TestCase):
 
   @parameterized.parameters(("vimco_geometric", "iw"), ("ovis_gamma0", "iw"),
                             ("iwae_reinforce", "iw"), ("vargrad", "elbo"),
-                            ("reinforce_loo", "elbo"))
+                            ("elbo_loo", "elbo"))
   def test_k_sample_gradients_are_unbiased(self, name, target_kind):
     params = _params()
     spec = gradients.EstimatorSpec(name, iw_samples=2)
@@ -160,19 +168,9 @@ def _cat_params():
       l + jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
 
 
-def exact_neg_elbo_grad_categorical(params):
-  """-grad of the mean ELBO by enumerating the 3^2 states of b."""
-  eye = jnp.eye(3)
-  states = [jnp.stack([eye[i], eye[j]]) for i in range(3) for j in range(3)]
-
-  def mean_elbo(p):
-    total = 0.0
-    for b in states:
-      log_p, log_q = CAT_MODEL.apply(p, X, jnp.broadcast_to(b, (2, 2, 3)))
-      total = total + jnp.exp(log_q) * (log_p - log_q)
-    return jnp.mean(total)
-
-  return jax.grad(lambda p: -mean_elbo(p))(params)
+def exact_neg_elbo_grad_of(model, params):
+  """-grad of the mean ELBO, every joint state enumerated (`testing`)."""
+  return jax.grad(lambda p: -jnp.mean(testing.exact_elbo(model, p, X)))(params)
 
 
 class CategoricalVAETest(parameterized.TestCase):
@@ -181,14 +179,14 @@ class CategoricalVAETest(parameterized.TestCase):
   @parameterized.parameters("reinforce", "nvil", "arsm", "rebar", "relax")
   def test_model_gradient_is_unbiased(self, name):
     params = _cat_params()
-    spec = gradients.EstimatorSpec(name, family="categorical",
+    spec = gradients.EstimatorSpec(name, families=("categorical",),
                                    temperature=0.7)
     est_state = spec.init(jax.random.key(2), CAT_MODEL)
     if name == "relax":
       est_state = est_state._replace(params=[
           q._replace(mlp=[(w + 0.5, b + 0.1) for w, b in q.mlp])
           for q in est_state.params])
-    target = _flat(exact_neg_elbo_grad_categorical(params))
+    target = _flat(exact_neg_elbo_grad_of(CAT_MODEL, params))
 
     def one(key):
       return _flat(gradients.model_gradients(CAT_MODEL, spec, params,
@@ -197,3 +195,76 @@ class CategoricalVAETest(parameterized.TestCase):
     samples = testing.draws(lambda k, l, f: one(k), jax.random.key(3),
                             jnp.zeros(target.shape), None, 2**14)
     testing.assert_unbiased(samples, np.asarray(target), name=name)
+
+
+# A user's model (examples/custom_model.py): a categorical layer (1 variable of
+# 3 classes) above a Bernoulli layer of 2 units, 12 joint states.
+MIXED = custom_model.MixedVAE(data_dim=3, num_units=2, num_vars=1,
+                              num_classes=3)
+
+
+def _mixed_params():
+  states = testing.latent_states(MIXED)
+  params = MIXED.init(jax.random.key(0), X, tuple(s[:2] for s in states),
+                      method="log_joint")
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return jax.tree.unflatten(tree, [
+      l + jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
+
+
+class MixedFamiliesTest(parameterized.TestCase):
+  """The composition on a model mixing families, against enumeration."""
+
+  @parameterized.parameters(
+      ("bernoulli:disarm,categorical:arsm", 1), ("relax", 1), ("nvil", 1),
+      ("elbo_loo", 2))
+  def test_model_gradient_is_unbiased(self, name, k):
+    params = _mixed_params()
+    spec = gradients.EstimatorSpec(
+        name, families=gradients.layer_families(MIXED), iw_samples=k,
+        temperature=0.7)
+    est_state = spec.init(jax.random.key(2), MIXED)
+    if name == "relax":  # nonzero networks, so they are really tested
+      est_state = est_state._replace(params=jax.tree.map(
+          lambda a: a + 0.3, est_state.params))
+    target = _flat(exact_neg_elbo_grad_of(MIXED, params))
+
+    def one(key):
+      return _flat(gradients.model_gradients(MIXED, spec, params, est_state,
+                                             X, key)[0])
+
+    samples = testing.draws(lambda k, l, f: one(k), jax.random.key(3),
+                            jnp.zeros(target.shape), None, 2**14)
+    testing.assert_unbiased(samples, np.asarray(target), name=name)
+
+  def test_relaxing_every_layer_is_biased(self):
+    params = _mixed_params()
+    spec = gradients.EstimatorSpec(
+        "bernoulli:concrete,categorical:gumbel_softmax",
+        families=gradients.layer_families(MIXED), temperature=1.0)
+    target = _flat(exact_neg_elbo_grad_of(MIXED, params))
+
+    def one(key):
+      return _flat(gradients.model_gradients(
+          MIXED, spec, params, spec.init(jax.random.key(2), MIXED), X,
+          key)[0])
+
+    samples = testing.draws(lambda k, l, f: one(k), jax.random.key(3),
+                            jnp.zeros(target.shape), None, 2**14)
+    testing.assert_biased(samples, np.asarray(target), name="relaxed")
+
+  def test_per_family_names_must_cover_the_model(self):
+    with self.assertRaisesRegex(ValueError, "name one estimator for each"):
+      gradients.EstimatorSpec("bernoulli:disarm",
+                              families=("categorical", "bernoulli"))
+    with self.assertRaisesRegex(ValueError, "Unknown estimator 'arm' for "
+                                "categorical layers"):
+      gradients.EstimatorSpec("arm", families=("categorical", "bernoulli"))
+    with self.assertRaisesRegex(ValueError, "cannot be combined"):
+      gradients.EstimatorSpec("bernoulli:concrete,categorical:arsm",
+                              families=("categorical", "bernoulli"))
+    spec = gradients.EstimatorSpec("rebar", families=("bernoulli",))
+    with self.assertRaisesRegex(ValueError, "families=layer_families"):
+      gradients.model_gradients(MIXED, spec, _mixed_params(), spec.init(
+          jax.random.key(0), MIXED), X, jax.random.key(1))

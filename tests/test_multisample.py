@@ -232,11 +232,11 @@ class RelationsTest(parameterized.TestCase):
         (k, D)).astype(jnp.float32)
 
   @parameterized.parameters(2, 3, 5)
-  def test_vargrad_is_reinforce_loo_score_part(self, k):
+  def test_vargrad_is_elbo_loo_score_part(self, k):
     @jax.jit
     def grads(b):
       g_vg = jax.grad(lambda p: loss_fn("vargrad", p, b))(PARAMS)
-      g_loo = jax.grad(lambda p: loss_fn("reinforce_loo", p, b))(PARAMS)
+      g_loo = jax.grad(lambda p: loss_fn("elbo_loo", p, b))(PARAMS)
       g_path = jax.grad(  # (1/K) sum_k grad log q(b_k)
           lambda p: jnp.mean(log_w_q(p, b)[1]))(PARAMS)
       return g_vg, g_loo, g_path
@@ -344,4 +344,4 @@ class NumericsTest(parameterized.TestCase):
     assert not ms.UNBIASED_FOR_IW & ms.UNBIASED_FOR_ELBO
     assert {"iwae_reinforce", "vimco_arithmetic", "vimco_geometric",
             "ovis_gamma0", "ovis_gamma0.5", "ovis_gamma1", "ovis_mc",
-            "reinforce_loo", "vargrad"} <= set(ms.MULTISAMPLE)
+            "elbo_loo", "vargrad"} <= set(ms.MULTISAMPLE)

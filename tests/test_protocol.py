@@ -61,7 +61,7 @@ class ProtocolTest(absltest.TestCase):
     self.assertEqual(gradients.EstimatorSpec("disarm").summary(()), {})
 
   def test_reinforce_loo_needs_two_samples(self):
-    with self.assertRaisesRegex(ValueError, "loo_samples >= 2"):
+    with self.assertRaisesRegex(ValueError, "loo_samples must be >= 2"):
       gradients.EstimatorSpec("reinforce_loo", loo_samples=1)
 
 

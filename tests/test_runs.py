@@ -308,7 +308,7 @@ class GuardsTest(parameterized.TestCase):
        "config.relax_hidden must be a tuple of integers >= 1"),
       ("loo_with_one_sample", dict(estimator="reinforce_loo",
                                    loo_samples=1),
-       "config.loo_samples must be >= 2 for reinforce_loo"),
+       "loo_samples must be >= 2"),
       ("unknown_estimator", dict(estimator="rebbar"),
        "Unknown estimator 'rebbar'"),
       ("eval_not_multiple", dict(eval_every=150),

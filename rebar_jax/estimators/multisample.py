@@ -14,7 +14,7 @@ E[L_K] rises to log p(x) with K). Every surrogate here takes
 
 and returns a scalar loss whose gradient w.r.t. (theta, phi) is ONE draw of an
 estimator of -grad E[L_K] (iwae_reinforce, VIMCO, OVIS, RWS's theta part) or of
--grad ELBO (reinforce_loo, VarGrad). Differentiating the exact identity
+-grad ELBO (elbo_loo, VarGrad). Differentiating the exact identity
 
     grad_phi E[L_K] = E[ sum_k L_K h_k + sum_k v_k grad_phi log w_k ]
                     = E[ sum_k (L_K - v_k) h_k ]           (log p free of phi)
@@ -329,7 +329,7 @@ def rws_surrogate(log_w: Array, log_q: Array) -> Array:
 # ----------------------------------------------------------------------------
 
 
-def reinforce_loo_surrogate(log_w: Array, log_q: Array) -> Array:
+def elbo_loo_surrogate(log_w: Array, log_q: Array) -> Array:
   r"""REINFORCE leave-one-out on the K-sample ELBO, unbiased for -grad ELBO.
 
       g = (1/K) sum_k [ (log w_k - (1/(K-1)) sum_{j != k} log w_j) h_k
@@ -360,8 +360,8 @@ def vargrad_surrogate(log_w: Array, log_q: Array) -> Array:
   both unbiased for -grad ELBO (the phi part because E grad_phi (1/2) Var_q[log
   q - log p] |_{fixed samples} = grad_phi KL(q || p(b|x)) = -grad_phi ELBO).
   Exact relation, draw for draw: g_phi(VarGrad) equals the score part of
-  REINFORCE-LOO, i.e. grad_phi vargrad = grad_phi reinforce_loo
-  - (1/K) sum_k grad_phi log q_k (reinforce_loo carries the zero-mean pathwise
+  REINFORCE-LOO, i.e. grad_phi vargrad = grad_phi elbo_loo
+  - (1/K) sum_k grad_phi log q_k (elbo_loo carries the zero-mean pathwise
   term); theta gradients are identical. With the 1/K (biased) sample variance
   instead, g_phi would be (K-1)/K times REINFORCE-LOO's score part. The
   variance term alone, differentiated in theta, would instead estimate
@@ -387,7 +387,7 @@ MULTISAMPLE: dict[str, Callable[..., Array]] = {
     "ovis_gamma1": functools.partial(ovis_gamma_surrogate, gamma=1.0),
     "ovis_mc": ovis_mc_surrogate,  # also needs log_w_aux=(S,)
     "rws": rws_surrogate,
-    "reinforce_loo": reinforce_loo_surrogate,
+    "elbo_loo": elbo_loo_surrogate,
     "vargrad": vargrad_surrogate,
 }
 """name -> surrogate(log_w, log_q) -> scalar loss; names in NEEDS_AUX also
@@ -400,5 +400,5 @@ UNBIASED_FOR_IW: frozenset[str] = frozenset(
      "ovis_mc"})
 """Surrogates whose gradient is unbiased for -grad_{theta,phi} E[L_K]."""
 
-UNBIASED_FOR_ELBO: frozenset[str] = frozenset({"reinforce_loo", "vargrad"})
+UNBIASED_FOR_ELBO: frozenset[str] = frozenset({"elbo_loo", "vargrad"})
 """Surrogates whose gradient is unbiased for -grad_{theta,phi} ELBO."""

@@ -85,9 +85,11 @@ class ModelInfo(NamedTuple):
   layer_shapes: the event shape of each stochastic layer, e.g. (H,) for H
     Bernoulli units or (V, C) for V categorical variables of C classes.
   data_dim: D, the size of a data point.
+  layer_families: the family name of each layer (a key of FAMILIES).
   """
   layer_shapes: tuple[tuple[int, ...], ...]
   data_dim: int
+  layer_families: tuple[str, ...] = ()
 
 
 class Layer(NamedTuple):
@@ -266,6 +268,19 @@ def nvil(options: Options) -> Estimator:
   return Estimator(init, estimate)
 
 
+def unit_scale(state: EstimatorState) -> EstimatorState:
+  """The state with NVIL's variance normalisation turned off (v = 1).
+
+  NVIL divides its estimate by max(1, sqrt(v)), a step size rather than a
+  variance reduction; comparing estimators' variances, set it to 1 so that
+  only the baseline's effect is measured. Other states are returned as given.
+  """
+  is_nvil = lambda s: isinstance(s, NvilStats)
+  return state._replace(stats=jax.tree.map(
+      lambda s: s._replace(var=jnp.ones_like(s.var)) if is_nvil(s) else s,
+      state.stats, is_leaf=is_nvil))
+
+
 def tuned(init: Callable[[PRNGKey, ModelInfo], EstimatorState],
           estimator: Callable[..., Array], tune: bool,
           summary: Callable[[Any], dict[str, float]] = _no_summary
@@ -382,7 +397,9 @@ def _reinforce_loo(family) -> Callable[[Options], Estimator]:
   """REINFORCE with the leave-one-out baseline of n = options.loo_samples."""
   def build(options: Options) -> Estimator:
     if options.loo_samples < 2:
-      raise ValueError("reinforce_loo needs loo_samples >= 2.")
+      raise ValueError(
+          f"loo_samples must be >= 2 (n, the samples of the leave-one-out "
+          f"baseline), got {options.loo_samples}: e.g. --config.loo_samples=2.")
     return stateless(family.reinforce_loo, num_samples=options.loo_samples)
   return build
 
@@ -428,3 +445,81 @@ def get(family: str, name: str, options: Options = Options()) -> Estimator:
     raise ValueError(f"Unknown {family} estimator {name!r}; choose one of "
                      f"{sorted(REGISTRY[family])}.")
   return REGISTRY[family][name](options)
+
+
+def names_by_family(name: str, families: Sequence[str]) -> dict[str, str]:
+  """The estimator of each family a model's layers use.
+
+  `name` is one estimator for every family ("rebar"), or one per family,
+  "family:name" pairs separated by commas ("bernoulli:disarm,categorical:arsm").
+  """
+  families = tuple(dict.fromkeys(families))
+  if ":" not in name:
+    return {f: name for f in families}
+  pairs = dict(p.split(":", 1) for p in name.replace(" ", "").split(","))
+  if set(pairs) != set(families):
+    raise ValueError(
+        f"Estimator {name!r} names the families {sorted(pairs)}; the model's "
+        f"layers are of the families {sorted(families)}: name one estimator "
+        "for each, e.g. " + ",".join(f"{f}:reinforce" for f in families) + ".")
+  return pairs
+
+
+def for_layers(name: str, families: Sequence[str],
+               options: Options = Options()) -> Estimator:
+  """One training estimator for a model whose layers are of `families`.
+
+  With one family, `get(family, name)`; with several, `by_family` of each
+  family's estimator (see `names_by_family` for the two forms of `name`).
+  """
+  names = names_by_family(name, families)
+  parts = {f: get(f, n, options) for f, n in names.items()}
+  if len(parts) == 1:
+    return next(iter(parts.values()))
+  return by_family(parts)
+
+
+def by_family(parts: dict[str, Estimator]) -> Estimator:
+  """Each layer estimated by the estimator of its family; states side by side.
+
+  The state is EstimatorState({family: params}, {family: stats}); each part
+  sees only its family's layers (in model order), so a part with one control
+  variate per layer (RELAX) gets one per layer of its family. Losses add up.
+  """
+  if len({p.relaxed_objective for p in parts.values()}) > 1:
+    raise ValueError("A fully relaxed objective (Concrete, Gumbel-softmax) "
+                     "relaxes every layer: it cannot be combined with "
+                     "per-layer estimators.")
+  relaxed = next(iter(parts.values())).relaxed_objective
+
+  def init(key, info):
+    keys = jax.random.split(key, len(parts))
+    states = {}
+    for k, (f, part) in zip(keys, parts.items()):
+      mine = [i for i, g in enumerate(info.layer_families) if g == f]
+      states[f] = part.init(k, info._replace(
+          layer_shapes=tuple(info.layer_shapes[i] for i in mine),
+          layer_families=(f,) * len(mine)))
+    return EstimatorState({f: s.params for f, s in states.items()},
+                          {f: s.stats for f, s in states.items()})
+
+  def estimate(state, problem):
+    grads = [None] * len(problem.layers)
+    param_grads, stats, loss = {}, {}, jnp.zeros(())
+    for f, part in parts.items():
+      mine = [i for i, layer in enumerate(problem.layers)
+              if layer.family is FAMILIES[f]]
+      out = part.estimate(
+          EstimatorState(state.params[f], state.stats[f]),
+          problem._replace(layers=[problem.layers[i] for i in mine]))
+      for i, g in zip(mine, out.grads):
+        grads[i] = g
+      param_grads[f], stats[f] = out.param_grads, out.stats
+      loss = loss + out.loss
+    return Estimate(grads, param_grads, stats, loss)
+
+  def summary(params):
+    return {f"{f}/{k}": v for f, part in parts.items()
+            for k, v in part.summary(params[f]).items()}
+
+  return Estimator(init, estimate, summary, relaxed)

@@ -137,15 +137,6 @@ class CategoricalVAE(nn.Module):
     (b,) = bs
     return self(x, b)
 
-  def sample(self, x: Array, key: PRNGKey) -> tuple[Array, Array]:
-    """One-hot b ~ q(b | x) by Gumbel-max, and log q(b | x); see `sample_q`."""
-    logits = self.encoder_logits(x)
-    # The estimators' Gumbel noise, exact in both tails of E = e^-g.
-    g = categorical.gumbel_noise(key, logits.shape, logits.dtype)
-    b = jax.nn.one_hot(jnp.argmax(logits + g, axis=-1), self.num_classes,
-                       dtype=logits.dtype)
-    return b, categorical_log_prob(b, logits)
-
 
 def sample_q(model: CategoricalVAE, params: Params, x: Array,
              key: PRNGKey) -> tuple[Array, Array]:
@@ -158,4 +149,5 @@ def sample_q(model: CategoricalVAE, params: Params, x: Array,
   Returns:
     b: (..., V, C) one-hot; log_q: (...).
   """
-  return model.apply(params, x, key, method=CategoricalVAE.sample)
+  (b,) = protocol.sample(model, params, x, key)
+  return b, model.apply(params, x, b, method=CategoricalVAE.log_q)

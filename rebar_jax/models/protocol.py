@@ -14,14 +14,73 @@ and the fields `data_dim` (D) and `train_mean` (the mean training pixel (D,)
 or None). x is (..., D); bs and `above` are tuples of arrays
 (..., *event_shape_l), one per layer, top (closest to x) first; `above` holds
 b_1..b_{l-1}. A layer's family names the distribution (`"bernoulli"`: units in
-{0, 1}; `"categorical"`: one-hot over the last axis) and with it the
-estimators that apply. `log_joint` must accept relaxed samples (points of
-[0, 1] or of the simplex) for the relaxed estimators.
+{0, 1}; `"categorical"`: one-hot over the last axis), and with it the
+estimators that apply to that layer; layers of different families may be
+mixed. `log_joint` must accept relaxed samples (points of [0, 1] or of the
+simplex) for the relaxed estimators, and create every parameter when called
+under `init`. The gradient diagnostics read the parameters of q from the
+submodules whose names contain "encoder".
+
+Everything else (ancestral sampling, importance weights, the training chain)
+is written once against these three methods: `sample` and `log_weight` below,
+`rebar_jax.gradients` for training. `examples/custom_model.py` is a model of
+a dozen lines that mixes a categorical and a Bernoulli layer.
 """
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import jax
+
+from rebar_jax.estimators.protocol import FAMILIES
+
+Array = jax.Array
 
 
 class StochasticLayer(NamedTuple):
   """One stochastic layer: its distribution family and the shape of b_l."""
   family: str
   event_shape: tuple[int, ...]
+
+
+def families(model) -> tuple[Any, ...]:
+  """The family module of each stochastic layer of `model`, top first."""
+  out = []
+  for layer in model.stochastic_layers():
+    if layer.family not in FAMILIES:
+      raise ValueError(
+          f"{type(model).__name__} has a layer of family {layer.family!r}; "
+          f"the families are {sorted(FAMILIES)}.")
+    out.append(FAMILIES[layer.family])
+  return tuple(out)
+
+
+def sample(model, params: Any, x: Array, key: Array) -> tuple[Array, ...]:
+  r"""Ancestral hard sample b ~ q(b | x), no gradient through b.
+
+      b_l = sample_from_noise(logits_l(x, b_<l), noise_l),
+      noise_l = family_l.noise(k_l, logits_l.shape),   (k_1..k_L) = split(key, L),
+
+  one noise array per layer for the whole leading shape of x (e.g. a batch).
+
+  Args:
+    model: a module following this protocol; params: its variables.
+    x: (..., D).
+    key: one PRNG key.
+  Returns:
+    bs: tuple of L arrays (..., *event_shape_l).
+  """
+  fams = families(model)
+  keys = jax.random.split(key, len(fams))
+  bs = []
+  for l, fam in enumerate(fams):
+    logits = jax.lax.stop_gradient(
+        model.apply(params, l, x, tuple(bs), method="layer_logits"))
+    bs.append(fam.sample_from_noise(logits, fam.noise(keys[l], logits.shape,
+                                                      logits.dtype)))
+  return tuple(bs)
+
+
+def log_weight(model, params: Any, x: Array, key: Array) -> Array:
+  """log w = log p(x, b) - log q(b | x) at one b ~ q(b | x); shape x.shape[:-1]."""
+  log_p, log_q = model.apply(params, x, sample(model, params, x, key),
+                             method="log_joint")
+  return log_p - log_q

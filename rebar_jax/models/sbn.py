@@ -245,21 +245,6 @@ class SBN(nn.Module):
     """(log p(x, b), log q(b | x)) for the tuple of layers bs."""
     return self(x, bs)
 
-  def sample(self, x: Array, key: PRNGKey) -> tuple[tuple[Array, ...], Array]:
-    """Ancestral hard sample b ~ q(b | x) and log q(b | x); see `sample_q`."""
-    chex.assert_axis_dimension(x, -1, self.data_dim)
-    keys = jax.random.split(key, self.num_layers)
-    h, bs, log_q = x, [], 0.0
-    for l in range(self.num_layers):
-      logits = self.encoder_logits(l, h)
-      # b = H(l + logistic noise): the estimators' noise, exact in both tails
-      # (P(b = 1) = sigmoid(l) to 1e-5 relative for |l| <= 80).
-      z = logits + bernoulli.logistic_noise(keys[l], logits.shape, logits.dtype)
-      h = (z >= 0).astype(logits.dtype)
-      bs.append(h)
-      log_q = log_q + bernoulli_log_prob(h, logits)
-    return tuple(bs), log_q
-
 
 def sample_q(model: SBN, params: Params, x: Array,
              key: PRNGKey) -> tuple[tuple[Array, ...], Array]:
@@ -278,4 +263,5 @@ def sample_q(model: SBN, params: Params, x: Array,
   Returns:
     bs: tuple of L arrays (..., H) in {0, 1}; log_q: (...).
   """
-  return model.apply(params, x, key, method=SBN.sample)
+  bs = protocol.sample(model, params, x, key)
+  return bs, model.apply(params, x, bs, method=SBN.log_q)
