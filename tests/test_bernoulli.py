@@ -289,7 +289,8 @@ class NumericsTest(parameterized.TestCase):
       logits = jnp.full(u.shape, l)
       z = bernoulli.reparameterize(logits, u)
       b = bernoulli.hard_threshold(z)
-      z_tied = bernoulli._tied_conditional(logits, z, b)
+      z_tied = bernoulli.conditional_from_noise(
+          logits, b, bernoulli.tied_noise(logits, z, b))
       np.testing.assert_allclose(z_tied, z, rtol=1e-5, atol=1e-5)
       for v in (tiny, 0.5, 1 - 2**-24):
         zt = bernoulli.conditional_reparameterize(logits, b, jnp.full(u.shape, v))
@@ -297,7 +298,8 @@ class NumericsTest(parameterized.TestCase):
         # z~ lies on the side of 0 that b says (0 itself where v underflows).
         self.assertTrue(np.all(zt * (2 * b - 1) >= 0), (l, v, zt, b))
       grad = jax.grad(lambda x: jnp.sum(jax.nn.sigmoid(
-          bernoulli._tied_conditional(x, z, b) / 0.5)))(logits)
+          bernoulli.conditional_from_noise(
+              x, b, bernoulli.tied_noise(x, z, b)) / 0.5)))(logits)
       self.assertTrue(np.all(np.isfinite(grad)), (l, grad))
 
   def test_conditional_distribution_matches_truncated_logistic(self):

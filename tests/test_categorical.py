@@ -346,7 +346,7 @@ class ConditionalGumbelTest(parameterized.TestCase):
 
     def one(key):
       _, z, b, _ = categorical._sample(key, logits)
-      e = categorical._tied_noise(logits, z, b)
+      e = categorical.tied_noise(logits, z, b)
       zt = categorical.conditional_gumbel(logits, b, e)
       grad = jax.grad(lambda l: jnp.sum(categorical.relax_sample(
           categorical.conditional_gumbel(l, b, e), 0.5) * jnp.arange(4.0)))(

@@ -441,8 +441,9 @@ class ModelsTest(parameterized.TestCase):
       b, _ = categorical_vae.sample_q(vae, params, x, key)
       logits = vae.apply(params, x,
                          method=categorical_vae.CategoricalVAE.encoder_logits)
+      (k,) = jax.random.split(key, 1)  # one key per layer, as for the SBN
       return b, categorical.one_hot_argmax(
-          logits + categorical.gumbel_noise(key, logits.shape))
+          logits + categorical.gumbel_noise(k, logits.shape))
 
     sampled, rebuilt = vae_both(params, key)
     np.testing.assert_array_equal(sampled, rebuilt)

@@ -83,7 +83,7 @@ class TrainTest(parameterized.TestCase):
     config = catvae_mnist.get_config()
     config.estimator = "disarm"
     with self.assertRaisesRegex(ValueError,
-                                "Unknown estimator 'disarm' for a categorical"):
+                                "Unknown estimator 'disarm' for categorical"):
       train.build(config)
 
   # Exact resume: tests/test_faults.py (a real process killed many ways ends

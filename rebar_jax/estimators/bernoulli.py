@@ -33,6 +33,7 @@ logits) when any logit is NaN or +-inf (`_checks.nan_if_nonfinite`: one
 reduction and a select, no host sync; under vmap per member of the batch).
 """
 import math
+import sys
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -40,6 +41,7 @@ from jax.extend import random as jex_random
 import jax.numpy as jnp
 
 from rebar_jax.estimators import _checks
+from rebar_jax.estimators import generic
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -198,10 +200,10 @@ def logistic_noise(key: PRNGKey, shape: Sequence[int],
   has 23 random bits: the rarer outcome is 1% off at |l| = 12 and 2^-23 for
   every |l| > 15.9.) Computed in float32 and cast to `dtype`.
   """
-  return _noise_and_spare_key(key, shape, dtype)[0]
+  return noise_and_spare_key(key, shape, dtype)[0]
 
 
-def _noise_and_spare_key(key: PRNGKey, shape: Sequence[int],
+def noise_and_spare_key(key: PRNGKey, shape: Sequence[int],
                          dtype) -> tuple[Array, PRNGKey]:
   """(`logistic_noise` of key, a spare key for more noise); one split of key.
 
@@ -261,28 +263,18 @@ def conditional_from_logit(logits: Array, b: Array, logit_v: Array) -> Array:
   return s * jax.nn.softplus(logit_v + jax.nn.softplus(s * logits))
 
 
-def _tied_conditional(logits: Array, z: Array, b: Array) -> Array:
-  """z~ = g~(v, l, b) with v the conditional noise that reproduces z.
+def tied_noise(logits: Array, z: Array, b: Array) -> Array:
+  """logit(v) of the conditional noise v that reproduces z: z~ = z in value.
 
-  Common random numbers on purpose (Tucker et al. 2017, App. G.2): instead of an
-  independent v we use the v for which g~(v, l, b) = z, which is uniform given b.
-  It is computed in logit space, logit(v) = softplus^{-1}(|z|) - softplus(s l),
-  so no clipping is needed; v is held fixed (stop_gradient), so z~ has the same
-  value as z but the gradient of the conditional reparameterisation.
+  Common random numbers (Tucker et al. 2017, App. G.2): inverting
+  `conditional_from_logit` at z gives logit(v) = softplus^-1(|z|) -
+  softplus(s l), s = 2b - 1, written so no clipping is needed. Held fixed
+  (stop_gradient): z~ = `conditional_from_noise(l, b, logit_v)` has the value
+  of z and the gradient of the conditional reparameterisation.
   """
   s = 2.0 * b - 1.0
-  logit_v = jax.lax.stop_gradient(
+  return jax.lax.stop_gradient(
       _softplus_inverse(jnp.abs(z)) - jax.nn.softplus(s * logits))
-  return conditional_from_logit(logits, b, logit_v)
-
-
-def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, PRNGKey]:
-  """The shared draw: (noise logit(u), b = H(l + noise), key for more noise).
-
-  The noise is `logistic_noise(key)`'s.
-  """
-  noise, key_rest = _noise_and_spare_key(key, logits.shape, logits.dtype)
-  return noise, hard_threshold(logits + noise), key_rest
 
 
 def score(logits: Array, b: Array) -> Array:
@@ -316,10 +308,30 @@ def mean(logits: Array) -> Array:
   return jax.nn.sigmoid(logits)
 
 
+def z_from_noise(logits: Array, noise_: Array) -> Array:
+  """z = l + logit(u), whose threshold H(z) is the sample."""
+  return logits + noise_
+
+
+def conditional_noise(key: PRNGKey, shape: Sequence[int],
+                      dtype=jnp.float32) -> Array:
+  """logit(v), v ~ U(0, 1): the noise of z~ ~ p(z | b), `logistic_noise`."""
+  return logistic_noise(key, shape, dtype)
+
+
+conditional_from_noise = conditional_from_logit  # z~ from (l, b, logit(v))
+
+
+def _family():
+  return sys.modules[__name__]
+
+
 def _prepare(key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
-  _checks.check_key(key)
-  logits = _checks.check_logits(logits)
-  return logits, _checks.scalar_fn(f)
+  return generic.prepare(_family(), key, logits, f)
+
+
+def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, PRNGKey]:
+  return generic.sample(_family(), key, logits)
 
 
 # ----------------------------------------------------------------------------
@@ -347,9 +359,7 @@ def reinforce(key: PRNGKey, logits: Array, f: Fn,
 
   Reference: Williams (1992); Mnih & Gregor (2014) for learned baselines.
   """
-  logits, f = _prepare(key, logits, f)
-  _, b, _ = _sample(key, logits)
-  return (f(b) - baseline) * score(logits, b)
+  return generic.reinforce(_family(), key, logits, f, baseline)
 
 
 @_checks.nan_if_nonfinite
@@ -372,13 +382,7 @@ def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
   Reference: Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a
   baseline for free!", ICLR workshop; Salimans & Knowles (2014).
   """
-  logits, f = _prepare(key, logits, f)
-  _checks.check_int("num_samples", num_samples, 2)
-  keys = jax.random.split(key, num_samples)
-  b = jax.vmap(lambda k: _sample(k, logits)[1])(keys)  # (n, *shape)
-  fs = jax.vmap(f)(b)  # (n,)
-  centred = (fs - jnp.mean(fs)).reshape((num_samples,) + (1,) * logits.ndim)
-  return jnp.sum(centred * score(logits, b), axis=0) / (num_samples - 1)
+  return generic.reinforce_loo(_family(), key, logits, f, num_samples)
 
 
 def _antithetic_pair(key: PRNGKey, logits: Array) -> tuple[Array, Array, Array]:
@@ -531,53 +535,7 @@ RelaxedFn = Callable[[Array, Array], Array]
 ControlVariate = Callable[[Any, Array, RelaxedFn, Array], Array]
 
 
-def relaxed_or_default(f: Fn, f_relaxed: Optional[RelaxedFn]) -> RelaxedFn:
-  """The relaxed learning signal (soft sample, temperature) -> scalar.
-
-  Defaults to f itself on the soft sample (one stochastic layer).
-  """
-  if f_relaxed is None:
-    return lambda soft, temperature: f(soft)
-  return _checks.scalar_fn(f_relaxed, "f_relaxed")
-
-
-def combine_control_variate(logits: Array, b: Array, score_b: Array, f: Fn,
-                            c: Callable[[Array], Array],
-                            z_of: Callable[[Array], Array],
-                            ztilde_of: Callable[[Array], Array]
-                            ) -> tuple[Array, Array]:
-  r"""REBAR/RELAX's two halves for any family, given its reparameterisations.
-
-  Returns (r, h), with the estimator g^ = r - h:
-
-      r = f(b) score(b)                                   (REINFORCE),
-      h = c(z~) score(b) - d/dl c(z(l)) + d/dl c(z~(l))    (mean zero),
-
-  where z_of(l) = z and ztilde_of(l) = z~ as functions of the logits with all
-  noise (and b) held fixed: the derivatives are total derivatives w.r.t. l.
-  Shared by the Bernoulli and categorical estimators.
-  """
-  grad_cz = jax.grad(lambda l: c(z_of(l)))(logits)
-  c_zt, grad_czt = jax.value_and_grad(lambda l: c(ztilde_of(l)))(logits)
-  return f(b) * score_b, c_zt * score_b - grad_cz + grad_czt
-
-
-def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
-                           c: Callable[[Array], Array], tied: bool
-                           ) -> tuple[Array, Array]:
-  """(r, h) of `combine_control_variate` for Bernoulli latents.
-
-  z = g(u, l) = l + logit(u), b = H(z), z~ = g~(v, l, b).
-  """
-  noise, b, key_v = _sample(key, logits)
-  if tied:
-    ztilde_of = lambda l: _tied_conditional(l, jax.lax.stop_gradient(l) + noise,
-                                            b)
-  else:
-    logit_v = logistic_noise(key_v, logits.shape, logits.dtype)
-    ztilde_of = lambda l: conditional_from_logit(l, b, logit_v)
-  return combine_control_variate(logits, b, score(logits, b), f, c,
-                                 lambda l: l + noise, ztilde_of)
+relaxed_or_default = generic.relaxed_or_default
 
 
 @_checks.nan_if_nonfinite
@@ -591,11 +549,8 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
   (the Cov/Var rule of Tucker et al. 2017, Sec. 3.3); see
   `control_variates.optimal_eta`. Shapes: both as logits.
   """
-  logits, f = _prepare(key, logits, f)
-  _checks.check_positive("temperature", temperature)
-  f_soft = relaxed_or_default(f, f_relaxed)
-  c = lambda z: f_soft(relax_sample(z, temperature), temperature)
-  return _control_variate_terms(key, logits, f, c, tied)
+  return generic.rebar_terms(_family(), key, logits, f, temperature,
+                             f_relaxed, tied)
 
 
 @_checks.nan_if_nonfinite
@@ -635,58 +590,23 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
   return r - eta * h
 
 
-class RelaxParams(NamedTuple):
-  """Parameters phi of RELAX's control variate.
-
-  c_phi(z) = f_relaxed(sigma_lambda(z)) + r_rho(z), lambda = exp(log_temperature),
-  r_rho an MLP on z, given as a list of (weight, bias) pairs whose last layer
-  starts at zero (so RELAX starts as REBAR with eta = 1).
-  """
-  log_temperature: Array
-  mlp: Sequence[tuple[Array, Array]]
-
-
-def init_relax_params(key: PRNGKey, num_latents: int,
-                      hidden: Sequence[int] = (32,),
-                      temperature: float = 0.5) -> RelaxParams:
-  """RelaxParams with an MLP D -> hidden -> 1 whose output layer is zero."""
-  _checks.check_int("num_latents", num_latents, 1)
-  _checks.check_positive("temperature", temperature)
-  sizes = [num_latents, *hidden, 1]
-  layers = []
-  keys = jax.random.split(key, len(sizes) - 1)
-  for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
-    last = i == len(sizes) - 2
-    w = (jnp.zeros((n_in, n_out)) if last else
-         jax.random.normal(k, (n_in, n_out)) / jnp.sqrt(n_in))
-    layers.append((w, jnp.zeros((n_out,))))
-  return RelaxParams(jnp.log(jnp.asarray(temperature, jnp.float32)), layers)
-
-
-def mlp(layers: Sequence[tuple[Array, Array]], z: Array) -> Array:
-  """A tanh MLP applied to z flattened: scalar output."""
-  h = jnp.reshape(z, (-1,))
-  for i, (w, bias) in enumerate(layers):
-    h = h @ w + bias
-    if i < len(layers) - 1:
-      h = jnp.tanh(h)
-  return h[0]
+# RELAX's parameters (shared with the categorical family).
+RelaxParams = generic.RelaxParams
+init_relax_params = generic.init_relax_params
+mlp = generic.mlp
 
 
 def default_control_variate(params: RelaxParams, z: Array,
                             f_relaxed: RelaxedFn) -> Array:
   """c_phi(z) = f_relaxed(sigma_lambda(z), lambda) + MLP(z)."""
-  temperature = jnp.exp(params.log_temperature)
-  out = f_relaxed(relax_sample(z, temperature), temperature)
-  if params.mlp:
-    out = out + mlp(params.mlp, z)
-  return out
+  return generic.default_control_variate(_family(), params, z, f_relaxed)
 
 
 @_checks.nan_if_nonfinite
 def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
           control_variate: Optional[ControlVariate] = None,
-          f_relaxed: Optional[RelaxedFn] = None, tied: bool = True) -> Array:
+          temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,
+          tied: bool = True) -> Array:
   r"""RELAX with a learned control variate c_phi, unbiased for any phi.
 
       g^ = [f(b) - c_phi(z~)] d/dl log p(b) + d/dl c_phi(z) - d/dl c_phi(z~),
@@ -698,23 +618,17 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
     key: PRNG key.
     logits: l, any shape.
     f: hard learning signal.
-    cv_params: phi. Defaults to `RelaxParams(log 0.5, [])`: no network, i.e.
-      REBAR with eta = 1, lambda = 0.5 (identical to an MLP at its zero init).
+    cv_params: phi. Defaults to `RelaxParams(log lambda, [])`: no network,
+      i.e. REBAR with eta = 1 (identical to an MLP at its zero init).
     control_variate: c(phi, z, f_relaxed) -> scalar; defaults to
       `default_control_variate` = f_relaxed(sigma_lambda(z)) + MLP_rho(z).
+    temperature: lambda of the default cv_params (0.5 when None); give it
+      only when cv_params is None (otherwise it lives in cv_params).
     f_relaxed: as in `rebar`.
     tied: tied conditional noise, as in `rebar`.
 
   Reference: Grathwohl, Choi, Wu, Roeder & Duvenaud (2018), "Backpropagation
   through the void", ICLR, Alg. 2 (discrete case).
   """
-  logits, f = _prepare(key, logits, f)
-  if cv_params is None:
-    cv_params = RelaxParams(jnp.log(jnp.float32(0.5)), [])
-  if control_variate is None:
-    control_variate = default_control_variate
-  f_soft = relaxed_or_default(f, f_relaxed)
-  c = _checks.scalar_fn(lambda z: control_variate(cv_params, z, f_soft),
-                        "control_variate")
-  r, h = _control_variate_terms(key, logits, f, c, tied)
-  return r - h
+  return generic.relax(_family(), key, logits, f, cv_params, control_variate,
+                       temperature, f_relaxed, tied)

@@ -43,6 +43,7 @@ Non-finite logits: every estimator returns an all-NaN estimate (shape of the
 logits) when any logit is NaN or +-inf (`_checks.nan_if_nonfinite`), per
 member of a vmapped batch.
 """
+import sys
 from typing import Any, Callable, Optional
 
 import jax
@@ -51,6 +52,7 @@ import numpy as np
 
 from rebar_jax.estimators import _checks
 from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import generic
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -58,10 +60,10 @@ Fn = Callable[[Array], Array]
 RelaxedFn = Callable[[Array, Array], Array]
 ControlVariate = Callable[[Any, Array, RelaxedFn], Array]
 
-# RELAX's parameters are shared with the Bernoulli family: a log temperature and
+# RELAX's parameters, shared with the Bernoulli family: a log temperature and
 # an MLP on the flattened z (here D * C inputs).
-RelaxParams = bernoulli.RelaxParams
-init_relax_params = bernoulli.init_relax_params
+RelaxParams = generic.RelaxParams
+init_relax_params = generic.init_relax_params
 
 
 # ----------------------------------------------------------------------------
@@ -124,10 +126,11 @@ def gumbel_noise(key: PRNGKey, shape, dtype=jnp.float32) -> Array:
   1e-5, give P(b = c) to about 1e-5 relative. Computed in float32 (g's own
   rounding is a relative 2^-24 of |g| <= 88) and cast to `dtype`.
   """
-  return _gumbel_and_spare_key(key, shape, dtype)[0]
+  return noise_and_spare_key(key, shape, dtype)[0]
 
 
-def _gumbel_and_spare_key(key: PRNGKey, shape, dtype) -> tuple[Array, PRNGKey]:
+def noise_and_spare_key(key: PRNGKey, shape, dtype=jnp.float32
+                        ) -> tuple[Array, PRNGKey]:
   """(`gumbel_noise` of key, a spare key for more noise): one split of key."""
   key_u, key_rest = jax.random.split(key)
   g = gumbel_from_halves(*bernoulli._draw_halves(key_u, shape))  # pylint: disable=protected-access
@@ -184,6 +187,20 @@ def mean(logits: Array) -> Array:
   return jax.nn.softmax(logits, axis=-1)
 
 
+def z_from_noise(logits: Array, g: Array) -> Array:
+  """z = log_softmax(l) + g, whose argmax is the sample."""
+  return jax.nn.log_softmax(logits, axis=-1) + g
+
+
+def conditional_noise(key: PRNGKey, shape, dtype=jnp.float32) -> Array:
+  """e = log(-log v), v ~ U(0, 1), the noise of `conditional_gumbel`: -g."""
+  return -gumbel_noise(key, shape, dtype)
+
+
+def _family():
+  return sys.modules[__name__]
+
+
 def conditional_gumbel(logits: Array, b: Array, e: Array) -> Array:
   r"""z~ = g~(v, l, b) ~ p(z | b): the Gumbel-max z conditioned on argmax z = b.
 
@@ -213,7 +230,10 @@ def conditional_gumbel(logits: Array, b: Array, e: Array) -> Array:
   return jnp.where(b > 0, -e_top, rest)
 
 
-def _tied_noise(logits: Array, z: Array, b: Array) -> Array:
+conditional_from_noise = conditional_gumbel  # z~ from (l, b, e)
+
+
+def tied_noise(logits: Array, z: Array, b: Array) -> Array:
   r"""The e = log(-log v) for which `conditional_gumbel(l, b, e)` equals z.
 
   Common random numbers (Tucker et al. 2017, App. G.2, in categorical form):
@@ -238,19 +258,13 @@ def _tied_noise(logits: Array, z: Array, b: Array) -> Array:
 
 
 def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, Array, PRNGKey]:
-  """The shared draw: (Gumbel noise g, z = log_softmax(l) + g, b, spare key).
-
-  g is `gumbel_noise(key, logits.shape)`.
-  """
-  g, key_rest = _gumbel_and_spare_key(key, logits.shape, logits.dtype)
-  z = jax.nn.log_softmax(logits, axis=-1) + g
-  return g, z, one_hot_argmax(z), key_rest
+  """The shared draw: (Gumbel noise g, z = log_softmax(l) + g, b, spare key)."""
+  g, b, key_rest = generic.sample(_family(), key, logits)
+  return g, z_from_noise(logits, g), b, key_rest
 
 
 def _prepare(key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
-  _checks.check_key(key)
-  logits = _checks.check_logits(logits, min_rank=1)
-  return logits, _checks.scalar_fn(f)
+  return generic.prepare(_family(), key, logits, f)
 
 
 # ----------------------------------------------------------------------------
@@ -276,9 +290,7 @@ def reinforce(key: PRNGKey, logits: Array, f: Fn,
 
   Reference: Williams (1992).
   """
-  logits, f = _prepare(key, logits, f)
-  _, _, b, _ = _sample(key, logits)
-  return (f(b) - baseline) * score(logits, b)
+  return generic.reinforce(_family(), key, logits, f, baseline)
 
 
 @_checks.nan_if_nonfinite
@@ -300,13 +312,7 @@ def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
   Reference: Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a
   baseline for free!", ICLR workshop.
   """
-  logits, f = _prepare(key, logits, f)
-  _checks.check_int("num_samples", num_samples, 2)
-  keys = jax.random.split(key, num_samples)
-  b = jax.vmap(lambda k: _sample(k, logits)[2])(keys)  # (n, ..., C)
-  fs = jax.vmap(f)(b)  # (n,)
-  centred = (fs - jnp.mean(fs)).reshape((num_samples,) + (1,) * logits.ndim)
-  return jnp.sum(centred * score(logits, b), axis=0) / (num_samples - 1)
+  return generic.reinforce_loo(_family(), key, logits, f, num_samples)
 
 
 # ----------------------------------------------------------------------------
@@ -503,28 +509,6 @@ def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
 # ----------------------------------------------------------------------------
 
 
-def _control_variate_terms(key: PRNGKey, logits: Array, f: Fn,
-                           c: Callable[[Array], Array], tied: bool
-                           ) -> tuple[Array, Array]:
-  """(r, h) of `bernoulli.combine_control_variate` for categorical latents.
-
-  z = log_softmax(l) + g, b = one_hot(argmax z), z~ = conditional_gumbel(l, b, v);
-  derivatives are total derivatives w.r.t. l with g, v (and b) held fixed.
-  """
-  g, _, b, key_v = _sample(key, logits)
-  if tied:
-    # Common random numbers on purpose: v is the conditional noise that
-    # reproduces this draw's z, so z~ = z in value (Tucker et al., App. G.2).
-    z = jax.nn.log_softmax(logits, axis=-1) + g
-    e = _tied_noise(logits, z, b)
-  else:
-    e = -gumbel_noise(key_v, logits.shape, logits.dtype)  # log(-log v)
-  return bernoulli.combine_control_variate(
-      logits, b, score(logits, b), f, c,
-      lambda l: jax.nn.log_softmax(l, axis=-1) + g,
-      lambda l: conditional_gumbel(l, b, e))
-
-
 @_checks.nan_if_nonfinite
 def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
                 f_relaxed: Optional[RelaxedFn] = None,
@@ -535,11 +519,8 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
   variance-minimising eta over draws is sum E[r h] / sum E[h h]
   (`control_variates.optimal_eta`). Shapes: both as logits.
   """
-  logits, f = _prepare(key, logits, f)
-  _checks.check_positive("temperature", temperature)
-  f_soft = bernoulli.relaxed_or_default(f, f_relaxed)
-  c = lambda z: f_soft(relax_sample(z, temperature), temperature)
-  return _control_variate_terms(key, logits, f, c, tied)
+  return generic.rebar_terms(_family(), key, logits, f, temperature,
+                             f_relaxed, tied)
 
 
 @_checks.nan_if_nonfinite
@@ -581,11 +562,7 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
 def default_control_variate(params: RelaxParams, z: Array,
                             f_relaxed: RelaxedFn) -> Array:
   """c_phi(z) = f_relaxed(softmax(z / lambda), lambda) + MLP(z flattened)."""
-  temperature = jnp.exp(params.log_temperature)
-  out = f_relaxed(relax_sample(z, temperature), temperature)
-  if params.mlp:
-    out = out + bernoulli.mlp(params.mlp, z)
-  return out
+  return generic.default_control_variate(_family(), params, z, f_relaxed)
 
 
 @_checks.nan_if_nonfinite
@@ -617,21 +594,8 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
   Reference: Grathwohl, Choi, Wu, Roeder & Duvenaud (2018), "Backpropagation
   through the void", ICLR, Alg. 2 and the categorical appendix.
   """
-  logits, f = _prepare(key, logits, f)
-  if cv_params is None:
-    temperature = 0.5 if temperature is None else temperature
-    _checks.check_positive("temperature", temperature)
-    cv_params = RelaxParams(jnp.log(jnp.asarray(temperature, logits.dtype)), [])
-  elif temperature is not None:
-    raise ValueError("Pass the temperature inside cv_params (log_temperature) "
-                     "when cv_params is given, not as `temperature`.")
-  if control_variate is None:
-    control_variate = default_control_variate
-  f_soft = bernoulli.relaxed_or_default(f, f_relaxed)
-  c = _checks.scalar_fn(lambda z: control_variate(cv_params, z, f_soft),
-                        "control_variate")
-  r, h = _control_variate_terms(key, logits, f, c, tied)
-  return r - h
+  return generic.relax(_family(), key, logits, f, cv_params, control_variate,
+                       temperature, f_relaxed, tied)
 
 
 # ----------------------------------------------------------------------------

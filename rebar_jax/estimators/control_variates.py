@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import generic
 
 Array = jax.Array
 Params = TypeVar("Params")
@@ -57,17 +58,10 @@ def variance_gradient(estimate_fn: Callable[[Params], Array],
   return g, grad
 
 
-class RebarParams(NamedTuple):
-  """REBAR's control-variate parameters: c(z) = eta f(sigma_lambda(z))."""
-  eta: Array
-  log_temperature: Array
-
-  @classmethod
-  def create(cls, eta: float = 1.0, temperature: float = 0.5) -> "RebarParams":
-    if not temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-    return cls(jnp.asarray(eta, jnp.float32),
-               jnp.log(jnp.asarray(temperature, jnp.float32)))
+# REBAR's and RELAX's parameters live beside the estimators that read them.
+RebarParams = generic.RebarParams
+RelaxParams = generic.RelaxParams
+init_relax_params = generic.init_relax_params
 
 
 def rebar_with_params(key: Array, logits: Array, f: Callable[[Array], Array],
