@@ -24,7 +24,7 @@ $(TESTS): $(BASE)
 install: $(BASE)
 
 test: $(TESTS)
-	$(PY) -m pytest -n 2 -q -rs tests
+	$(PY) -m pytest -n 2 --dist worksteal -q -rs tests
 
 run: $(BASE)
 	$(PY) -m rebar_jax.train --config=configs/sbn_mnist.py

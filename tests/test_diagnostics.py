@@ -24,11 +24,10 @@ class DiagnosticsTest(absltest.TestCase):
     state = spec.init(jax.random.key(2), MODEL)
     stats = diagnostics.gradient_statistics(MODEL, spec, _params(), state, X,
                                             jax.random.key(3), num_draws=32)
-    keys = jax.random.split(jax.random.key(3), 32)
-    draws = np.stack([np.concatenate([
-        np.ravel(g) for g in jax.tree.leaves(gradients.model_gradients(
-            MODEL, spec, _params(), state, X, k)[0]["params"]["encoders_0"])])
-                      for k in keys])
+    one = jax.jit(lambda k: jnp.concatenate([
+        jnp.ravel(g) for g in jax.tree.leaves(gradients.model_gradients(
+            MODEL, spec, _params(), state, X, k)[0]["params"]["encoders_0"])]))
+    draws = np.stack([one(k) for k in jax.random.split(jax.random.key(3), 32)])
     std = draws.std(0, ddof=1)
     np.testing.assert_allclose(stats["grad_log_variance"],
                                np.log(np.mean(std**2)), rtol=1e-4)
@@ -37,13 +36,13 @@ class DiagnosticsTest(absltest.TestCase):
     np.testing.assert_allclose(stats["grad_snr"], snr, rtol=1e-4)
 
   def test_ess_is_between_one_and_k(self):
-    ess = float(diagnostics.effective_sample_size(MODEL, _params(), X,
-                                                  jax.random.key(4), 20))
+    ess_of = jax.jit(lambda p: diagnostics.effective_sample_size(
+        MODEL, p, X, jax.random.key(4), 20))
+    ess = float(ess_of(_params()))
     self.assertBetween(ess, 1.0, 20.0)
     # A posterior-free model: zero weights everywhere give w_k = p(x), equal
     # for every sample, so the ESS is exactly K.
-    flat = diagnostics.effective_sample_size(MODEL, _params(0.0), X,
-                                             jax.random.key(4), 20)
+    flat = ess_of(_params(0.0))
     self.assertAlmostEqual(float(flat), 20.0, places=3)
 
   def test_active_units(self):

@@ -40,7 +40,12 @@ def improvement(config, workdir, metric):
 
 class TrainTest(parameterized.TestCase):
 
-  @parameterized.parameters("nvil", "rebar", "disarm")
+  # One estimator per kind of training path: a learned baseline (NVIL), tuned
+  # control variates (REBAR), a fully relaxed objective (Gumbel-softmax), a
+  # tuned network per layer on a categorical VAE (RELAX), a K-chain surrogate
+  # (OVIS). The other estimators train in tests/test_cli.py (configs and
+  # their docstring commands) and are proved unbiased in test_gradients.py.
+  @parameterized.parameters("nvil", "rebar")
   def test_elbo_improves(self, estimator):
     workdir = self.create_tempdir().full_path
     before, final = improvement(small_config(estimator=estimator), workdir,
@@ -59,7 +64,7 @@ class TrainTest(parameterized.TestCase):
       self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
     self.assertNotEmpty(os.listdir(os.path.join(workdir, "tensorboard")))
 
-  @parameterized.parameters("gumbel_softmax", "arsm", "relax")
+  @parameterized.parameters("gumbel_softmax", "relax")
   def test_categorical_vae_elbo_improves(self, estimator):
     config = quick(catvae_mnist.get_config(), num_vars=8, num_classes=4,
                    mlp_hidden=(64, 32), estimator=estimator, batch_size=24,
@@ -69,7 +74,7 @@ class TrainTest(parameterized.TestCase):
     self.assertGreater(final["valid_elbo"], before + 5.0,
                        (estimator, before, final))
 
-  @parameterized.parameters("vimco_geometric", "ovis_gamma0")
+  @parameterized.parameters("ovis_gamma0")
   def test_three_layer_sbn_on_the_iw_bound_improves(self, estimator):
     config = quick(sbn3_mnist_iw.get_config(), num_latents=50,
                    estimator=estimator, iw_samples=5, num_steps=300,
