@@ -14,7 +14,7 @@ against them. Train it with one estimator per family of layers:
 
     python -m rebar_jax.train --config=configs/sbn_mnist.py \
         --config.model=examples/custom_model.py:make \
-        --config.estimator=bernoulli:disarm,categorical:arsm
+        --config.estimator=bernoulli:disarm,categorical:reinforce_loo
 
 or with one estimator for every layer (--config.estimator=relax). H is
 config.num_latents; V and C are the module's fields.

@@ -120,3 +120,25 @@ def exact_elbo(model, params: Any, x: Array) -> Array:
     return jnp.sum(jnp.exp(log_q) * (log_p - log_q))
 
   return jax.vmap(one)(x)
+
+
+def exact_iw_bound(model, params: Any, x: Array, num_samples: int = 2
+                   ) -> Array:
+  r"""E[log (1/K) sum_k w_k] over K i.i.d. chains b_k ~ q(b | x), enumerated, (B,).
+
+  w_k = p(x, b_k) / q(b_k | x). Sums over the N^K ordered tuples of joint
+  states (`latent_states`), so keep N^K small (K = 2 for tests).
+  """
+  states = latent_states(model)
+  n = len(states[0])
+
+  def one(x_i):
+    xs = jnp.broadcast_to(x_i, (n,) + x_i.shape)
+    log_p, log_q = model.apply(params, xs, states, method="log_joint")
+    log_w = log_p - log_q
+    grids = jnp.meshgrid(*[jnp.arange(n)] * num_samples, indexing="ij")
+    idx = jnp.stack([g.ravel() for g in grids], -1)  # (N^K, K)
+    bound = jax.nn.logsumexp(log_w[idx], -1) - jnp.log(num_samples)
+    return jnp.sum(jnp.exp(jnp.sum(log_q[idx], -1)) * bound)
+
+  return jax.vmap(one)(x)

@@ -100,6 +100,10 @@ class TwoLayerSBNTest(parameterized.TestCase):
     np.testing.assert_allclose(
         _flat(exact_neg_elbo_grad_of(MODEL, params)),
         _flat(exact_neg_elbo_grad(params)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _flat(jax.grad(lambda p: -jnp.mean(
+            testing.exact_iw_bound(MODEL, p, X, 2)))(params)),
+        _flat(exact_neg_iw_grad(params)), rtol=1e-5, atol=1e-6)
 
   def test_unknown_estimator_is_rejected_with_the_choices(self):
     with self.assertRaisesRegex(ValueError, "choose one of .*disarm.*nvil"):
@@ -218,7 +222,7 @@ class MixedFamiliesTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ("bernoulli:disarm,categorical:arsm", 1), ("relax", 1), ("nvil", 1),
-      ("elbo_loo", 2))
+      ("vimco_geometric", 2), ("ovis_gamma0", 2))
   def test_model_gradient_is_unbiased(self, name, k):
     params = _mixed_params()
     spec = gradients.EstimatorSpec(
@@ -228,7 +232,11 @@ class MixedFamiliesTest(parameterized.TestCase):
     if name == "relax":  # nonzero networks, so they are really tested
       est_state = est_state._replace(params=jax.tree.map(
           lambda a: a + 0.3, est_state.params))
-    target = _flat(exact_neg_elbo_grad_of(MIXED, params))
+    if k == 1:
+      target = _flat(exact_neg_elbo_grad_of(MIXED, params))
+    else:  # unbiased for the importance-weighted bound of K chains
+      target = _flat(jax.grad(lambda p: -jnp.mean(
+          testing.exact_iw_bound(MIXED, p, X, k)))(params))
 
     def one(key):
       return _flat(gradients.model_gradients(MIXED, spec, params, est_state,

@@ -1,6 +1,7 @@
 """The estimator and model protocols: names live only in the registry."""
 import ast
 import inspect
+import pathlib
 
 from absl.testing import absltest
 import jax
@@ -28,7 +29,35 @@ def _code_strings_and_names(module):
   return strings, names
 
 
+def _imports(path):
+  """The rebar_jax modules a file imports (dotted names)."""
+  tree = ast.parse(path.read_text())
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      out |= {f"{node.module}.{a.name}" for a in node.names}
+    elif isinstance(node, ast.Import):
+      out |= {a.name for a in node.names}
+  return {m for m in out if m.startswith("rebar_jax")}
+
+
 class ProtocolTest(absltest.TestCase):
+
+  def test_imports_run_down_only(self):
+    # estimators < models < gradients < diagnostics, train: nothing imports
+    # a layer above its own.
+    root = pathlib.Path(gradients.__file__).parent
+    above = {"estimators": ("rebar_jax.models", "rebar_jax.gradients",
+                            "rebar_jax.diagnostics", "rebar_jax.train"),
+             "models": ("rebar_jax.gradients", "rebar_jax.diagnostics",
+                        "rebar_jax.train")}
+    for package, banned in above.items():
+      for path in (root / package).glob("*.py"):
+        bad = {m for m in _imports(path) if m.startswith(banned)}
+        self.assertEmpty(bad, f"{path.name} imports {bad}")
+    self.assertEmpty({m for m in _imports(root / "gradients.py")
+                      if m.startswith(("rebar_jax.train",
+                                       "rebar_jax.diagnostics"))})
 
   def test_composition_knows_no_estimator_and_no_model(self):
     strings, names = _code_strings_and_names(gradients)

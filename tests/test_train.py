@@ -74,8 +74,8 @@ class TrainTest(parameterized.TestCase):
     self.assertGreater(final["valid_elbo"], before + 5.0,
                        (estimator, before, final))
 
-  @parameterized.parameters("ovis_gamma0")
-  def test_three_layer_sbn_on_the_iw_bound_improves(self, estimator):
+  def test_three_layer_sbn_on_the_iw_bound_improves(self,
+                                                    estimator="ovis_gamma0"):
     config = quick(sbn3_mnist_iw.get_config(), num_latents=50,
                    estimator=estimator, iw_samples=5, num_steps=300,
                    eval_every=300, checkpoint_every=300)
