@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from rebar_jax import gradients
-from rebar_jax.models import protocol as protocol
+from rebar_jax.models import protocol
 
 Array = jax.Array
 

@@ -155,9 +155,10 @@ def _chain_noise(model, x: Array, key: PRNGKey):
   keys = jax.random.split(key, batch * num_layers).reshape(
       (batch, num_layers) + key.shape)
   noise = tuple(
-      jax.vmap(lambda k, layer=layer: protocol.FAMILIES[layer.family].noise(
+      jax.vmap(lambda k, fam=fam, layer=layer: fam.noise(
           k, tuple(layer.event_shape)))(keys[:, l])
-      for l, layer in enumerate(layers))
+      for l, (fam, layer) in enumerate(zip(models_protocol.families(model),
+                                           layers)))
   return keys, noise
 
 

@@ -34,7 +34,7 @@ reduction and a select, no host sync; under vmap per member of the batch).
 """
 import math
 import sys
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 from jax.extend import random as jex_random
@@ -531,11 +531,8 @@ def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
 # REBAR and RELAX.
 # ----------------------------------------------------------------------------
 
-RelaxedFn = Callable[[Array, Array], Array]
-ControlVariate = Callable[[Any, Array, RelaxedFn, Array], Array]
-
-
-relaxed_or_default = generic.relaxed_or_default
+RelaxedFn = generic.RelaxedFn
+ControlVariate = generic.ControlVariate
 
 
 @_checks.nan_if_nonfinite

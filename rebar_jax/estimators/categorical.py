@@ -57,8 +57,8 @@ from rebar_jax.estimators import generic
 Array = jax.Array
 PRNGKey = jax.Array
 Fn = Callable[[Array], Array]
-RelaxedFn = Callable[[Array, Array], Array]
-ControlVariate = Callable[[Any, Array, RelaxedFn], Array]
+RelaxedFn = generic.RelaxedFn
+ControlVariate = generic.ControlVariate
 
 # RELAX's parameters, shared with the Bernoulli family: a log temperature and
 # an MLP on the flattened z (here D * C inputs).

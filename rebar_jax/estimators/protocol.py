@@ -27,7 +27,7 @@ estimator name is mapped to code. A one-layer estimator with the contract
 `stateless`; one with trained control-variate parameters through `tuned`.
 """
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax

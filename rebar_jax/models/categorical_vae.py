@@ -21,7 +21,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rebar_jax.estimators import categorical
 from rebar_jax.models import protocol
 from rebar_jax.models import sbn
 

@@ -23,8 +23,8 @@ submodules whose names contain "encoder".
 
 Everything else (ancestral sampling, importance weights, the training chain)
 is written once against these three methods: `sample` and `log_weight` below,
-`rebar_jax.gradients` for training. `examples/custom_model.py` is a model of
-a dozen lines that mixes a categorical and a Bernoulli layer.
+`rebar_jax.gradients` for training. `examples/custom_model.py` is such a
+model, a categorical layer above a Bernoulli layer.
 """
 from typing import Any, NamedTuple
 

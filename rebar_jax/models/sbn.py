@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rebar_jax.estimators import bernoulli
 from rebar_jax.models import protocol
 
 Array = jax.Array
