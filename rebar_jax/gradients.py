@@ -201,7 +201,7 @@ def _layers(model, params: Params, x: Array, key: PRNGKey):
       Layer(keys[:, l], logits[l],
             functools.partial(lambda l, b, ctx: chain(l, b, ctx), l),
             functools.partial(lambda l, s, t, ctx: chain(l, s, ctx, t), l),
-            (x, bs[:l], noise[l + 1:]), bs[l], fam)
+            (x, bs[:l], noise[l + 1:]), bs[l], fam, noise[l])
       for l, fam in enumerate(families)]
   return log_p, log_q, vjp_fn, layers
 

@@ -49,6 +49,17 @@ def check_logits(logits: Any, min_rank: int = 0) -> jax.Array:
   return logits
 
 
+def check_noise(noise: Any, logits: jax.Array) -> jax.Array:
+  """Returns `noise` as an array of the logits' dtype; raises on a shape mismatch."""
+  noise = jnp.asarray(noise)
+  if noise.shape != logits.shape:
+    raise ValueError(
+        f"noise must have the shape of the logits {logits.shape}, got "
+        f"{noise.shape}: pass the family's noise(key, logits.shape) of this "
+        "draw (one data point's, when the estimator is vmapped).")
+  return noise.astype(logits.dtype)
+
+
 def check_positive(name: str, value: Any) -> None:
   """Raises ValueError if `value` is concrete and not > 0 everywhere."""
   if isinstance(value, jax.core.Tracer):

@@ -11,6 +11,9 @@ f of a sample b of the same shape, and has the signature
 
 All randomness comes from `key`; draw many estimates with
 `jax.vmap(estimator, in_axes=(0, None, None))(jax.random.split(key, n), logits, f)`.
+Every estimator also takes `noise=`, the `logistic_noise` of its key drawn
+already (a model's chain does, to sample b): the same estimate, without
+drawing that noise twice (`generic.sample`).
 
 Shared reparameterisation (Tucker et al. 2017, Sec. 2; Maddison et al. 2017):
 
@@ -330,8 +333,9 @@ def _prepare(key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
   return generic.prepare(_family(), key, logits, f)
 
 
-def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, PRNGKey]:
-  return generic.sample(_family(), key, logits)
+def _sample(key: PRNGKey, logits: Array, noise_: Optional[Array] = None
+            ) -> tuple[Array, Array, PRNGKey]:
+  return generic.sample(_family(), key, logits, noise_)
 
 
 # ----------------------------------------------------------------------------
@@ -341,7 +345,7 @@ def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, PRNGKey]:
 
 @_checks.nan_if_nonfinite
 def reinforce(key: PRNGKey, logits: Array, f: Fn,
-              baseline: Any = 0.0) -> Array:
+              baseline: Any = 0.0, noise: Optional[Array] = None) -> Array:
   r"""REINFORCE (score function), unbiased for any baseline independent of b.
 
       g^ = (f(b) - c) (b - sigmoid(l)),   b ~ Bernoulli(sigmoid(l)).
@@ -353,18 +357,20 @@ def reinforce(key: PRNGKey, logits: Array, f: Fn,
     baseline: c, a scalar or an array broadcastable to l; constant, a moving
       average of f kept by the caller, or an input-dependent (NVIL) prediction.
       It must not depend on this draw's b.
+    noise: optional, `logistic_noise(key, l.shape)` drawn already.
 
   Returns:
     One draw of the estimate, shape of l.
 
   Reference: Williams (1992); Mnih & Gregor (2014) for learned baselines.
   """
-  return generic.reinforce(_family(), key, logits, f, baseline)
+  return generic.reinforce(_family(), key, logits, f, baseline, noise)
 
 
 @_checks.nan_if_nonfinite
 def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
-                  num_samples: int = 2) -> Array:
+                  num_samples: int = 2, noise: Optional[Array] = None
+                  ) -> Array:
   r"""REINFORCE with the leave-one-out baseline over n samples, unbiased.
 
       g^ = (1/n) sum_i (f(b_i) - (1/(n-1)) sum_{j != i} f(b_j)) (b_i - sigmoid(l))
@@ -378,31 +384,34 @@ def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
     logits: l, any shape.
     f: b -> scalar.
     num_samples: n >= 2.
+    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
 
   Reference: Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a
   baseline for free!", ICLR workshop; Salimans & Knowles (2014).
   """
-  return generic.reinforce_loo(_family(), key, logits, f, num_samples)
+  return generic.reinforce_loo(_family(), key, logits, f, num_samples, noise)
 
 
-def _antithetic_pair(key: PRNGKey, logits: Array) -> tuple[Array, Array, Array]:
+def _antithetic_pair(key: PRNGKey, logits: Array,
+                     noise_: Optional[Array] = None
+                     ) -> tuple[Array, Array, Array]:
   """(u - 1/2, b = 1[u < sigmoid(l)], b~ = 1[1 - u < sigmoid(l)]), u ~ U(0,1).
 
-  u is the pair (w, side) of `uniform_halves`: u - 1/2 = +-(w - 1/2) and
-  logit(u) = `logistic_from_halves`. 1[u < sigmoid(l)] <=> logit(u) < l is
-  evaluated in logit space, so P(b = 1) = sigmoid(l) at the noise's full
-  resolution (see `logistic_noise`), also where sigmoid(l) rounds to 0 or 1.
+  From the shared logistic noise n = logit(1 - u) of `_sample` (the chain's
+  noise): b = H(l + n) is the shared sample, b~ = H(l - n) its antithetic
+  twin (logit(u) = -n), and u - 1/2 = sigmoid(-n) - 1/2 = -tanh(n / 2) / 2.
+  The thresholds are evaluated in logit space, so P(b = 1) = sigmoid(l) at the
+  noise's full resolution (see `logistic_noise`), also where sigmoid(l)
+  rounds to 0 or 1.
   """
-  w, side = uniform_halves(key, logits.shape)
-  lu = logistic_from_halves(w, side).astype(logits.dtype)
-  b = (lu < logits).astype(logits.dtype)
-  b_anti = (-lu < logits).astype(logits.dtype)  # logit(1 - u) = -logit(u)
-  centred = jnp.where(side, 0.5 - w, w - 0.5).astype(logits.dtype)
-  return centred, b, b_anti
+  n, b, _ = _sample(key, logits, noise_)
+  b_anti = hard_threshold(logits - n)
+  return -0.5 * jnp.tanh(0.5 * n), b, b_anti
 
 
 @_checks.nan_if_nonfinite
-def arm(key: PRNGKey, logits: Array, f: Fn) -> Array:
+def arm(key: PRNGKey, logits: Array, f: Fn,
+        noise: Optional[Array] = None) -> Array:
   r"""ARM, the augment-REINFORCE-merge estimator, unbiased.
 
       g^ = (f(b~) - f(b)) (u - 1/2),   u ~ U(0,1)^D,
@@ -414,12 +423,13 @@ def arm(key: PRNGKey, logits: Array, f: Fn) -> Array:
   stochastic binary networks", ICLR, Theorem 1.
   """
   logits, f = _prepare(key, logits, f)
-  u_centred, b, b_anti = _antithetic_pair(key, logits)
+  u_centred, b, b_anti = _antithetic_pair(key, logits, noise)
   return (f(b_anti) - f(b)) * u_centred
 
 
 @_checks.nan_if_nonfinite
-def disarm(key: PRNGKey, logits: Array, f: Fn) -> Array:
+def disarm(key: PRNGKey, logits: Array, f: Fn,
+           noise: Optional[Array] = None) -> Array:
   r"""DisARM, ARM Rao-Blackwellised over the augmentation, unbiased.
 
       g^_i = 1/2 (f(b) - f(b~)) (-1)^{b~_i} 1[b_i != b~_i] sigmoid(|l_i|),
@@ -431,7 +441,7 @@ def disarm(key: PRNGKey, logits: Array, f: Fn) -> Array:
   estimator for binary latent variables", NeurIPS, Eq. 6 (multivariate form).
   """
   logits, f = _prepare(key, logits, f)
-  _, b, b_anti = _antithetic_pair(key, logits)
+  _, b, b_anti = _antithetic_pair(key, logits, noise)
   sign = 1.0 - 2.0 * b_anti
   differ = (b != b_anti).astype(logits.dtype)
   return 0.5 * (f(b) - f(b_anti)) * sign * differ * jax.nn.sigmoid(
@@ -439,7 +449,8 @@ def disarm(key: PRNGKey, logits: Array, f: Fn) -> Array:
 
 
 @_checks.nan_if_nonfinite
-def muprop(key: PRNGKey, logits: Array, f: Fn) -> Array:
+def muprop(key: PRNGKey, logits: Array, f: Fn,
+           noise: Optional[Array] = None) -> Array:
   r"""MuProp: REINFORCE with a first-order Taylor control variate, unbiased.
 
   With the mean-field point m = sigmoid(l) and the linearisation
@@ -454,7 +465,7 @@ def muprop(key: PRNGKey, logits: Array, f: Fn) -> Array:
   backpropagation for stochastic neural networks", ICLR, Eq. 6.
   """
   logits, f = _prepare(key, logits, f)
-  _, b, _ = _sample(key, logits)
+  _, b, _ = _sample(key, logits, noise)
   mean = jax.nn.sigmoid(logits)
   f_mean, grad_mean = jax.value_and_grad(f)(mean)
   taylor = f_mean + jnp.sum(grad_mean * (b - mean))
@@ -473,7 +484,7 @@ def relax_sample(z: Array, temperature: Any) -> Array:
 
 @_checks.nan_if_nonfinite
 def concrete(key: PRNGKey, logits: Array, f: Fn,
-             temperature: Any = 0.5) -> Array:
+             temperature: Any = 0.5, noise: Optional[Array] = None) -> Array:
   r"""Concrete / Gumbel-softmax estimator: BIASED for E[f(b)].
 
       g^ = d/dl f(sigmoid((l + logit(u)) / lambda)),   u ~ U(0,1)^D.
@@ -486,13 +497,14 @@ def concrete(key: PRNGKey, logits: Array, f: Fn,
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)
-  noise, _, _ = _sample(key, logits)
+  noise, _, _ = _sample(key, logits, noise)
   return jax.grad(lambda l: f(relax_sample(l + noise, temperature)))(logits)
 
 
 @_checks.nan_if_nonfinite
 def straight_through(key: PRNGKey, logits: Array, f: Fn, gumbel: bool = False,
-                     temperature: Any = 1.0) -> Array:
+                     temperature: Any = 1.0,
+                     noise: Optional[Array] = None) -> Array:
   r"""Straight-through estimators: BIASED.
 
   Plain (Bengio et al. 2013): the forward pass uses the hard sample b, the
@@ -508,7 +520,7 @@ def straight_through(key: PRNGKey, logits: Array, f: Fn, gumbel: bool = False,
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)
-  noise, b, _ = _sample(key, logits)
+  noise, b, _ = _sample(key, logits, noise)
 
   def surrogate(l):
     if gumbel:
@@ -522,9 +534,11 @@ def straight_through(key: PRNGKey, logits: Array, f: Fn, gumbel: bool = False,
 
 @_checks.nan_if_nonfinite
 def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
-                            temperature: Any = 1.0) -> Array:
+                            temperature: Any = 1.0,
+                            noise: Optional[Array] = None) -> Array:
   """Gumbel straight-through, `straight_through(..., gumbel=True)`; BIASED."""
-  return straight_through(key, logits, f, gumbel=True, temperature=temperature)
+  return straight_through(key, logits, f, gumbel=True, temperature=temperature,
+                          noise=noise)
 
 
 # ----------------------------------------------------------------------------
@@ -538,7 +552,8 @@ ControlVariate = generic.ControlVariate
 @_checks.nan_if_nonfinite
 def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
                 f_relaxed: Optional[RelaxedFn] = None,
-                tied: bool = True) -> tuple[Array, Array]:
+                tied: bool = True,
+                noise: Optional[Array] = None) -> tuple[Array, Array]:
   r"""REBAR's REINFORCE term r and its control-variate term h (eta = 1).
 
   `rebar(..., eta)` = r - eta * h. Since E[h] = 0 for every temperature, the
@@ -547,13 +562,13 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
   `control_variates.optimal_eta`. Shapes: both as logits.
   """
   return generic.rebar_terms(_family(), key, logits, f, temperature,
-                             f_relaxed, tied)
+                             f_relaxed, tied, noise)
 
 
 @_checks.nan_if_nonfinite
 def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
           temperature: Any = 0.5, f_relaxed: Optional[RelaxedFn] = None,
-          tied: bool = True) -> Array:
+          tied: bool = True, noise: Optional[Array] = None) -> Array:
   r"""REBAR, unbiased for any eta and temperature.
 
       g^ = [f(b) - eta c(z~)] d/dl log p(b) + eta d/dl c(z) - eta d/dl c(z~),
@@ -575,6 +590,7 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
       models must pass the relaxed chain here (the control variate must be a
       continuous function of this layer's noise).
     tied: use the tied (common random number) conditional noise.
+    noise: optional, `logistic_noise(key, l.shape)` drawn already.
 
   Returns:
     One draw, shape of l. With eta = 0 it equals `reinforce` on the same key.
@@ -583,7 +599,7 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
   Low-variance, unbiased gradient estimates for discrete latent variable
   models", NeurIPS, Eq. 5 and App. G.2.
   """
-  r, h = rebar_terms(key, logits, f, temperature, f_relaxed, tied)
+  r, h = rebar_terms(key, logits, f, temperature, f_relaxed, tied, noise)
   return r - eta * h
 
 
@@ -603,7 +619,7 @@ def default_control_variate(params: RelaxParams, z: Array,
 def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
           control_variate: Optional[ControlVariate] = None,
           temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,
-          tied: bool = True) -> Array:
+          tied: bool = True, noise: Optional[Array] = None) -> Array:
   r"""RELAX with a learned control variate c_phi, unbiased for any phi.
 
       g^ = [f(b) - c_phi(z~)] d/dl log p(b) + d/dl c_phi(z) - d/dl c_phi(z~),
@@ -623,9 +639,10 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
       only when cv_params is None (otherwise it lives in cv_params).
     f_relaxed: as in `rebar`.
     tied: tied conditional noise, as in `rebar`.
+    noise: optional, `logistic_noise(key, l.shape)` drawn already.
 
   Reference: Grathwohl, Choi, Wu, Roeder & Duvenaud (2018), "Backpropagation
   through the void", ICLR, Alg. 2 (discrete case).
   """
   return generic.relax(_family(), key, logits, f, cv_params, control_variate,
-                       temperature, f_relaxed, tied)
+                       temperature, f_relaxed, tied, noise)

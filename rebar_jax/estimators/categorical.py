@@ -13,6 +13,9 @@ instead. Signature, as for the Bernoulli estimators:
 
 All randomness comes from `key`; draw many estimates with
 `jax.vmap(estimator, in_axes=(0, None, None))(jax.random.split(key, n), logits, f)`.
+Every estimator also takes `noise=`, the `gumbel_noise` of its key drawn
+already (a model's chain does, to sample b): the same estimate, without
+drawing that noise twice (`generic.sample`).
 
 Shared reparameterisation (Gumbel-max; Jang et al. 2017, Maddison et al. 2017):
 
@@ -257,9 +260,13 @@ def tied_noise(logits: Array, z: Array, b: Array) -> Array:
   return jax.lax.stop_gradient(jnp.maximum(e, jnp.finfo(e.dtype).min))
 
 
-def _sample(key: PRNGKey, logits: Array) -> tuple[Array, Array, Array, PRNGKey]:
-  """The shared draw: (Gumbel noise g, z = log_softmax(l) + g, b, spare key)."""
-  g, b, key_rest = generic.sample(_family(), key, logits)
+def _sample(key: PRNGKey, logits: Array, noise_: Optional[Array] = None
+            ) -> tuple[Array, Array, Array, PRNGKey]:
+  """The shared draw: (Gumbel noise g, z = log_softmax(l) + g, b, spare key).
+
+  noise_: the Gumbel noise of key, when the caller has drawn it already.
+  """
+  g, b, key_rest = generic.sample(_family(), key, logits, noise_)
   return g, z_from_noise(logits, g), b, key_rest
 
 
@@ -274,7 +281,7 @@ def _prepare(key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
 
 @_checks.nan_if_nonfinite
 def reinforce(key: PRNGKey, logits: Array, f: Fn,
-              baseline: Any = 0.0) -> Array:
+              baseline: Any = 0.0, noise: Optional[Array] = None) -> Array:
   r"""REINFORCE (score function), unbiased for any baseline independent of b.
 
       g^ = (f(b) - c) (b - softmax(l)),   b ~ Cat(softmax(l)) per variable.
@@ -284,18 +291,20 @@ def reinforce(key: PRNGKey, logits: Array, f: Fn,
     logits: l, shape (..., C).
     f: b -> scalar, b one-hot shaped like l.
     baseline: c, a scalar or an array broadcastable to l, not depending on b.
+    noise: optional, `gumbel_noise(key, l.shape)` drawn already.
 
   Returns:
     One draw of the estimate, shape of l.
 
   Reference: Williams (1992).
   """
-  return generic.reinforce(_family(), key, logits, f, baseline)
+  return generic.reinforce(_family(), key, logits, f, baseline, noise)
 
 
 @_checks.nan_if_nonfinite
 def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
-                  num_samples: int = 2) -> Array:
+                  num_samples: int = 2, noise: Optional[Array] = None
+                  ) -> Array:
   r"""REINFORCE with the leave-one-out baseline over n samples, unbiased.
 
       g^ = (1/n) sum_i (f(b_i) - 1/(n-1) sum_{j != i} f(b_j)) (b_i - softmax(l))
@@ -308,11 +317,12 @@ def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
     logits: l, shape (..., C).
     f: b -> scalar.
     num_samples: n >= 2.
+    noise: optional, the Gumbel noise of b_1 (`gumbel_noise(key, l.shape)`).
 
   Reference: Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a
   baseline for free!", ICLR workshop.
   """
-  return generic.reinforce_loo(_family(), key, logits, f, num_samples)
+  return generic.reinforce_loo(_family(), key, logits, f, num_samples, noise)
 
 
 # ----------------------------------------------------------------------------
@@ -349,7 +359,8 @@ def _one_hot(index: Array, num_classes: int, dtype) -> Array:
 
 
 @_checks.nan_if_nonfinite
-def ars(key: PRNGKey, logits: Array, f: Fn) -> Array:
+def ars(key: PRNGKey, logits: Array, f: Fn,
+        noise: Optional[Array] = None) -> Array:
   r"""ARS, augment-REINFORCE-swap with a random reference category, unbiased.
 
   With the augmentation pi_d ~ Dir(1_C) (pi = eps / sum eps, eps = -log u, the
@@ -372,7 +383,7 @@ def ars(key: PRNGKey, logits: Array, f: Fn) -> Array:
   """
   logits, f = _prepare(key, logits, f)
   num_classes = logits.shape[-1]
-  g, _, _, key_j = _sample(key, logits)
+  g, _, _, key_j = _sample(key, logits, noise)
   j = jax.random.randint(key_j, (), 0, num_classes)
   log_p = jax.nn.log_softmax(logits, axis=-1)
   # pseudo[c] = b^{c<->j}; pseudo[j] is the sample b itself.
@@ -386,7 +397,8 @@ def ars(key: PRNGKey, logits: Array, f: Fn) -> Array:
 
 
 @_checks.nan_if_nonfinite
-def arsm(key: PRNGKey, logits: Array, f: Fn) -> Array:
+def arsm(key: PRNGKey, logits: Array, f: Fn,
+         noise: Optional[Array] = None) -> Array:
   r"""ARSM, ARS merged over all reference categories, unbiased.
 
       g^_dc = (1 - delta_d) sum_j [F_cj - (1/C) sum_m F_mj] (1/C - pi_dj),
@@ -405,7 +417,7 @@ def arsm(key: PRNGKey, logits: Array, f: Fn) -> Array:
   """
   logits, f = _prepare(key, logits, f)
   num_classes = logits.shape[-1]
-  g, _, b, _ = _sample(key, logits)
+  g, _, b, _ = _sample(key, logits, noise)
   log_p = jax.nn.log_softmax(logits, axis=-1)
   rows, cols = np.triu_indices(num_classes, 1)  # static, c < j
   pseudo = _swapped_argmax(log_p, g, rows, cols)  # (P, ...)
@@ -428,7 +440,8 @@ def arsm(key: PRNGKey, logits: Array, f: Fn) -> Array:
 
 @_checks.nan_if_nonfinite
 def gumbel_softmax(key: PRNGKey, logits: Array, f: Fn,
-                   temperature: Any = 1.0) -> Array:
+                   temperature: Any = 1.0,
+                   noise: Optional[Array] = None) -> Array:
   r"""Gumbel-softmax / Concrete estimator: BIASED for E[f(b)].
 
       g^ = d/dl f(softmax((log_softmax(l) + g) / lambda)),   g ~ Gumbel(0, 1).
@@ -443,14 +456,15 @@ def gumbel_softmax(key: PRNGKey, logits: Array, f: Fn,
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)
-  g, _, _, _ = _sample(key, logits)
+  g, _, _, _ = _sample(key, logits, noise)
   return jax.grad(lambda l: f(relax_sample(
       jax.nn.log_softmax(l, axis=-1) + g, temperature)))(logits)
 
 
 @_checks.nan_if_nonfinite
 def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
-                            temperature: Any = 1.0) -> Array:
+                            temperature: Any = 1.0,
+                            noise: Optional[Array] = None) -> Array:
   r"""Straight-through Gumbel-softmax: BIASED.
 
       b_st = s + stop_grad(b - s),  s = softmax(z / lambda),  g^ = d/dl f(b_st),
@@ -463,7 +477,7 @@ def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
   """
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)
-  g, _, b, _ = _sample(key, logits)
+  g, _, b, _ = _sample(key, logits, noise)
 
   def surrogate(l):
     soft = relax_sample(jax.nn.log_softmax(l, axis=-1) + g, temperature)
@@ -474,7 +488,7 @@ def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
 
 @_checks.nan_if_nonfinite
 def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
-               num_samples: int = 10) -> Array:
+               num_samples: int = 10, noise: Optional[Array] = None) -> Array:
   r"""Gumbel-Rao: straight-through Gumbel Rao-Blackwellised over z | b; BIASED.
 
       g^ = d/dl f(b + s_K - stop_grad(s_K)),
@@ -490,15 +504,15 @@ def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
   logits, f = _prepare(key, logits, f)
   _checks.check_positive("temperature", temperature)
   _checks.check_int("num_samples", num_samples, 1)
-  _, _, b, key_v = _sample(key, logits)
+  _, _, b, key_v = _sample(key, logits, noise)
   e = -gumbel_noise(key_v, (num_samples,) + logits.shape, logits.dtype)
   const = jax.lax.stop_gradient(logits)
-  noise = jax.vmap(lambda ek: conditional_gumbel(const, b, ek))(e)
-  noise = jax.lax.stop_gradient(noise - jax.nn.log_softmax(const, axis=-1))
+  g_cond = jax.vmap(lambda ek: conditional_gumbel(const, b, ek))(e)
+  g_cond = jax.lax.stop_gradient(g_cond - jax.nn.log_softmax(const, axis=-1))
 
   def surrogate(l):
     log_p = jax.nn.log_softmax(l, axis=-1)
-    soft = jnp.mean(relax_sample(log_p + noise, temperature), axis=0)
+    soft = jnp.mean(relax_sample(log_p + g_cond, temperature), axis=0)
     return f(b + soft - jax.lax.stop_gradient(soft))
 
   return jax.grad(surrogate)(logits)
@@ -512,7 +526,8 @@ def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
 @_checks.nan_if_nonfinite
 def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
                 f_relaxed: Optional[RelaxedFn] = None,
-                tied: bool = True) -> tuple[Array, Array]:
+                tied: bool = True,
+                noise: Optional[Array] = None) -> tuple[Array, Array]:
   r"""REBAR's REINFORCE term r and its control-variate term h (eta = 1).
 
   `rebar(..., eta)` = r - eta * h, with E[h] = 0 for every temperature, so the
@@ -520,13 +535,13 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
   (`control_variates.optimal_eta`). Shapes: both as logits.
   """
   return generic.rebar_terms(_family(), key, logits, f, temperature,
-                             f_relaxed, tied)
+                             f_relaxed, tied, noise)
 
 
 @_checks.nan_if_nonfinite
 def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
           temperature: Any = 0.5, f_relaxed: Optional[RelaxedFn] = None,
-          tied: bool = True) -> Array:
+          tied: bool = True, noise: Optional[Array] = None) -> Array:
   r"""Categorical REBAR, unbiased for any eta and temperature.
 
       g^ = [f(b) - eta c(z~)] (b - softmax(l)) + eta d/dl c(z) - eta d/dl c(z~),
@@ -547,6 +562,7 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
     f_relaxed: (relaxed sample, lambda) -> scalar, the continuous chain in the
       control variate; defaults to f on the relaxed sample.
     tied: use the tied (common random number) conditional noise.
+    noise: optional, `gumbel_noise(key, l.shape)` drawn already.
 
   Returns:
     One draw, shape of l. With eta = 0 it equals `reinforce` on the same key.
@@ -555,7 +571,7 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
   NeurIPS (categorical appendix); Grathwohl et al. (2018), categorical
   appendix.
   """
-  r, h = rebar_terms(key, logits, f, temperature, f_relaxed, tied)
+  r, h = rebar_terms(key, logits, f, temperature, f_relaxed, tied, noise)
   return r - eta * h
 
 
@@ -569,7 +585,7 @@ def default_control_variate(params: RelaxParams, z: Array,
 def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
           control_variate: Optional[ControlVariate] = None,
           temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,
-          tied: bool = True) -> Array:
+          tied: bool = True, noise: Optional[Array] = None) -> Array:
   r"""Categorical RELAX with a learned control variate c_phi; unbiased for all phi.
 
       g^ = [f(b) - c_phi(z~)] (b - softmax(l)) + d/dl c_phi(z) - d/dl c_phi(z~),
@@ -590,12 +606,13 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
       only when cv_params is None (otherwise it lives in cv_params).
     f_relaxed: as in `rebar`.
     tied: tied conditional noise, as in `rebar`.
+    noise: optional, `gumbel_noise(key, l.shape)` drawn already.
 
   Reference: Grathwohl, Choi, Wu, Roeder & Duvenaud (2018), "Backpropagation
   through the void", ICLR, Alg. 2 and the categorical appendix.
   """
   return generic.relax(_family(), key, logits, f, cv_params, control_variate,
-                       temperature, f_relaxed, tied)
+                       temperature, f_relaxed, tied, noise)
 
 
 # ----------------------------------------------------------------------------

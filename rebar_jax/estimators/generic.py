@@ -6,6 +6,8 @@ by every estimator, so no caller repeats a key-split order:
 
     EVENT_NDIM                         0 (Bernoulli units), 1 (one-hot classes)
     noise_and_spare_key(key, shape, dtype) -> (noise, key_rest)
+                                       noise from split(key)[0], key_rest =
+                                       split(key)[1] (`spare_key`)
     z_from_noise(logits, noise) -> z   the reparameterised variable
     sample_from_noise(logits, noise)   b = H(z), no gradient
     relax_sample(z, temperature)       sigma_lambda(z), the relaxation of b
@@ -16,6 +18,12 @@ by every estimator, so no caller repeats a key-split order:
 
 The family modules export the estimators below with their own docstrings and
 formulas (`bernoulli.rebar`, `categorical.rebar`, ...): they call these.
+
+One noise draw per layer: every estimator takes an optional `noise`, the
+family's noise of its key (`family.noise(key, logits.shape)`). A model's chain
+has drawn it already to sample b, and passes it, so the estimator's sample is
+the chain's without drawing the noise a second time; the estimate equals the
+one drawn from `key` alone, draw for draw (tests/test_noise.py).
 """
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -94,28 +102,55 @@ def prepare(family: Family, key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
   return logits, _checks.scalar_fn(f)
 
 
-def sample(family: Family, key: PRNGKey, logits: Array
-           ) -> tuple[Array, Array, PRNGKey]:
-  """The shared draw: (noise, b, a spare key); noise is family.noise(key)."""
-  noise, key_rest = family.noise_and_spare_key(key, logits.shape, logits.dtype)
+def spare_key(key: PRNGKey) -> PRNGKey:
+  """The key for noise beyond the sample's: the second half of split(key).
+
+  A family's `noise_and_spare_key(key)` draws the sample's noise from the
+  first half and returns this one, so an estimator given the noise (see
+  `sample`) draws the same further noise as one that draws it from `key`.
+  """
+  return jax.random.split(key)[1]
+
+
+def sample(family: Family, key: PRNGKey, logits: Array,
+           noise: Optional[Array] = None) -> tuple[Array, Array, PRNGKey]:
+  """The shared draw: (noise, b, a spare key); noise is family.noise(key).
+
+  A caller that has drawn the noise already (a model's chain, which samples
+  b with `family.noise(key)` before the estimator runs) passes it as `noise`,
+  so it is not drawn twice: the result is the same, and only the spare key
+  is derived from `key`.
+  """
+  if noise is None:
+    noise, key_rest = family.noise_and_spare_key(key, logits.shape,
+                                                 logits.dtype)
+  else:
+    noise, key_rest = _checks.check_noise(noise, logits), spare_key(key)
   return noise, family.sample_from_noise(logits, noise), key_rest
 
 
 def reinforce(family: Family, key: PRNGKey, logits: Array, f: Fn,
-              baseline: Any = 0.0) -> Array:
+              baseline: Any = 0.0, noise: Optional[Array] = None) -> Array:
   """g^ = (f(b) - c) score(b), b from `sample`."""
   logits, f = prepare(family, key, logits, f)
-  _, b, _ = sample(family, key, logits)
+  _, b, _ = sample(family, key, logits, noise)
   return (f(b) - baseline) * family.score(logits, b)
 
 
 def reinforce_loo(family: Family, key: PRNGKey, logits: Array, f: Fn,
-                  num_samples: int = 2) -> Array:
-  """g^ = 1/(n-1) sum_i (f(b_i) - mean_j f(b_j)) score(b_i), n i.i.d. b_i."""
+                  num_samples: int = 2, noise: Optional[Array] = None
+                  ) -> Array:
+  """g^ = 1/(n-1) sum_i (f(b_i) - mean_j f(b_j)) score(b_i), n i.i.d. b_i.
+
+  b_1 is `sample`'s (so a given noise is its noise); b_2..b_n come from the
+  spare key split n - 1 ways.
+  """
   logits, f = prepare(family, key, logits, f)
   _checks.check_int("num_samples", num_samples, 2)
-  keys = jax.random.split(key, num_samples)
-  b = jax.vmap(lambda k: sample(family, k, logits)[1])(keys)  # (n, *shape)
+  _, b_1, key_rest = sample(family, key, logits, noise)
+  keys = jax.random.split(key_rest, num_samples - 1)
+  b_rest = jax.vmap(lambda k: sample(family, k, logits)[1])(keys)
+  b = jnp.concatenate([b_1[None], b_rest])  # (n, *shape)
   fs = jax.vmap(f)(b)  # (n,)
   centred = (fs - jnp.mean(fs)).reshape((num_samples,) + (1,) * logits.ndim)
   return jnp.sum(centred * family.score(logits, b), axis=0) / (num_samples - 1)
@@ -132,7 +167,8 @@ def relaxed_or_default(f: Fn, f_relaxed: Optional[RelaxedFn]) -> RelaxedFn:
 
 
 def control_variate_terms(family: Family, key: PRNGKey, logits: Array, f: Fn,
-                          c: Callable[[Array], Array], tied: bool = True
+                          c: Callable[[Array], Array], tied: bool = True,
+                          noise: Optional[Array] = None
                           ) -> tuple[Array, Array]:
   r"""REBAR/RELAX's two halves (r, h), the estimator being g^ = r - h:
 
@@ -144,7 +180,7 @@ def control_variate_terms(family: Family, key: PRNGKey, logits: Array, f: Fn,
   w.r.t. l. v is the tied noise of Tucker et al. (2017), App. G.2 (z~ = z in
   value) or, with tied=False, `conditional_noise` of the spare key.
   """
-  noise, b, key_v = sample(family, key, logits)
+  noise, b, key_v = sample(family, key, logits, noise)
   if tied:
     v = family.tied_noise(logits, family.z_from_noise(logits, noise), b)
   else:
@@ -158,13 +194,14 @@ def control_variate_terms(family: Family, key: PRNGKey, logits: Array, f: Fn,
 
 def rebar_terms(family: Family, key: PRNGKey, logits: Array, f: Fn,
                 temperature: Any = 0.5, f_relaxed: Optional[RelaxedFn] = None,
-                tied: bool = True) -> tuple[Array, Array]:
+                tied: bool = True, noise: Optional[Array] = None
+                ) -> tuple[Array, Array]:
   """(r, h) with c(z) = f_relaxed(sigma_lambda(z), lambda)."""
   logits, f = prepare(family, key, logits, f)
   _checks.check_positive("temperature", temperature)
   f_soft = relaxed_or_default(f, f_relaxed)
   c = lambda z: f_soft(family.relax_sample(z, temperature), temperature)
-  return control_variate_terms(family, key, logits, f, c, tied)
+  return control_variate_terms(family, key, logits, f, c, tied, noise)
 
 
 def default_control_variate(family: Family, params: RelaxParams, z: Array,
@@ -181,7 +218,7 @@ def relax(family: Family, key: PRNGKey, logits: Array, f: Fn,
           cv_params: Optional[RelaxParams] = None,
           control_variate: Optional[ControlVariate] = None,
           temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,
-          tied: bool = True) -> Array:
+          tied: bool = True, noise: Optional[Array] = None) -> Array:
   """r - h with c = control_variate(cv_params, z, f_relaxed).
 
   cv_params defaults to RelaxParams(log lambda, []) with lambda = temperature
@@ -202,5 +239,5 @@ def relax(family: Family, key: PRNGKey, logits: Array, f: Fn,
   f_soft = relaxed_or_default(f, f_relaxed)
   c = _checks.scalar_fn(lambda z: control_variate(cv_params, z, f_soft),
                         "control_variate")
-  r, h = control_variate_terms(family, key, logits, f, c, tied)
+  r, h = control_variate_terms(family, key, logits, f, c, tied, noise)
   return r - h

@@ -104,6 +104,9 @@ class Layer(NamedTuple):
     estimators draw from `keys`, so f_hard(b) is the chain's signal F.
   family: the module of the layer's one-layer estimators (`bernoulli` or
     `categorical`): its `score(logits, b)` and estimator functions.
+  noise: (B, *event) the chain's noise at this layer, `family.noise` of
+    `keys`, from which b was sampled. Estimators are given it (`noise=`), so
+    a layer's noise is drawn once per step, by the chain.
   """
   keys: Array
   logits: Array
@@ -112,6 +115,7 @@ class Layer(NamedTuple):
   ctx: Any
   b: Array
   family: Any
+  noise: Array
 
 
 class Problem(NamedTuple):
@@ -168,20 +172,25 @@ def _zeros(params):
 
 
 def per_data_point(layer: Layer, one: Callable[..., Any]) -> Any:
-  """vmap of one(key, logits, f, f_relaxed) over the data points of a layer."""
-  def run(key, logits, ctx):
+  """vmap of one(key, logits, f, f_relaxed, noise) over a layer's data points."""
+  def run(key, logits, ctx, noise):
     f = lambda b: layer.f_hard(b, ctx)
     f_relaxed = lambda s, t: layer.f_soft(s, t, ctx)
-    return one(key, logits, f, f_relaxed)
+    return one(key, logits, f, f_relaxed, noise)
 
-  return jax.vmap(run)(layer.keys, layer.logits, layer.ctx)
+  return jax.vmap(run)(layer.keys, layer.logits, layer.ctx, layer.noise)
 
 
 def stateless(estimator: Callable[..., Array], **options) -> Estimator:
-  """A one-layer estimator est(key, logits, f, **options), no trained state."""
+  """A one-layer estimator est(key, logits, f, noise=, **options), no state.
+
+  It is given the chain's noise of the layer (`Layer.noise`), so it samples
+  the chain's b without drawing the noise again.
+  """
   def estimate(state, problem):
     grads = [per_data_point(
-        layer, lambda k, lg, f, fr: estimator(k, lg, f, **options))
+        layer, lambda k, lg, f, fr, nz: estimator(k, lg, f, noise=nz,
+                                                  **options))
              for layer in problem.layers]
     return Estimate(grads, _zeros(state.params), state.stats, jnp.zeros(()))
 
@@ -287,16 +296,18 @@ def tuned(init: Callable[[PRNGKey, ModelInfo], EstimatorState],
           ) -> Estimator:
   r"""An estimator whose control variate has parameters phi trained on its variance.
 
-  estimator(params, layer_index, family, key, logits, f, f_relaxed) -> g^ is
-  one draw, unbiased for every phi (family: the layer's `Layer.family`). With `tune`, each layer's draws come with
+  estimator(params, layer_index, family, key, logits, f, f_relaxed, noise)
+  -> g^ is one draw, unbiased for every phi (family: the layer's
+  `Layer.family`; noise: its `Layer.noise`). With `tune`, each layer's draws
+  come with
   d/dphi (1/B) sum_i |g^_il|^2 (`control_variates.variance_gradient`), summed
   over layers; the loss is the matching sum of variance losses.
   """
   def estimate(state, problem):
     grads, param_grads, loss = [], None, jnp.zeros(())
     for l, layer in enumerate(problem.layers):
-      def one(k, lg, f, fr, l=l, layer=layer):
-        draw = lambda p: estimator(p, l, layer.family, k, lg, f, fr)
+      def one(k, lg, f, fr, nz, l=l, layer=layer):
+        draw = lambda p: estimator(p, l, layer.family, k, lg, f, fr, nz)
         if not tune:
           return draw(state.params), (), jnp.zeros(())
         est, g = cv.variance_gradient(draw, state.params)
@@ -328,11 +339,11 @@ def rebar(options: Options) -> Estimator:
     return EstimatorState(
         cv.RebarParams.create(options.eta, options.temperature), ())
 
-  def draw(p, layer_index, family, key, logits, f, f_relaxed):
+  def draw(p, layer_index, family, key, logits, f, f_relaxed, noise):
     del layer_index
     return family.rebar(key, logits, f, eta=p.eta,
                         temperature=jnp.exp(p.log_temperature),
-                        f_relaxed=f_relaxed)
+                        f_relaxed=f_relaxed, noise=noise)
 
   def summary(p):
     return {"eta": float(p.eta),
@@ -357,9 +368,9 @@ def relax(options: Options) -> Estimator:
                                      options.temperature)
          for k, shape in zip(keys, info.layer_shapes)], ())
 
-  def draw(params, layer_index, family, key, logits, f, f_relaxed):
+  def draw(params, layer_index, family, key, logits, f, f_relaxed, noise):
     return family.relax(key, logits, f, cv_params=params[layer_index],
-                        f_relaxed=f_relaxed)
+                        f_relaxed=f_relaxed, noise=noise)
 
   def summary(params):
     return {"temperature": float(np.mean([np.exp(q.log_temperature)
