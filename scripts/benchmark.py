@@ -1,28 +1,37 @@
-r"""Speed of the estimators and of the SBN train step, on whatever backend JAX has.
+r"""Speed of the estimators and of the SBN train step, measured in alternation.
 
   python scripts/benchmark.py --output_dir=results/benchmark
   python scripts/benchmark.py --quick   # small grids, a smoke run
+  python scripts/benchmark.py --compare_to=HEAD~1 --estimators=rebar,disarm
 
-Measures, with warm-up, `--repeats` timed repeats, medians and spread, every
-result blocked until ready:
-  1. every registered estimator alone: gradient draws per second for 200
-     Bernoulli latents (20 x 10 categorical) with a linear-decoder
+The machine's speed drifts within minutes (a shared CPU), so every ratio is
+measured in alternation: the two steps compared run in turns, A B B A A B ...,
+each turn a block of about --block_seconds, and the ratio is the median of the
+per-pair ratios, with its interquartile range (`interleaved`). Sections:
+  1. alone: every registered estimator by itself, gradient draws per second
+     for 200 Bernoulli latents (20 x 10 categorical) with a linear-decoder
      log-likelihood as f, jitted and vmapped over draws;
-  2. the full train step (`lax.scan` over steps, as in training) for the
-     linear and nonlinear SBN at batch 24 and 50, each estimator: steps per
-     second, compile time, and XLA's memory estimate of the compiled step;
-  3. how cost grows with batch (24 -> 4096), latents (50 -> 800) and samples
-     K (VIMCO, 1 -> 100), with the fitted log-log exponent;
-  4. efficiency: XLA's FLOP count of the step over its time, as a fraction of
-     the dense matmul FLOP/s measured on the same machine in the same run
-     (1024 x 1024 x 1024, the practical roofline); beside it, the FLOP/s of a
-     lone matmul of the step's own shape (B x 784 x 200), which bounds what a
-     step made of such matmuls can reach at small B;
-  5. the peer, side by side: the same linear SBN, estimator and batch in
-     Storchastic (PyTorch), run by `scripts/peers/storchastic_sbn.py` in the
-     environment `make peers` builds (--peer_python), right after our own
-     measurement of that estimator; the ratio of steps per second.
-Writes benchmark.json, benchmark.md and benchmark.png to --output_dir.
+  2. steps: the full train step (`lax.scan` over steps, as in training) of the
+     linear and nonlinear SBN at batch 24 and 50, each estimator timed in
+     alternation with REINFORCE's step on the same model and batch: steps per
+     second, cost in REINFORCE steps, compile time, XLA's memory estimate,
+     and efficiency: XLA's FLOP count of the step over its time, as a fraction
+     of the dense matmul FLOP/s measured in the same run (1024^3, the
+     practical roofline) and of a lone matmul of the step's own shape
+     (B x 784 x 200, which bounds what a step made of such matmuls can reach
+     at small B);
+  3. peer: the same linear SBN, estimator and batch (24) in Storchastic
+     (PyTorch), run by `scripts/peers/storchastic_sbn.py --serve` in the
+     environment `make peers` builds (--peer_python), timed in alternation
+     with ours: the median ratio of steps per second and its spread;
+  4. scaling: how cost grows with batch (24 -> 4096, with the roofline
+     fraction), latents (50 -> 800) and samples K (VIMCO, 1 -> 100), with the
+     fitted log-log exponent.
+--compare_to=REV instead times this checkout's train step against the one of
+git revision REV (exported to a temporary directory), both as step servers
+(`--serve`) run by this script's code in alternation, per estimator of
+--estimators (before/after a change). Writes benchmark.json, benchmark.md and
+benchmark.png (compare.json, compare.md with --compare_to) to --output_dir.
 """
 import json
 import os
@@ -30,8 +39,9 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -49,24 +59,39 @@ from rebar_jax import train
 from rebar_jax.models import sbn
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/benchmark", "Output.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 7, "Timed repeats (pairs of turns, in alternation).")
+_BLOCK_SECONDS = flags.DEFINE_float(
+    "block_seconds", 0.5, "Length of one timed turn, seconds.")
 _QUICK = flags.DEFINE_bool("quick", False, "Small grids (a smoke run).")
 _STEPS = flags.DEFINE_integer("steps_per_call", 100, "Scanned steps per call.")
 _SECTIONS = flags.DEFINE_list(
-    "sections", ["alone", "steps", "scaling"],
+    "sections", ["alone", "steps", "peer", "scaling"],
     "Which measurements: alone (estimators by themselves), steps (train step "
-    "table), scaling. With steps left out, the peer comparison still runs "
-    "on the linear SBN at batch 24.")
+    "table), peer (Storchastic side by side), scaling.")
+_ESTIMATORS = flags.DEFINE_list(
+    "estimators", [], "Estimators of the steps, peer and compare_to "
+    "measurements (default: all of the steps table; reinforce, disarm, "
+    "rebar, relax for --compare_to).")
 _PEER_PYTHON = flags.DEFINE_string(
     "peer_python", ".venv-peers/bin/python",
     "Python of the environment with PyTorch + Storchastic (`make peers`); "
     "empty to skip the peer comparison.")
+_COMPARE_TO = flags.DEFINE_string(
+    "compare_to", "", "A git revision: time this checkout's train step "
+    "against that revision's, in alternation (before/after a change).")
+_SERVE = flags.DEFINE_string(
+    "serve", "", "Internal: serve the train step of estimator NAME "
+    "(linear SBN, --serve_batch) on stdin/stdout for --compare_to.")
+_SERVE_BATCH = flags.DEFINE_integer("serve_batch", 24, "Batch of --serve.")
 
 _PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                             "peers", "storchastic_sbn.py")
 # Ours -> Storchastic's nearest estimator (see the peer script's METHODS).
 _PEER_ESTIMATORS = ("reinforce", "reinforce_loo", "arm", "disarm", "rebar",
                     "relax", "concrete", "straight_through_gumbel")
+
+Timer = Callable[[int], float]  # steps -> seconds to run that many steps
 
 
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
@@ -79,6 +104,106 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     times.append(time.perf_counter() - t)
   return {"median_s": statistics.median(times), "min_s": min(times),
           "max_s": max(times)}
+
+
+def block_steps(timer: Timer, unit: int, seconds: float) -> int:
+  """Steps (a multiple of `unit`) that `timer` runs in about `seconds`.
+
+  The first call warms up (and compiles); steps double until a turn takes a
+  quarter of `seconds`, then scale to it.
+  """
+  timer(unit)
+  steps, took = unit, timer(unit)
+  while took < seconds / 4:
+    steps *= 2
+    took = timer(steps)
+  return max(unit, int(round(steps * seconds / took / unit)) * unit)
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+  """(first quartile, median, third quartile), linear interpolation."""
+  q1, med, q3 = np.percentile(np.asarray(values, np.float64), [25, 50, 75])
+  return float(q1), float(med), float(q3)
+
+
+def interleaved(a: Timer, b: Timer, repeats: int, seconds: float,
+                unit_a: int = 1, unit_b: int = 1) -> dict[str, float]:
+  """Steps/s of a over b's, measured in alternation.
+
+  Each side runs turns of about `seconds` (`block_steps`); `repeats` pairs
+  of turns run in the order A B, B A, A B, ... (so neither side always goes
+  first), and each pair gives ratio_i = rate_a / rate_b. Drift of the
+  machine's speed slower than a pair cancels in ratio_i.
+
+  Returns:
+    ratio (median of the ratio_i), ratio_q1 and ratio_q3 (interquartile
+    range), a_steps_per_sec and b_steps_per_sec (medians), repeats.
+  """
+  n_a = block_steps(a, unit_a, seconds)
+  n_b = block_steps(b, unit_b, seconds)
+  rates_a, rates_b, ratios = [], [], []
+  for i in range(repeats):
+    if i % 2 == 0:
+      t_a = a(n_a)
+      t_b = b(n_b)
+    else:
+      t_b = b(n_b)
+      t_a = a(n_a)
+    rates_a.append(n_a / t_a)
+    rates_b.append(n_b / t_b)
+    ratios.append(rates_a[-1] / rates_b[-1])
+  q1, med, q3 = quartiles(ratios)
+  return {"ratio": med, "ratio_q1": q1, "ratio_q3": q3,
+          "a_steps_per_sec": statistics.median(rates_a),
+          "b_steps_per_sec": statistics.median(rates_b), "repeats": repeats}
+
+
+class StepServer:
+  """A train step timed in another process: `server(n)` -> seconds for n steps.
+
+  The process prints one JSON line when ready ({"ready": ...} or {"error":
+  ...}), then answers each line "n" on its stdin with {"seconds": t}.
+  """
+
+  def __init__(self, command: Sequence[str], env: Optional[dict] = None):
+    self._stderr = tempfile.TemporaryFile(mode="w+")
+    self._proc = subprocess.Popen(
+        list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=self._stderr, text=True, env=env)
+    self.info = self._read()
+    if "error" in self.info:
+      self.close()
+      raise RuntimeError(self.info["error"])
+
+  def _read(self) -> dict:
+    for line in self._proc.stdout:
+      if line.startswith("{"):
+        return json.loads(line)
+    self._stderr.seek(0)
+    tail = self._stderr.read()[-600:]
+    raise RuntimeError(f"step server exited ({self._proc.wait()}): {tail}")
+
+  def __call__(self, steps: int) -> float:
+    self._proc.stdin.write(f"{steps}\n")
+    self._proc.stdin.flush()
+    return float(self._read()["seconds"])
+
+  def close(self):
+    if self._proc.poll() is None:
+      self._proc.stdin.close()
+      try:
+        self._proc.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        self._proc.kill()
+    self._stderr.close()
+
+
+def serve(timer: Timer, info: dict):
+  """The server side of `StepServer`: answers "n" lines with timings."""
+  print(json.dumps({"ready": True, **info}), flush=True)
+  for line in sys.stdin:
+    if line.strip():
+      print(json.dumps({"seconds": timer(int(line))}), flush=True)
 
 
 def matmul_flops_per_sec(repeats: int, m: int = 1024, k: int = 1024,
@@ -103,20 +228,11 @@ def matmul_flops_per_sec(repeats: int, m: int = 1024, k: int = 1024,
   return 2 * m * k * n * calls / timed(lambda: mm(a, b), repeats)["median_s"]
 
 
-def peer_steps_per_sec(python: str, estimator: str, batch: int, data: str,
-                       steps: int, repeats: int) -> dict:
-  """Storchastic's steps/s for one estimator (a subprocess in its own env)."""
-  cmd = [python, _PEER_SCRIPT, f"--estimator={estimator}", f"--batch={batch}",
-         f"--data={data}", f"--steps={steps}", f"--repeats={repeats}"]
-  try:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                         check=False)
-  except subprocess.TimeoutExpired:
-    return {"error": "timed out after 900 s"}
-  lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-  if not lines:
-    return {"error": f"exit {out.returncode}: {out.stderr.strip()[-300:]}"}
-  return json.loads(lines[-1])
+def peer_server(python: str, estimator: str, batch: int, data: str
+                ) -> StepServer:
+  """Storchastic's train step for one estimator, served in its own env."""
+  return StepServer([python, _PEER_SCRIPT, f"--estimator={estimator}",
+                     f"--batch={batch}", f"--data={data}", "--serve"])
 
 
 def estimator_throughput(repeats: int, num_draws: int) -> list[dict]:
@@ -146,44 +262,66 @@ def estimator_throughput(repeats: int, num_draws: int) -> list[dict]:
   return rows
 
 
-def train_step(model_kind: str, estimator: str, batch: int, num_latents: int,
-               num_samples: int, steps: int, repeats: int, flops_peak: float
-               ) -> dict:
-  """Steps/s, compile time, memory and roofline fraction of the train step."""
-  c = sbn_mnist.get_config()
-  c.nonlinear = model_kind == "nonlinear"
-  c.estimator, c.batch_size, c.num_latents = estimator, batch, num_latents
-  c.iw_samples = num_samples
-  exp = train.build(c)
-  state = train.init_state(exp, 0)
-  chunk = train.make_train_chunk(exp, 0)
-  x = jnp.asarray(exp.dataset.train)
-  idx = jnp.asarray(np.random.default_rng(0).integers(
-      0, x.shape[0], (steps, batch)), jnp.int32)
-  t = time.perf_counter()
-  compiled = chunk.lower(state, idx, x).compile()
-  compile_s = time.perf_counter() - t
-  # XLA counts a while loop's body once, whatever its trip count: take the
-  # FLOPs of one step from a one-step scan.
-  cost = chunk.lower(state, idx[:1], x).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan")))
-  mem = compiled.memory_analysis()
-  temp_bytes = getattr(mem, "temp_size_in_bytes", float("nan"))
-  holder = [state]
+class TrainStep:
+  """The compiled train step of one configuration, with its static costs.
 
-  def call():
-    holder[0], metrics = compiled(holder[0], idx, x)
-    return metrics
+  `self(n)` runs n steps (n a multiple of `steps_per_call`, the scan length of
+  one call) and returns the seconds they took, results blocked until ready.
+  Attributes: compile_s, flops_per_step (XLA's count), temp_bytes (XLA's
+  memory estimate), steps_per_call.
+  """
 
-  tm = timed(call, repeats)
-  step_s = tm["median_s"] / steps
-  return {"model": model_kind, "estimator": estimator, "batch": batch,
-          "num_latents": num_latents, "num_samples": num_samples,
-          "steps_per_sec": 1 / step_s, "compile_s": compile_s,
-          "flops_per_step": flops, "temp_bytes": temp_bytes,
-          "roofline_fraction": flops / step_s / flops_peak,
-          "spread": (tm["max_s"] - tm["min_s"]) / tm["median_s"]}
+  def __init__(self, model_kind: str, estimator: str, batch: int,
+               num_latents: int = 200, num_samples: int = 1,
+               steps_per_call: int = 100):
+    c = sbn_mnist.get_config()
+    c.nonlinear = model_kind == "nonlinear"
+    c.estimator, c.batch_size, c.num_latents = estimator, batch, num_latents
+    c.iw_samples = num_samples
+    exp = train.build(c)
+    self._state = train.init_state(exp, 0)
+    chunk = train.make_train_chunk(exp, 0)
+    self._x = jnp.asarray(exp.dataset.train)
+    self._idx = jnp.asarray(np.random.default_rng(0).integers(
+        0, self._x.shape[0], (steps_per_call, batch)), jnp.int32)
+    t = time.perf_counter()
+    self._compiled = chunk.lower(self._state, self._idx, self._x).compile()
+    self.compile_s = time.perf_counter() - t
+    # XLA counts a while loop's body once, whatever its trip count: take the
+    # FLOPs of one step from a one-step scan.
+    cost = chunk.lower(self._state, self._idx[:1], self._x).compile(
+        ).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops_per_step = float(cost.get("flops", float("nan")))
+    mem = self._compiled.memory_analysis()
+    self.temp_bytes = getattr(mem, "temp_size_in_bytes", float("nan"))
+    self.steps_per_call = steps_per_call
+
+  def __call__(self, steps: int) -> float:
+    t = time.perf_counter()
+    for _ in range(max(1, steps // self.steps_per_call)):
+      self._state, metrics = self._compiled(self._state, self._idx, self._x)
+    jax.block_until_ready((self._state, metrics))
+    return time.perf_counter() - t
+
+
+def step_row(kind: str, name: str, batch: int, flops_peak: float,
+             against: TrainStep, repeats: int, seconds: float,
+             **model) -> dict:
+  """One estimator's step, in alternation with `against` (REINFORCE's)."""
+  step = TrainStep(kind, name, batch, **model, steps_per_call=_STEPS.value)
+  m = interleaved(against, step, repeats, seconds, step.steps_per_call,
+                  step.steps_per_call)
+  rate = m["b_steps_per_sec"]
+  return {"model": kind, "estimator": name, "batch": batch,
+          "num_latents": model.get("num_latents", 200),
+          "num_samples": model.get("num_samples", 1),
+          "steps_per_sec": rate, "compile_s": step.compile_s,
+          "flops_per_step": step.flops_per_step, "temp_bytes": step.temp_bytes,
+          "roofline_fraction": step.flops_per_step * rate / flops_peak,
+          # REINFORCE's steps/s over this one's: the cost in REINFORCE steps.
+          "cost": m["ratio"], "cost_q1": m["ratio_q1"],
+          "cost_q3": m["ratio_q3"]}
 
 
 def slope(xs, ys) -> float:
@@ -191,83 +329,198 @@ def slope(xs, ys) -> float:
   return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
+def steps_per_sec(step: TrainStep, repeats: int, seconds: float) -> float:
+  """Median steps/s of `step` alone over `repeats` turns of about `seconds`."""
+  n = block_steps(step, step.steps_per_call, seconds)
+  return statistics.median(n / step(n) for _ in range(repeats))
+
+
+def export_revision(rev: str, directory: str) -> str:
+  """`git archive` of revision `rev` of this checkout, unpacked in `directory`."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  archive = subprocess.run(["git", "-C", root, "archive", "--format=tar", rev],
+                           capture_output=True, check=False)
+  if archive.returncode != 0:
+    raise app.UsageError(f"--compare_to={rev}: git archive failed: "
+                         f"{archive.stderr.decode().strip()}")
+  subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout,
+                 check=True)
+  commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", rev],
+                          capture_output=True, text=True, check=True)
+  return commit.stdout.strip()
+
+
+def compare(rev: str, names: Sequence[str], repeats: int, seconds: float,
+            out_dir: str) -> dict:
+  """This checkout's train step against revision `rev`'s, in alternation.
+
+  Both run as step servers (`--serve`) of this script; the other one runs
+  from a copy of this script inside the exported revision, so it imports that
+  revision's rebar_jax and configs.
+  """
+  here = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(
+      __file__)), "describe", "--always", "--dirty"], capture_output=True,
+                        text=True, check=False).stdout.strip() or "this tree"
+  rows = []
+  with tempfile.TemporaryDirectory() as tree:
+    commit = export_revision(rev, tree)
+    script = os.path.join(tree, "scripts", "_benchmark_here.py")
+    os.makedirs(os.path.dirname(script), exist_ok=True)
+    with open(os.path.abspath(__file__)) as src, open(script, "w") as dst:
+      dst.write(src.read())
+    env = dict(os.environ, PYTHONPATH=tree)
+    for name in names:
+      args = [f"--serve={name}", f"--serve_batch={24}",
+              f"--steps_per_call={_STEPS.value}"]
+      servers = []
+      try:
+        servers.append(StepServer([sys.executable, os.path.abspath(__file__),
+                                   *args]))
+        servers.append(StepServer([sys.executable, script, *args], env=env))
+        unit = _STEPS.value
+        m = interleaved(servers[0], servers[1], repeats, seconds, unit, unit)
+        rows.append({"estimator": name, **m})
+        print(f"{name:24s} {here} / {commit}: {m['ratio']:.3f} "
+              f"(IQR {m['ratio_q1']:.3f}-{m['ratio_q3']:.3f}), "
+              f"{m['a_steps_per_sec']:.0f} vs {m['b_steps_per_sec']:.0f} "
+              "steps/s")
+      except RuntimeError as e:
+        rows.append({"estimator": name, "error": str(e)[-300:]})
+        print(f"{name:24s} {e}")
+      finally:
+        for server in servers:
+          server.close()
+  result = {"machine": machine_line(), "here": here, "revision": commit,
+            "rows": rows, "repeats": repeats, "block_seconds": seconds}
+  with open(os.path.join(out_dir, "compare.json"), "w") as fh:
+    json.dump(result, fh, indent=2)
+  md = compare_markdown(result)
+  with open(os.path.join(out_dir, "compare.md"), "w") as fh:
+    fh.write(md)
+  print(md)
+  return result
+
+
+def compare_markdown(result: dict) -> str:
+  md = [f"Machine: {result['machine']}. Linear SBN 784-200, batch 24: "
+        f"{result['here']} against {result['revision']}, timed in alternation "
+        f"({result['repeats']} pairs of ~{result['block_seconds']} s turns).",
+        "", "| estimator | steps/s here | steps/s there | ratio (median) | "
+        "IQR |", "| --- | --- | --- | --- | --- |"]
+  for r in result["rows"]:
+    if "error" in r:
+      md.append(f"| {r['estimator']} | - | - | - ({r['error'][:80]}) | - |")
+      continue
+    md.append(f"| {r['estimator']} | {r['a_steps_per_sec']:.1f} | "
+              f"{r['b_steps_per_sec']:.1f} | {r['ratio']:.3f} | "
+              f"{r['ratio_q1']:.3f}-{r['ratio_q3']:.3f} |")
+  return "\n".join(md) + "\n"
+
+
+def machine_line() -> str:
+  device = jax.devices()[0]
+  return (f"{device.platform} ({device.device_kind}), {os.cpu_count()} "
+          f"host cores, {platform.processor() or platform.machine()}; "
+          f"jax {jax.__version__}")
+
+
 def main(argv):
   del argv
-  quick, repeats, steps = _QUICK.value, _REPEATS.value, _STEPS.value
+  quick, repeats, seconds = _QUICK.value, _REPEATS.value, _BLOCK_SECONDS.value
+  if _SERVE.value:
+    step = TrainStep("linear", _SERVE.value, _SERVE_BATCH.value,
+                     steps_per_call=_STEPS.value)
+    serve(step, {"estimator": _SERVE.value, "batch": _SERVE_BATCH.value})
+    return
   out_dir = _OUTPUT_DIR.value
   os.makedirs(out_dir, exist_ok=True)
-  device = jax.devices()[0]
+  if _COMPARE_TO.value:
+    compare(_COMPARE_TO.value, _ESTIMATORS.value or
+            ["reinforce", "disarm", "rebar", "relax"], repeats, seconds,
+            out_dir)
+    return
+  sections = set(_SECTIONS.value)
+  unknown = sections - {"alone", "steps", "peer", "scaling"}
+  if unknown:
+    raise app.UsageError(f"Unknown sections {sorted(unknown)}; choose from "
+                         "alone, steps, peer, scaling.")
   peak = matmul_flops_per_sec(repeats)
-  machine = (f"{device.platform} ({device.device_kind}), {os.cpu_count()} "
-             f"host cores, {platform.processor() or platform.machine()}; "
-             f"jax {jax.__version__}")
+  machine = machine_line()
   print(f"{machine}\nmatmul roofline: {peak / 1e9:.1f} GFLOP/s")
 
-  peer = _PEER_PYTHON.value
+  peer = _PEER_PYTHON.value if "peer" in sections else ""
   if peer and not os.path.exists(peer):
     print(f"No peer environment at {peer}: run `make peers` to compare with "
           "Storchastic (or pass --peer_python=).")
     peer = ""
-  peer_data = os.path.join(out_dir, "peer_data.npy")
-  if peer:
-    np.save(peer_data, np.asarray(train.build(sbn_mnist.get_config())
-                                  .dataset.train, np.uint8))
-
-  sections = set(_SECTIONS.value)
-  unknown = sections - {"alone", "steps", "scaling"}
-  if unknown:
-    raise app.UsageError(f"Unknown sections {sorted(unknown)}; choose from "
-                         "alone, steps, scaling.")
-  alone = (estimator_throughput(repeats, 64 if quick else 256)
+  alone = (estimator_throughput(5, 64 if quick else 256)
            if "alone" in sections else [])
-  names = (["reinforce", "disarm", "rebar"] if quick else
-           sorted(set(estimators.BERNOULLI) | {"nvil"}))
-  steps_rows, peer_rows = [], []
-  full = "steps" in sections
-  for kind in ("linear", "nonlinear") if full else ("linear",):
-    for batch in ((24,) if quick or not full else (24, 50)):
+  names = _ESTIMATORS.value or (
+      ["reinforce", "disarm", "rebar"] if quick else
+      sorted(set(estimators.BERNOULLI) | {"nvil"}))
+  steps_rows = []
+  for kind in ("linear", "nonlinear") if "steps" in sections else ():
+    for batch in (24,) if quick else (24, 50):
+      reinforce = TrainStep(kind, "reinforce", batch,
+                            steps_per_call=_STEPS.value)
       for name in names:
-        steps_rows.append(train_step(kind, name, batch, 200, 1, steps, repeats,
-                                     peak))
+        steps_rows.append(step_row(kind, name, batch, peak, reinforce,
+                                   repeats, seconds))
         r = steps_rows[-1]
         print(f"{kind:9s} B={batch:<4d} {name:24s} {r['steps_per_sec']:8.1f} "
-              f"steps/s  compile {r['compile_s']:.1f}s  roofline "
+              f"steps/s  {r['cost']:.2f} REINFORCE steps  compile "
+              f"{r['compile_s']:.1f}s  roofline "
               f"{100 * r['roofline_fraction']:.1f}%")
-        if kind == "linear" and batch == 24 and peer:
-          theirs = (peer_steps_per_sec(peer, name, batch, peer_data, steps,
-                                       repeats)
-                    if name in _PEER_ESTIMATORS else
-                    {"error": "no Storchastic equivalent"})
-          peer_rows.append({"estimator": name, "batch": batch,
-                            "ours_steps_per_sec": r["steps_per_sec"],
-                            **{f"peer_{k}": v for k, v in theirs.items()}})
-          if "steps_per_sec" in theirs:
-            peer_rows[-1]["ratio"] = r["steps_per_sec"] / theirs["steps_per_sec"]
-            print(f"  Storchastic {theirs['steps_per_sec']:8.1f} steps/s: "
-                  f"ratio {peer_rows[-1]['ratio']:.1f}")
-          else:
-            print(f"  Storchastic: {theirs['error']}")
+
+  peer_rows = []
+  if peer:
+    peer_data = os.path.join(out_dir, "peer_data.npy")
+    np.save(peer_data, np.asarray(train.build(sbn_mnist.get_config())
+                                  .dataset.train, np.uint8))
+  for name in names if peer else ():
+    if name not in _PEER_ESTIMATORS:
+      peer_rows.append({"estimator": name, "batch": 24,
+                        "error": "no Storchastic equivalent"})
+      continue
+    ours = TrainStep("linear", name, 24, steps_per_call=_STEPS.value)
+    try:
+      theirs = peer_server(peer, name, 24, peer_data)
+    except RuntimeError as e:
+      peer_rows.append({"estimator": name, "batch": 24,
+                        "error": str(e)[-300:]})
+      print(f"  Storchastic {name}: {e}")
+      continue
+    try:
+      m = interleaved(ours, theirs, repeats, seconds, ours.steps_per_call, 1)
+    finally:
+      theirs.close()
+    peer_rows.append({"estimator": name, "batch": 24, **m,
+                      "roofline_fraction": ours.flops_per_step *
+                                           m["a_steps_per_sec"] / peak})
+    print(f"{name:24s} {m['a_steps_per_sec']:8.1f} vs Storchastic "
+          f"{m['b_steps_per_sec']:8.1f} steps/s: {m['ratio']:.1f}x (IQR "
+          f"{m['ratio_q1']:.1f}-{m['ratio_q3']:.1f})")
 
   grids = {
-      "batch": [24, 256] if quick else [24, 64, 256, 1024, 4096],
+      "batch": [24, 256] if quick else [24, 256, 1024, 4096],
       "num_latents": [50, 200] if quick else [50, 100, 200, 400, 800],
       "num_samples": [2, 10] if quick else [2, 5, 10, 50, 100],
   }
   scaling = {}
   for axis, values in (grids.items() if "scaling" in sections else ()):
     est = "vimco_geometric" if axis == "num_samples" else "rebar"
-    rows = []
+    times, fractions = [], []
     for v in values:
-      kw = dict(batch=24, num_latents=200, num_samples=1)
+      kw = dict(num_latents=200, num_samples=1, batch=24)
       kw[axis] = v
-      rows.append(train_step("linear", est, kw["batch"], kw["num_latents"],
-                             kw["num_samples"], max(steps // 10, 5), repeats,
-                             peak))
-    times = [1 / r["steps_per_sec"] for r in rows]
+      step = TrainStep("linear", est, steps_per_call=max(_STEPS.value // 10,
+                                                         5), **kw)
+      rate = steps_per_sec(step, repeats, seconds)
+      times.append(1 / rate)
+      fractions.append(step.flops_per_step * rate / peak)
     scaling[axis] = {"estimator": est, "values": values,
                      "seconds_per_step": times,
-                     "roofline_fraction": [r["roofline_fraction"]
-                                           for r in rows],
+                     "roofline_fraction": fractions,
                      "exponent": slope(values, times)}
     print(f"scaling with {axis} ({est}): exponent "
           f"{scaling[axis]['exponent']:.2f}")
@@ -278,7 +531,7 @@ def main(argv):
   if "batch" in scaling:
     batches |= set(scaling["batch"]["values"])
   for b in sorted(batches):
-    shape_bound[b] = matmul_flops_per_sec(repeats, b, 784, 200,
+    shape_bound[b] = matmul_flops_per_sec(5, b, 784, 200,
                                           calls=max(10, 20000 // b))
     print(f"matmul {b} x 784 x 200: {shape_bound[b] / 1e9:.1f} GFLOP/s = "
           f"{100 * shape_bound[b] / peak:.1f}% of the roofline")
@@ -286,10 +539,11 @@ def main(argv):
   result = {"machine": machine, "matmul_flops_per_sec": peak,
             "step_shape_matmul_flops_per_sec": shape_bound,
             "estimators_alone": alone, "train_step": steps_rows,
-            "peer_storchastic": peer_rows, "scaling": scaling}
+            "peer_storchastic": peer_rows, "scaling": scaling,
+            "repeats": repeats, "block_seconds": seconds}
   with open(os.path.join(out_dir, "benchmark.json"), "w") as fh:
     json.dump(result, fh, indent=2)
-  md = markdown(result, repeats)
+  md = markdown(result)
   with open(os.path.join(out_dir, "benchmark.md"), "w") as fh:
     fh.write(md)
   print(md)
@@ -297,47 +551,54 @@ def main(argv):
     plot(scaling, os.path.join(out_dir, "benchmark.png"))
 
 
-def markdown(result: dict, repeats: int) -> str:
+def markdown(result: dict) -> str:
   """The tables of benchmark.md."""
   peak, bound = result["matmul_flops_per_sec"], result[
       "step_shape_matmul_flops_per_sec"]
-  steps_rows = result["train_step"]
   md = [f"Machine: {result['machine']}. Matmul roofline (1024^3, measured in "
-        f"this run) {peak / 1e9:.1f} GFLOP/s. Medians of {repeats} repeats."]
+        f"this run) {peak / 1e9:.1f} GFLOP/s. Ratios: medians over "
+        f"{result['repeats']} pairs of turns of ~{result['block_seconds']} s "
+        "timed in alternation, with the interquartile range (IQR)."]
   if result["estimators_alone"]:
     md += ["", "| family | estimator | draws/s |", "| --- | --- | --- |"]
     md += [f"| {r['family']} | {r['estimator']} | {r['draws_per_sec']:.0f} |"
            for r in result["estimators_alone"]]
   if result["peer_storchastic"]:
-    md += ["", "Side by side with Storchastic (PyTorch, CPU), linear SBN "
-           "784-200, batch 24, in this run:", "",
-           "| estimator | rebar_jax steps/s | Storchastic steps/s | ratio |",
-           "| --- | --- | --- | --- |"]
+    md += ["", "Against Storchastic (PyTorch, CPU), linear SBN 784-200, batch "
+           "24, in alternation:", "",
+           "| estimator | rebar_jax steps/s | Storchastic steps/s | ratio "
+           "(median) | IQR | roofline % |",
+           "| --- | --- | --- | --- | --- | --- |"]
     for r in result["peer_storchastic"]:
-      theirs = (f"{r['peer_steps_per_sec']:.1f}" if "ratio" in r else
-                f"- ({r['peer_error']})")
-      ratio = f"{r['ratio']:.1f}x" if "ratio" in r else "-"
-      md.append(f"| {r['estimator']} | {r['ours_steps_per_sec']:.1f} | "
-                f"{theirs} | {ratio} |")
-  reinforce = {(r["model"], r["batch"]): r["steps_per_sec"]
-               for r in steps_rows if r["estimator"] == "reinforce"}
-  md += ["", "Roofline %: the step's XLA FLOPs per second over the 1024^3 "
-         "matmul's; shape-bound %: over a lone B x 784 x 200 matmul's.", "",
-         "| model | batch | estimator | steps/s | cost / REINFORCE step "
-         "| compile s | roofline % | shape-bound % | XLA temp MB |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for r in steps_rows:
-    ratio = reinforce[(r["model"], r["batch"])] / r["steps_per_sec"]
+      if "error" in r:
+        md.append(f"| {r['estimator']} | - | - ({r['error'][:80]}) | - | - "
+                  "| - |")
+        continue
+      md.append(f"| {r['estimator']} | {r['a_steps_per_sec']:.1f} | "
+                f"{r['b_steps_per_sec']:.1f} | {r['ratio']:.1f}x | "
+                f"{r['ratio_q1']:.1f}-{r['ratio_q3']:.1f} | "
+                f"{100 * r['roofline_fraction']:.1f} |")
+  if result["train_step"]:
+    md += ["", "Each step in alternation with REINFORCE's on the same model "
+           "and batch. Roofline %: the step's XLA FLOPs per second over the "
+           "1024^3 matmul's; shape-bound %: over a lone B x 784 x 200 "
+           "matmul's.", "",
+           "| model | batch | estimator | steps/s | cost in REINFORCE steps "
+           "(IQR) | compile s | roofline % | shape-bound % | XLA temp MB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in result["train_step"]:
     achieved = r["roofline_fraction"] * peak
     md.append(f"| {r['model']} | {r['batch']} | {r['estimator']} | "
-              f"{r['steps_per_sec']:.1f} | {ratio:.2f} | {r['compile_s']:.1f} | "
+              f"{r['steps_per_sec']:.1f} | {r['cost']:.2f} ({r['cost_q1']:.2f}"
+              f"-{r['cost_q3']:.2f}) | {r['compile_s']:.1f} | "
               f"{100 * r['roofline_fraction']:.1f} | "
               f"{100 * achieved / bound[r['batch']]:.1f} | "
               f"{r['temp_bytes'] / 2**20:.1f} |")
-  md += ["", "| B x 784 x 200 matmul | GFLOP/s | % of roofline |",
-         "| --- | --- | --- |"]
-  md += [f"| B = {b} | {v / 1e9:.1f} | {100 * v / peak:.1f} |"
-         for b, v in bound.items()]
+  if bound:
+    md += ["", "| B x 784 x 200 matmul | GFLOP/s | % of roofline |",
+           "| --- | --- | --- |"]
+    md += [f"| B = {b} | {v / 1e9:.1f} | {100 * v / peak:.1f} |"
+           for b, v in bound.items()]
   if result["scaling"]:
     md += ["", "| axis | estimator | values | s/step | exponent | roofline % |",
            "| --- | --- | --- | --- | --- | --- |"]

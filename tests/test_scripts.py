@@ -28,38 +28,76 @@ def run_with_script(module: str, body: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_benchmark_fit_table_and_missing_peer(tmp_path):
+def test_benchmark_alternation_servers_and_tables(tmp_path):
   out = run_with_script("benchmark", f"""
+      import sys
       import numpy as np
       xs = np.array([24., 64., 256., 1024.])
       out['slope'] = m.slope(xs, 3.0 * xs ** 0.5)
-      out['peer'] = m.peer_steps_per_sec('/bin/false', 'rebar', 24,
-                                         {str(tmp_path / 'x.npy')!r}, 10, 1)
+      # Fake timers (no clock): a runs at 100 steps/s, b at 50, until the
+      # whole machine slows down 2x from the 22nd turn on (after the 13
+      # calibration turns and 4 pairs).
+      calls = []
+      def clock(name, rate):
+        def timer(n):
+          calls.append(name)
+          return n / rate * (2.0 if len(calls) >= 22 else 1.0)
+        return timer
+      out['alt'] = m.interleaved(clock('a', 100.0), clock('b', 50.0),
+                                 repeats=6, seconds=1.0)
+      out['order'] = ''.join(calls[-12:])
+      out['steps'] = m.block_steps(lambda n: n / 300.0, 100, 0.5)
+      try:
+        m.peer_server('/bin/false', 'rebar', 24, {str(tmp_path / 'x.npy')!r})
+      except RuntimeError as e:
+        out['missing'] = str(e)
+      echo = m.StepServer([sys.executable, '-c',
+          'import json, sys\\n'
+          'print(json.dumps(dict(ready=True)), flush=True)\\n'
+          'for l in sys.stdin: print(json.dumps(dict(seconds=int(l) / 1000)),'
+          ' flush=True)'])
+      out['echo'] = echo(500)
+      echo.close()
       step = dict(model='linear', batch=24, num_latents=200, num_samples=1,
-                  steps_per_sec=100.0, compile_s=1.0, flops_per_step=1e6,
-                  temp_bytes=2**20, roofline_fraction=0.5, spread=0.0)
+                  steps_per_sec=40.0, compile_s=1.0, flops_per_step=1e6,
+                  temp_bytes=2**20, roofline_fraction=0.2, cost=2.5,
+                  cost_q1=2.25, cost_q3=2.75)
       result = dict(
           machine='test', matmul_flops_per_sec=2e8,
           step_shape_matmul_flops_per_sec={{24: 1e8}},
-          estimators_alone=[],
-          train_step=[dict(step, estimator='reinforce'),
-                      dict(step, estimator='rebar', steps_per_sec=40.0)],
+          estimators_alone=[], repeats=7, block_seconds=0.5,
+          train_step=[dict(step, estimator='rebar')],
           peer_storchastic=[
-              dict(estimator='rebar', batch=24, ours_steps_per_sec=40.0,
-                   peer_steps_per_sec=20.0, ratio=2.0),
-              dict(estimator='muprop', batch=24, ours_steps_per_sec=50.0,
-                   peer_error='no Storchastic equivalent')],
+              dict(estimator='rebar', batch=24, a_steps_per_sec=40.0,
+                   b_steps_per_sec=4.0, ratio=10.0, ratio_q1=9.5,
+                   ratio_q3=11.0, roofline_fraction=0.2),
+              dict(estimator='muprop', batch=24,
+                   error='no Storchastic equivalent')],
           scaling={{}})
-      out['md'] = m.markdown(result, 5)
+      out['md'] = m.markdown(result)
+      out['compare'] = m.compare_markdown(dict(
+          machine='test', here='abc', revision='def', repeats=7,
+          block_seconds=0.5, rows=[dict(
+              estimator='rebar', a_steps_per_sec=300.0, b_steps_per_sec=250.0,
+              ratio=1.2, ratio_q1=1.1, ratio_q3=1.3)]))
   """)
   assert abs(out["slope"] - 0.5) < 1e-9
-  assert "error" in out["peer"] and "exit" in out["peer"]["error"]
+  alt = out["alt"]
+  # The slowdown halves both sides' rates; every paired ratio stays 2.
+  assert len(out["order"]) == 12
+  assert alt["ratio"] == alt["ratio_q1"] == alt["ratio_q3"] == 2.0
+  assert alt["a_steps_per_sec"] == 100.0 and alt["b_steps_per_sec"] == 50.0
+  assert out["order"] == "abbaabbaabba"  # which side goes first alternates
+  assert out["steps"] == 200  # 0.5 s at 300 steps/s, in units of 100 steps
+  assert "step server exited" in out["missing"]
+  assert out["echo"] == 0.5
   md = out["md"]
-  assert "| rebar | 40.0 | 20.0 | 2.0x |" in md
-  assert "| muprop | 50.0 | - (no Storchastic equivalent) | - |" in md
-  # REBAR at 40 steps/s costs 2.5 REINFORCE steps; roofline 50%, and 100% of
-  # the 1e8 FLOP/s shape bound (0.5 * 2e8).
-  assert "| linear | 24 | rebar | 40.0 | 2.50 | 1.0 | 50.0 | 100.0 | 1.0 |" in md
+  assert "| rebar | 40.0 | 4.0 | 10.0x | 9.5-11.0 | 20.0 |" in md
+  assert "| muprop | - | - (no Storchastic equivalent) | - | - | - |" in md
+  # 20% of the 2e8 roofline is 40% of the 1e8 FLOP/s shape bound.
+  assert ("| linear | 24 | rebar | 40.0 | 2.50 (2.25-2.75) | 1.0 | 20.0 | "
+          "40.0 | 1.0 |") in md
+  assert "| rebar | 300.0 | 250.0 | 1.200 | 1.100-1.300 |" in out["compare"]
 
 
 def test_reproduce_best_elbo_and_curves(tmp_path):

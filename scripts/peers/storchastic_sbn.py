@@ -6,8 +6,10 @@ rebar_jax); `make peers` creates it:
   .venv-peers/bin/python scripts/peers/storchastic_sbn.py --estimator=rebar \
       --batch=24 --data=x.npy
 
-`scripts/benchmark.py --peer_python=.venv-peers/bin/python` calls this once per
-estimator in the same run as its own measurements and reports the ratio.
+`scripts/benchmark.py --peer_python=.venv-peers/bin/python` runs it with
+`--serve` once per estimator and times it in alternation with its own step:
+it prints {"ready": ...} and then answers each line n on stdin with the
+seconds n steps took, as one JSON line.
 
 The model is the one rebar_jax benchmarks: a linear one-layer SBN 784-200 with
 a learned factorised prior, q(b|x) = Bernoulli(sigma(W_e x + c)),
@@ -22,6 +24,7 @@ spread.
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -86,6 +89,8 @@ def main():
   p.add_argument("--steps", type=int, default=100)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--serve", action="store_true",
+                 help="answer lines n on stdin with the seconds of n steps")
   args = p.parse_args()
 
   torch.manual_seed(args.seed)
@@ -105,6 +110,15 @@ def main():
 
   try:
     block(max(10, args.steps // 5))  # warm-up
+    if args.serve:
+      print(json.dumps({"ready": True, "torch": torch.__version__,
+                        "threads": torch.get_num_threads()}), flush=True)
+      for line in sys.stdin:
+        if line.strip():
+          t = time.perf_counter()
+          block(int(line))
+          print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+      return
     times = []
     for _ in range(args.repeats):
       t = time.perf_counter()
