@@ -508,12 +508,13 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
            changes: dict[str, Any], data_sha256: str, stop: _StopOnSignals,
            stop_after: Optional[int]) -> dict[str, Any]:
   """The body of `train_and_evaluate`, with the workdir locked and checked."""
-  state, damaged = ckpt.restore_latest_intact(init_state(exp, config.seed))
+  fresh = init_state(exp, config.seed)
+  state, damaged = ckpt.restore_latest_intact(fresh)
   for d in damaged:
     print(f"Warning: checkpoint {d.path} is damaged ({d.reason}); moved to "
           f"{d.moved_to}, never restored.")
   if state is None:
-    state = init_state(exp, config.seed)
+    state = fresh
   start = int(state.step)
   if start:
     print(f"Resuming from step {start} in {workdir}"
