@@ -573,8 +573,8 @@ def markdown(result: dict) -> str:
            "| --- | --- | --- | --- | --- | --- |"]
     for r in result["peer_storchastic"]:
       if "error" in r:
-        md.append(f"| {r['estimator']} | - | - ({r['error'][:80]}) | - | - "
-                  "| - |")
+        why = r["error"].split(":")[0]  # the message is in benchmark.json
+        md.append(f"| {r['estimator']} | - | - ({why}) | - | - | - |")
         continue
       md.append(f"| {r['estimator']} | {r['a_steps_per_sec']:.1f} | "
                 f"{r['b_steps_per_sec']:.1f} | {r['ratio']:.1f}x | "

@@ -1,4 +1,4 @@
-"""The scripts' pure helpers (tables, fits, the peer call), timing-free.
+"""The scripts' pure helpers (tables, fits, the step servers), timing-free.
 
 Each script defines its own absl flags, so each is imported in a fresh Python
 process rather than in the test process.
@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,6 +100,22 @@ def test_benchmark_alternation_servers_and_tables(tmp_path):
   assert ("| linear | 24 | rebar | 40.0 | 2.50 (2.25-2.75) | 1.0 | 20.0 | "
           "40.0 | 1.0 |") in md
   assert "| rebar | 300.0 | 250.0 | 1.200 | 1.100-1.300 |" in out["compare"]
+
+
+def test_benchmark_exports_a_revision_to_compare_with(tmp_path):
+  if not os.path.exists(os.path.join(ROOT, ".git")):
+    pytest.skip("not a git clone: --compare_to exports revisions with git")
+  out = run_with_script("benchmark", f"""
+      out['commit'] = m.export_revision('HEAD', {str(tmp_path)!r})
+      try:
+        m.export_revision('no-such-revision', {str(tmp_path)!r})
+      except Exception as e:
+        out['bad'] = str(e)
+  """)
+  assert out["commit"]
+  assert (tmp_path / "rebar_jax" / "train.py").is_file()
+  assert (tmp_path / "scripts" / "benchmark.py").is_file()
+  assert "--compare_to=no-such-revision: git archive failed" in out["bad"]
 
 
 def test_reproduce_best_elbo_and_curves(tmp_path):
