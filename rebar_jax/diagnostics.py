@@ -33,10 +33,16 @@ def _encoder_leaves(grads) -> Array:
 def gradient_statistics(model, spec: gradients.EstimatorSpec, params: Any,
                         est_state: gradients.EstimatorState, x: Array,
                         key: Array, num_draws: int = 16) -> dict[str, Array]:
-  """Log-variance and SNR of the encoder gradient over `num_draws` draws."""
+  """Log-variance and SNR of the encoder gradient over `num_draws` draws.
+
+  The draws run one after another (`lax.map`): the program holds one model
+  gradient, not a batch of them: the diagnostics program of the mixed example
+  model compiled in 5.7 s instead of 6.7 s on this project's 2-core CPU (one
+  measurement each), and only one draw's memory is live at a time.
+  """
   keys = jax.random.split(key, num_draws)
-  draws = jax.vmap(lambda k: _encoder_leaves(gradients.model_gradients(
-      model, spec, params, est_state, x, k)[0]))(keys)  # (N, P)
+  draws = jax.lax.map(lambda k: _encoder_leaves(gradients.model_gradients(
+      model, spec, params, est_state, x, k)[0]), keys)  # (N, P)
   mean, std = jnp.mean(draws, 0), jnp.std(draws, 0, ddof=1)
   snr = jnp.where(std > 0, jnp.abs(mean) / jnp.where(std > 0, std, 1.0), 0.0)
   return {"grad_log_variance": jnp.log(jnp.mean(jnp.square(std))),
