@@ -23,7 +23,7 @@ One noise draw per layer: every estimator takes an optional `noise`, the
 family's noise of its key (`family.noise(key, logits.shape)`). A model's chain
 has drawn it already to sample b, and passes it, so the estimator's sample is
 the chain's without drawing the noise a second time; the estimate equals the
-one drawn from `key` alone, draw for draw (tests/test_noise.py).
+one drawn from `key` alone, draw for draw (tests/test_shared_noise.py).
 """
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
