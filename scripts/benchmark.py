@@ -372,7 +372,7 @@ def compare(rev: str, names: Sequence[str], repeats: int, seconds: float,
       dst.write(src.read())
     env = dict(os.environ, PYTHONPATH=tree)
     for name in names:
-      args = [f"--serve={name}", f"--serve_batch={24}",
+      args = [f"--serve={name}", "--serve_batch=24",
               f"--steps_per_call={_STEPS.value}"]
       servers = []
       try:
@@ -394,13 +394,17 @@ def compare(rev: str, names: Sequence[str], repeats: int, seconds: float,
           server.close()
   result = {"machine": machine_line(), "here": here, "revision": commit,
             "rows": rows, "repeats": repeats, "block_seconds": seconds}
-  with open(os.path.join(out_dir, "compare.json"), "w") as fh:
+  write_outputs(out_dir, "compare", result, compare_markdown(result))
+  return result
+
+
+def write_outputs(out_dir: str, stem: str, result: dict, md: str):
+  """stem.json and stem.md in out_dir; the Markdown is printed too."""
+  with open(os.path.join(out_dir, f"{stem}.json"), "w") as fh:
     json.dump(result, fh, indent=2)
-  md = compare_markdown(result)
-  with open(os.path.join(out_dir, "compare.md"), "w") as fh:
+  with open(os.path.join(out_dir, f"{stem}.md"), "w") as fh:
     fh.write(md)
   print(md)
-  return result
 
 
 def compare_markdown(result: dict) -> str:
@@ -543,12 +547,7 @@ def main(argv):
             "estimators_alone": alone, "train_step": steps_rows,
             "peer_storchastic": peer_rows, "scaling": scaling,
             "repeats": repeats, "block_seconds": seconds}
-  with open(os.path.join(out_dir, "benchmark.json"), "w") as fh:
-    json.dump(result, fh, indent=2)
-  md = markdown(result)
-  with open(os.path.join(out_dir, "benchmark.md"), "w") as fh:
-    fh.write(md)
-  print(md)
+  write_outputs(out_dir, "benchmark", result, markdown(result))
   if scaling:
     plot(scaling, os.path.join(out_dir, "benchmark.png"))
 

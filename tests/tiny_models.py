@@ -1,10 +1,8 @@
 """Tiny models whose latent states can all be enumerated (shared by tests)."""
-import itertools
-
-import jax.numpy as jnp
 import numpy as np
 
 from rebar_jax import models
+from rebar_jax import testing
 
 
 def binary_states(dim: int) -> np.ndarray:
@@ -13,13 +11,10 @@ def binary_states(dim: int) -> np.ndarray:
 
 
 def all_latents(model):
-  """Every latent state of a tiny model, stacked on a leading axis of size S."""
-  if isinstance(model, models.SBN):
-    states = binary_states(model.num_latents)
-    idx = np.array(list(itertools.product(range(len(states)),
-                                          repeat=model.num_layers)))
-    return tuple(jnp.asarray(states[idx[:, l]]) for l in range(model.num_layers))
-  eye = np.eye(model.num_classes, dtype=np.float32)
-  idx = np.array(list(itertools.product(range(model.num_classes),
-                                        repeat=model.num_vars)))
-  return jnp.asarray(eye[idx])  # (C^V, V, C)
+  """Every latent state of a tiny model, stacked on a leading axis of size S.
+
+  `rebar_jax.testing.latent_states`, as the model's log_joint takes it: a
+  tuple of layers for the SBN, the one array (C^V, V, C) for the VAE.
+  """
+  states = testing.latent_states(model)
+  return states if isinstance(model, models.SBN) else states[0]
