@@ -36,7 +36,9 @@ def config() -> ml_collections.ConfigDict:
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)
-  c.loo_samples = 2             # n of reinforce_loo (leave-one-out)
+  c.loo_samples = 2             # n of reinforce_loo, arms, double_cv
+  c.copula = "dirichlet"        # ARMS's antithetic copula (or "gaussian")
+  c.alpha = 0.0                 # double_cv's Taylor scale (initial, tuned)
   c.tune_estimator = True       # train eta/lambda, RELAX nets on the variance
   c.relax_hidden = (50,)
   # K chains per data point for the multi-sample objectives

@@ -141,7 +141,7 @@ _INTS = {  # name: minimum
     "iw_samples": 1, "loo_samples": 1,
 }
 _POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate", "temperature")
-_FINITE_FLOATS = ("eta",)
+_FINITE_FLOATS = ("eta", "alpha")
 _MODEL_INTS = {"sbn": {"num_layers": 1, "num_latents": 1, "hidden": 1},
                "categorical_vae": {"num_vars": 1, "num_classes": 2}}
 _MODEL_SIZES = {"sbn": (), "categorical_vae": ("mlp_hidden",)}
@@ -272,7 +272,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     spec = gradients.EstimatorSpec(
         name=config.estimator, families=gradients.layer_families(model),
         temperature=config.temperature, eta=config.eta,
-        loo_samples=config.loo_samples,
+        loo_samples=config.loo_samples, copula=config.copula,
+        alpha=config.alpha,
         tune=config.tune_estimator,
         relax_hidden=tuple(config.relax_hidden),
         iw_samples=config.iw_samples)

@@ -49,7 +49,12 @@ _CHECKPOINTS = flags.DEFINE_list(
     "gives model parameters (same model configuration).")
 _ESTIMATORS = flags.DEFINE_list(
     "estimators", ["reinforce", "nvil", "reinforce_loo", "arm", "disarm",
-                   "muprop", "rebar", "relax", "concrete"], "Estimators.")
+                   "muprop", "rebar", "relax", "concrete"],
+    "Estimators; name@K sets K = loo_samples, the f evaluations per data "
+    "point of reinforce_loo, arms and double_cv (e.g. arms@4), for "
+    "comparisons at equal cost.")
+_COPULA = flags.DEFINE_enum("copula", "dirichlet", ["dirichlet", "gaussian"],
+                            "ARMS's copula.")
 _NUM_DRAWS = flags.DEFINE_integer("num_draws", 128, "Draws per estimate.")
 _TUNE_STEPS = flags.DEFINE_integer("tune_steps", 500,
                                    "Control-variate steps at fixed params.")
@@ -92,11 +97,16 @@ def main(argv):
     return f"{os.path.basename(workdir.rstrip('/'))}@{step}"
 
   points = [("init", None)] + [(label_of(d), d) for d in _CHECKPOINTS.value]
-  def config(estimator):
+  def config(token):
+    """The config of an --estimators token, name or name@K."""
+    estimator, _, k = token.partition("@")
     c = sbn_linear.get_config()
     c.nonlinear = _NONLINEAR.value
     c.estimator, c.data_source, c.data_dir = (estimator, _DATA_SOURCE.value,
                                               _DATA_DIR.value)
+    c.copula = _COPULA.value
+    if k:
+      c.loo_samples = int(k)
     return c
 
   def restore(workdir, estimator):

@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.stats
 
 from rebar_jax import estimators
 from rebar_jax import testing
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import control_variates
+from rebar_jax.estimators import copulas
 from rebar_jax.estimators import exact
 
 NUM_DRAWS = 2**17
@@ -68,6 +70,20 @@ UNBIASED_VARIANTS = {
 }
 
 
+# The estimators of 2019-2023, on half the problems (each pair compiles once):
+# a quadratic form at |l| <= 4, D = 8 at |l| <= 4, and a sine at |l| <= 10.
+FRONTIER_PROBLEMS = [PROBLEMS[1], PROBLEMS[3], PROBLEMS[5]]
+FRONTIER_VARIANTS = {
+    "arms_dirichlet_3": (estimators.arms, {"num_samples": 3}),
+    "arms_gaussian_4": (estimators.arms, {"num_samples": 4,
+                                          "copula": "gaussian"}),
+    "double_cv_2": (estimators.double_cv, {}),
+    "double_cv_3_alpha": (estimators.double_cv, {"num_samples": 3,
+                                                 "alpha": -0.5}),
+    "indecater": (estimators.indecater, {}),
+}
+
+
 def _draws(est, logits, f, seed=11, n=NUM_DRAWS, **options):
   return testing.draws(est, jax.random.key(seed), logits, f, n, **options)
 
@@ -80,6 +96,15 @@ class UnbiasedTest(parameterized.TestCase):
     logits, f = _problem(seed, dim, kind, scale)
     est, options = UNBIASED_VARIANTS[variant]
     samples = _draws(est, logits, f, **options)
+    testing.assert_unbiased(samples, exact.bernoulli_gradient(logits, f),
+                            max_z=4.5, name=variant)
+
+  @parameterized.product(problem=FRONTIER_PROBLEMS,
+                         variant=sorted(FRONTIER_VARIANTS))
+  def test_frontier_mean_matches_exact_gradient(self, problem, variant):
+    logits, f = _problem(*problem)
+    est, options = FRONTIER_VARIANTS[variant]
+    samples = _draws(est, logits, f, n=2**16, **options)
     testing.assert_unbiased(samples, exact.bernoulli_gradient(logits, f),
                             max_z=4.5, name=variant)
 
@@ -108,6 +133,7 @@ class UnbiasedTest(parameterized.TestCase):
 
   def test_every_registered_unbiased_estimator_is_tested(self):
     tested = {est for est, _ in UNBIASED_VARIANTS.values()}
+    tested |= {est for est, _ in FRONTIER_VARIANTS.values()}
     for name in estimators.UNBIASED:
       self.assertIn(estimators.BERNOULLI[name], tested, name)
 
@@ -151,13 +177,25 @@ def _trained_relax(problem, steps=400, batch=8):
 class BiasedTest(parameterized.TestCase):
 
   @parameterized.parameters("concrete", "straight_through",
-                            "straight_through_gumbel")
+                            "straight_through_gumbel", "reinmax")
   def test_relaxed_estimators_are_biased(self, name):
-    logits, f = _problem(1, 3, "quadratic", 4.0)
+    logits, f = _problem(2, 5, "sine", 4.0)
     samples = _draws(estimators.BERNOULLI[name], logits, f, n=2**16)
     testing.assert_biased(samples, exact.bernoulli_gradient(logits, f),
                           min_z=10.0, name=name)
     self.assertNotIn(name, estimators.UNBIASED)
+
+  def test_reinmax_is_exact_to_second_order(self):
+    # Heun's method: at lambda = 1, E[pi_1 (1 - pi_1) | b_-d] = 3/4 p (1 - p)
+    # makes ReinMax unbiased for every f of degree <= 2 in b (a quadratic
+    # form with all pairs interacting); straight-through is not.
+    logits, f = _problem(1, 3, "quadratic", 4.0)
+    target = exact.bernoulli_gradient(logits, f)
+    testing.assert_unbiased(_draws(estimators.reinmax, logits, f, n=2**16),
+                            target, name="reinmax on a quadratic")
+    testing.assert_biased(_draws(estimators.straight_through, logits, f,
+                                 n=2**16), target, min_z=10.0,
+                          name="straight_through on a quadratic")
 
   @parameterized.parameters((2, 5, "sine", 3.0), (3, 5, "softplus", 3.0))
   def test_concrete_bias_shrinks_with_temperature(self, seed, dim, kind, scale):
@@ -190,6 +228,104 @@ class CrossCheckTest(parameterized.TestCase):
     rebar = jax.vmap(lambda k: estimators.rebar(k, logits, f, eta=0.0))(keys)
     reinforce = jax.vmap(lambda k: estimators.reinforce(k, logits, f))(keys)
     np.testing.assert_array_equal(np.asarray(rebar), np.asarray(reinforce))
+
+  @parameterized.product(problem=PROBLEMS[1:4:2], copula=("dirichlet",
+                                                          "gaussian"))
+  def test_arms_with_two_samples_is_disarm_draw_for_draw(self, problem,
+                                                         copula):
+    # Both copulas give the antithetic pair u_2 = 1 - u_1 at K = 2, and
+    # 1 / (1 - rho) = sigmoid(|l|), DisARM's factor.
+    logits, f = _problem(*problem)
+    keys = jax.random.split(jax.random.key(3), 4096)
+    arms = jax.vmap(lambda k: estimators.arms(k, logits, f, copula=copula))
+    disarm = jax.vmap(lambda k: estimators.disarm(k, logits, f))
+    np.testing.assert_allclose(arms(keys), disarm(keys), rtol=2e-5,
+                               atol=1e-6)
+
+  def test_loo_special_cases_draw_for_draw(self):
+    # ARMS with independent samples (rho = 0) and double CV with alpha = 0
+    # are the leave-one-out estimator on the same samples.
+    logits, f = _problem(3, 8, "softplus", 4.0)
+    keys = jax.random.split(jax.random.key(4), 1024)
+    draw = lambda est, **kw: jax.vmap(lambda k: est(k, logits, f, **kw))(keys)
+    loo = draw(estimators.reinforce_loo, num_samples=3)
+    np.testing.assert_array_equal(
+        draw(estimators.arms, num_samples=3, copula="independent"), loo)
+    np.testing.assert_allclose(
+        draw(estimators.double_cv, num_samples=3, alpha=0.0), loo,
+        rtol=1e-5, atol=1e-6)
+
+  @parameterized.product(copula=("dirichlet", "gaussian"), num_samples=(3, 5))
+  def test_copula_samples_have_the_marginal_and_correlation(self, copula,
+                                                            num_samples):
+    # The conditional construction of u_2..u_K given the chain's u_1 must
+    # give Bernoulli(p) marginals and the pairwise correlation rho(p) that
+    # ARMS divides by.
+    logits = jnp.array([-6.0, -1.5, -0.2, 0.0, 0.9, 3.0])
+    n = 2**17
+    keys = jax.random.split(jax.random.key(5), n)
+
+    def samples(key):
+      noise, key_rest = bernoulli.noise_and_spare_key(key, logits.shape,
+                                                       jnp.float32)
+      c = copulas.rest(copula, key_rest, logits,
+                       copulas.first_noise(logits, noise), num_samples)
+      b_1 = bernoulli.sample_from_noise(logits, noise)
+      return jnp.concatenate(
+          [b_1[None], jnp.where(logits >= 0, 1.0 - c, c)])
+
+    b = np.asarray(jax.jit(jax.vmap(samples))(keys), np.float64)  # (n, K, D)
+    p = np.asarray(jax.nn.sigmoid(logits), np.float64)
+    se_p = np.sqrt(p * (1 - p) / n)
+    for k in range(num_samples):
+      np.testing.assert_array_less(np.abs(b[:, k].mean(0) - p), 4.5 * se_p)
+    both = b[:, 0] * b[:, 1]  # b_1 (the chain's) and b_2 (the copula's)
+    rho = np.asarray(copulas.rho(copula, logits, num_samples), np.float64)
+    expected = rho * p * (1 - p) + p * p
+    se = np.sqrt(expected * (1 - expected) / n)  # binomial, from the claim
+    np.testing.assert_array_less(np.abs(both.mean(0) - expected), 4.5 * se)
+
+  @parameterized.parameters(2, 3, 6)
+  def test_copula_correlation_against_closed_forms(self, num_samples):
+    logits = jnp.array([-12.0, -4.0, -1.0, -0.1, 0.0, 0.5, 2.0, 9.0])
+    p = np.asarray(jax.nn.sigmoid(-jnp.abs(logits)), np.float64)
+    m = num_samples - 1
+    a = 1.0 - (1.0 - p) ** (1.0 / m)
+    p11 = 2 * p - 1 + np.maximum(1 - 2 * a, 0.0) ** m
+    np.testing.assert_allclose(copulas.dirichlet_rho(logits, num_samples),
+                               (p11 - p * p) / (p * (1 - p)), rtol=2e-5,
+                               atol=1e-7)
+    r = -1.0 / m
+    h = scipy.stats.norm.ppf(p)
+    p11 = np.array([scipy.stats.multivariate_normal(
+        [0.0, 0.0], [[1.0, r], [r, 1.0]]).cdf([x, x]) if m > 1
+                    else max(2 * q - 1, 0.0) for x, q in zip(h, p)])
+    np.testing.assert_allclose(copulas.gaussian_rho(logits, num_samples),
+                               (p11 - p * p) / (p * (1 - p)), rtol=1e-4,
+                               atol=1e-6)
+
+  def test_arms_variance_falls_below_loo(self):
+    # Antithetic samples at the same number of evaluations (K = 4).
+    logits, f = _problem(3, 8, "softplus", 4.0)
+    var = {name: _draws(est, logits, f, n=2**15, num_samples=4, **kw
+                        ).var(0).sum()
+           for name, est, kw in (
+               ("loo", estimators.reinforce_loo, {}),
+               ("arms_dirichlet", estimators.arms, {}),
+               ("arms_gaussian", estimators.arms, {"copula": "gaussian"}))}
+    self.assertLess(var["arms_dirichlet"], var["loo"], var)
+    self.assertLess(var["arms_gaussian"], var["loo"], var)
+
+  def test_indecater_is_exact_for_a_linear_f(self):
+    # One coordinate at a time is summed exactly; for f linear the others
+    # do not matter, so every draw is the gradient.
+    logits = jnp.array([-7.0, -1.0, 0.3, 2.0, 9.0])
+    w = jnp.array([0.5, -2.0, 1.0, 3.0, -1.5])
+    f = lambda b: w @ b + 0.25
+    draws = _draws(estimators.indecater, logits, f, n=1024)
+    np.testing.assert_allclose(
+        draws, np.broadcast_to(exact.bernoulli_gradient(logits, f),
+                               draws.shape), rtol=1e-5, atol=1e-7)
 
   def test_arm_disarm_reinforce_share_a_mean_beyond_enumeration(self):
     # D = 24: 2^24 states, too many to enumerate; compare the estimators.
@@ -359,7 +495,8 @@ class ErrorsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "disarm.*rebar"):
       estimators.get("rebbar")
 
-  @parameterized.parameters("concrete", "straight_through_gumbel", "rebar")
+  @parameterized.parameters("concrete", "straight_through_gumbel", "rebar",
+                            "reinmax")
   def test_non_positive_temperature(self, name):
     with self.assertRaisesRegex(ValueError, "temperature must be > 0"):
       estimators.BERNOULLI[name](jax.random.key(0), jnp.zeros(3),
@@ -381,6 +518,13 @@ class ErrorsTest(parameterized.TestCase):
   def test_integer_logits_and_bad_num_samples(self):
     with self.assertRaisesRegex(TypeError, "floating-point"):
       estimators.reinforce(jax.random.key(0), jnp.zeros(3, jnp.int32), jnp.sum)
+    for est in (estimators.reinforce_loo, estimators.arms,
+                estimators.double_cv):
+      with self.assertRaisesRegex(ValueError, "num_samples"):
+        est(jax.random.key(0), jnp.zeros(3), jnp.sum, num_samples=1)
     with self.assertRaisesRegex(ValueError, "num_samples"):
-      estimators.reinforce_loo(jax.random.key(0), jnp.zeros(3), jnp.sum,
-                               num_samples=1)
+      estimators.indecater(jax.random.key(0), jnp.zeros(3), jnp.sum,
+                           num_samples=0)
+    with self.assertRaisesRegex(ValueError, "copula.*gaussian"):
+      estimators.arms(jax.random.key(0), jnp.zeros(3), jnp.sum,
+                      copula="clayton")

@@ -12,13 +12,17 @@ from rebar_jax.estimators import control_variates
 from rebar_jax.estimators import exact
 from rebar_jax.estimators import multisample
 from rebar_jax.estimators.bernoulli import arm
+from rebar_jax.estimators.bernoulli import arms
 from rebar_jax.estimators.bernoulli import concrete
 from rebar_jax.estimators.bernoulli import disarm
+from rebar_jax.estimators.bernoulli import double_cv
+from rebar_jax.estimators.bernoulli import indecater
 from rebar_jax.estimators.bernoulli import muprop
 from rebar_jax.estimators.bernoulli import rebar
 from rebar_jax.estimators.bernoulli import rebar_terms
 from rebar_jax.estimators.bernoulli import reinforce
 from rebar_jax.estimators.bernoulli import reinforce_loo
+from rebar_jax.estimators.bernoulli import reinmax
 from rebar_jax.estimators.bernoulli import relax
 from rebar_jax.estimators.bernoulli import straight_through
 from rebar_jax.estimators.bernoulli import straight_through_gumbel
@@ -29,17 +33,21 @@ BERNOULLI: dict[str, Callable] = {
     "reinforce_loo": reinforce_loo,
     "arm": arm,
     "disarm": disarm,
+    "arms": arms,
+    "double_cv": double_cv,
+    "indecater": indecater,
     "muprop": muprop,
     "concrete": concrete,
     "straight_through": straight_through,
     "straight_through_gumbel": straight_through_gumbel,
+    "reinmax": reinmax,
     "rebar": rebar,
     "relax": relax,
 }
 
 UNBIASED: frozenset[str] = frozenset(
-    {"reinforce", "reinforce_loo", "arm", "disarm", "muprop", "rebar",
-     "relax"})
+    {"reinforce", "reinforce_loo", "arm", "disarm", "arms", "double_cv",
+     "indecater", "muprop", "rebar", "relax"})
 
 # Categorical estimators: logits (..., C), one-hot samples.
 CATEGORICAL: dict[str, Callable] = dict(categorical.REGISTRY)

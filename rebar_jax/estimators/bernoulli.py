@@ -44,6 +44,7 @@ from jax.extend import random as jex_random
 import jax.numpy as jnp
 
 from rebar_jax.estimators import _checks
+from rebar_jax.estimators import copulas
 from rebar_jax.estimators import generic
 
 Array = jax.Array
@@ -472,6 +473,143 @@ def muprop(key: PRNGKey, logits: Array, f: Fn,
   return (f(b) - taylor) * score(logits, b) + grad_mean * mean * (1.0 - mean)
 
 
+@_checks.nan_if_nonfinite
+def arms(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
+         copula: str = "dirichlet", noise: Optional[Array] = None) -> Array:
+  r"""ARMS, antithetic REINFORCE over K samples from a copula, unbiased.
+
+      g^ = 1 / ((K - 1) (1 - rho(p))) sum_k (f(b_k) - f_bar) (b_k - p),
+      b_k = 1[u_k < p],   p = sigmoid(l),
+
+  with (u_1..u_K) exchangeable uniforms from an antithetic copula (per
+  coordinate; coordinates independent) and rho(p) the pairwise correlation of
+  the b_k (`copulas`). Why the factor: with m_x = E[f | b_d = x],
+  E[f(b_j) (b_kd - p_d)] = (m_1 - m_0) Cov(b_jd, b_kd) for j != k, so the
+  leave-one-out estimator of dependent samples has mean (1 - rho) times the
+  gradient; dividing restores it. K = 2 (either copula) is DisARM draw for
+  draw (1 / (1 - rho) = sigmoid(|l|)); copula="independent" (rho = 0) is
+  `reinforce_loo`. K evaluations of f.
+
+  Args:
+    key: PRNG key.
+    logits: l, any shape.
+    f: b -> scalar.
+    num_samples: K >= 2.
+    copula: "dirichlet", "gaussian" or "independent".
+    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+
+  Reference: Dimitriev & Zhou (2021), "ARMS: Antithetic-REINFORCE-Multi-Sample
+  gradient for binary variables", ICML, Sec. 3 (the Dirichlet and Gaussian
+  copulas, the debiasing factor).
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_int("num_samples", num_samples, 2)
+  if copula == "independent":
+    return generic.reinforce_loo(_family(), key, logits, f, num_samples, noise)
+  if copula not in copulas.COPULAS:
+    raise ValueError(f"Unknown copula {copula!r}; choose one of "
+                     f"{copulas.COPULAS + ('independent',)}.")
+  n, b_1, key_rest = _sample(key, logits, noise)
+  flip = logits >= 0  # sampled as 1 - c, c ~ Bernoulli(sigmoid(-|l|))
+  c_rest = copulas.rest(copula, key_rest, logits,
+                        copulas.first_noise(logits, n), num_samples)
+  b = jnp.concatenate([b_1[None], jnp.where(flip, 1.0 - c_rest, c_rest)])
+  fs = jax.vmap(f)(b)
+  centred = (fs - jnp.mean(fs)).reshape((num_samples,) + (1,) * logits.ndim)
+  rho = copulas.rho(copula, logits, num_samples)
+  return jnp.sum(centred * score(logits, b), axis=0) / (
+      (num_samples - 1) * (1.0 - rho))
+
+
+@_checks.nan_if_nonfinite
+def double_cv(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
+              alpha: Any = 1.0, noise: Optional[Array] = None) -> Array:
+  r"""Double control variates: leave-one-out plus a Taylor control variate.
+
+  With K i.i.d. samples b_k, s_k = b_k - p, the gradients g_k = f'(b_k) and
+  their leave-one-out means g_-k = 1/(K-1) sum_{j != k} g_j,
+
+      F_k = f(b_k) - alpha g_-k . s_k,
+      g^ = 1/(K-1) sum_k (F_k - F_bar) s_k + alpha g_bar p (1 - p),
+
+  unbiased for every alpha: g_-k does not depend on b_k, so
+  E[(g_-k . s_k) s_k] = E[g] p (1 - p), which the global correction
+  alpha g_bar p (1 - p) adds back, and the cross terms have mean zero.
+  F_k - F_bar is a leave-one-out baseline plus the first-order Taylor
+  expansion of f around the other samples, so alpha = 1 removes the linear
+  part of f; alpha = 0 is `reinforce_loo`. The authors learn alpha by the
+  variance loss (`control_variates.variance_gradient` differentiates through
+  a traced alpha). K evaluations and K gradients of f, which must be
+  differentiable in b (evaluated at the hard samples).
+
+  Args:
+    key: PRNG key.
+    logits: l, any shape.
+    f: b -> scalar, differentiable.
+    num_samples: K >= 2.
+    alpha: the control variate's scale (scalar or broadcastable to l).
+    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+
+  Reference: Titsias & Shi (2022), "Double control variates for gradient
+  estimation in discrete latent variable models", AISTATS, Sec. 3 (the sign
+  convention here makes alpha = 1 the Taylor expansion).
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_int("num_samples", num_samples, 2)
+  b = generic.iid_samples(_family(), key, logits, num_samples, noise)
+  fs, grads = jax.vmap(jax.value_and_grad(f))(b)
+  k = num_samples
+  grad_others = (jnp.sum(grads, axis=0) - grads) / (k - 1)  # g_-k
+  s = score(logits, b)
+  axes = tuple(range(1, b.ndim))
+  fs = fs - jnp.sum(alpha * grad_others * s, axis=axes)
+  centred = (fs - jnp.mean(fs)).reshape((k,) + (1,) * logits.ndim)
+  p = jax.nn.sigmoid(logits)
+  return (jnp.sum(centred * s, axis=0) / (k - 1)
+          + alpha * jnp.mean(grads, axis=0) * p * (1.0 - p))
+
+
+@_checks.nan_if_nonfinite
+def indecater(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 1,
+              noise: Optional[Array] = None) -> Array:
+  r"""IndeCateR for Bernoulli latents (local expectation gradients), unbiased.
+
+  Each coordinate's expectation is taken exactly, the others sampled:
+
+      d/dl_d E[f] = p_d (1 - p_d) E_{b_-d}[f(b_-d, 1) - f(b_-d, 0)],
+      g^_d = p_d (1 - p_d) (1/N) sum_n (2 b_nd - 1) (f(b_n) - f(b_n ^ e_d)),
+
+  b_n ^ e_d being b_n with coordinate d flipped. Per sample it costs D + 1
+  evaluations of f (vmapped): the estimator for when f is cheap against the
+  variance of the score-function family.
+
+  Args:
+    key: PRNG key.
+    logits: l, any shape (D = l.size).
+    f: b -> scalar.
+    num_samples: N >= 1 i.i.d. samples b_n.
+    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+
+  Reference: De Smet, Sansone & Zuidberg Dos Martires (2023), "Differentiable
+  sampling of categorical distributions using the CatLog-derivative trick",
+  NeurIPS (IndeCateR, here with C = 2); Titsias & Lazaro-Gredilla (2015),
+  "Local expectation gradients for black box variational inference", NeurIPS.
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_int("num_samples", num_samples, 1)
+  b = generic.iid_samples(_family(), key, logits, num_samples, noise)
+  dim = logits.size
+  flips = jnp.eye(dim, dtype=logits.dtype).reshape((dim,) + logits.shape)
+
+  def one(b_n):
+    flipped = jnp.abs(b_n - flips)  # (D, *shape): coordinate d flipped
+    diff = f(b_n) - jax.vmap(f)(flipped)
+    return (2.0 * b_n - 1.0) * diff.reshape(logits.shape)
+
+  p = jax.nn.sigmoid(logits)
+  return p * (1.0 - p) * jnp.mean(jax.vmap(one)(b), axis=0)
+
+
 # ----------------------------------------------------------------------------
 # Relaxed and straight-through estimators (biased).
 # ----------------------------------------------------------------------------
@@ -539,6 +677,34 @@ def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
   """Gumbel straight-through, `straight_through(..., gumbel=True)`; BIASED."""
   return straight_through(key, logits, f, gumbel=True, temperature=temperature,
                           noise=noise)
+
+
+@_checks.nan_if_nonfinite
+def reinmax(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
+            noise: Optional[Array] = None) -> Array:
+  r"""ReinMax, a second-order straight-through estimator: BIASED.
+
+  With pi_0 = sigmoid(l) and pi_1 = (b + sigmoid(l / lambda)) / 2 (Heun's
+  method between the sample and the mean), f evaluated at the hard b:
+
+      g^ = f'(b) [2 pi_1 (1 - pi_1) - 1/2 pi_0 (1 - pi_0)].
+
+  Exact in expectation for f linear in b (E[pi_1 (1 - pi_1)] = 3/4 pi_0 (1 -
+  pi_0) at lambda = 1), as straight-through is; its bias on curved f is of
+  second order where straight-through's is of first. The Bernoulli case of
+  `categorical.reinmax` (two classes, logits (l, 0)). f must be differentiable
+  in b.
+
+  Reference: Liu, Zhang, Xu, Wei, Gao, Xing & Sun (2023), "Bridging discrete
+  and backpropagation: straight-through and beyond", NeurIPS, Algorithm 2.
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_positive("temperature", temperature)
+  _, b, _ = _sample(key, logits, noise)
+  pi_0 = jax.nn.sigmoid(logits)
+  pi_1 = 0.5 * (b + jax.nn.sigmoid(logits / temperature))
+  return jax.grad(f)(b) * (2.0 * pi_1 * (1.0 - pi_1)
+                           - 0.5 * pi_0 * (1.0 - pi_0))
 
 
 # ----------------------------------------------------------------------------

@@ -433,6 +433,54 @@ def arsm(key: PRNGKey, logits: Array, f: Fn,
   return active[..., None] * grad
 
 
+@_checks.nan_if_nonfinite
+def indecater(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 1,
+              noise: Optional[Array] = None) -> Array:
+  r"""IndeCateR, the CatLog-derivative estimator, unbiased.
+
+  Each variable's expectation is taken exactly, the others sampled: with
+  F_vc = f(b with variable v set to class c) and p_v = softmax(l_v),
+
+      d/dl_v E[f] = E_{b_-v}[sum_c p_vc (e_c - p_v) F_vc],
+      g^_v = (1/N) sum_n (p_v * F^n_v - p_v (p_v . F^n_v)).
+
+  V (C - 1) + 1 distinct evaluations of f per sample (V C are made, vmapped).
+  Its variance comes only from the other variables, none from variable v's
+  own draw.
+
+  Args:
+    key: PRNG key.
+    logits: l, shape (..., C), V = prod of leading axes variables.
+    f: b -> scalar, b one-hot shaped like l.
+    num_samples: N >= 1 i.i.d. samples.
+    noise: optional, the Gumbel noise of b_1 (`gumbel_noise(key, l.shape)`).
+
+  Reference: De Smet, Sansone & Zuidberg Dos Martires (2023), "Differentiable
+  sampling of categorical distributions using the CatLog-derivative trick",
+  NeurIPS, Eq. 12 (IndeCateR).
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_int("num_samples", num_samples, 1)
+  b = generic.iid_samples(_family(), key, logits, num_samples, noise)
+  num_classes = logits.shape[-1]
+  flat = logits.reshape((-1, num_classes))  # (V, C)
+  num_vars = flat.shape[0]
+  eye = jnp.eye(num_classes, dtype=logits.dtype)
+  own = jnp.eye(num_vars, dtype=bool)[:, None, :, None]  # (V, 1, V, 1)
+
+  def values(b_n):  # F[v, c] = f(b_n with variable v set to class c)
+    b_n = b_n.reshape((num_vars, num_classes))
+    moved = jnp.where(own, eye[None, :, None, :], b_n[None, None])
+    fs = jax.vmap(lambda x: f(x.reshape(logits.shape)))(
+        moved.reshape((num_vars * num_classes,) + flat.shape))
+    return fs.reshape((num_vars, num_classes))
+
+  fvals = jnp.mean(jax.vmap(values)(b), axis=0)  # (V, C), mean over samples
+  p = jax.nn.softmax(flat, axis=-1)
+  grad = p * fvals - p * jnp.sum(p * fvals, axis=-1, keepdims=True)
+  return grad.reshape(logits.shape)
+
+
 # ----------------------------------------------------------------------------
 # Relaxed and straight-through estimators (biased).
 # ----------------------------------------------------------------------------
@@ -516,6 +564,79 @@ def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
     return f(b + soft - jax.lax.stop_gradient(soft))
 
   return jax.grad(surrogate)(logits)
+
+
+def _softmax_vjp(probs: Array, cotangent: Array) -> Array:
+  """J(p)^T v with J(p) = diag(p) - p p^T, the Jacobian of softmax, per variable."""
+  return probs * cotangent - probs * jnp.sum(probs * cotangent, axis=-1,
+                                             keepdims=True)
+
+
+@_checks.nan_if_nonfinite
+def reinmax(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
+            noise: Optional[Array] = None) -> Array:
+  r"""ReinMax, a second-order straight-through estimator: BIASED.
+
+  With pi_0 = softmax(l), pi_1 = (b + softmax(l / lambda)) / 2 and
+  J(p) = diag(p) - p p^T, f evaluated at the hard one-hot b:
+
+      g^ = [2 J(pi_1) - 1/2 J(pi_0)] f'(b).
+
+  Straight-through (J(pi_0) f'(b)) is the forward-Euler approximation of the
+  gradient; ReinMax is Heun's method, accurate to second order, and like
+  straight-through exact in expectation for f linear in b at lambda = 1
+  (E[J(pi_1)] = 3/4 J(pi_0)). f must be differentiable in b. The authors
+  prefer lambda >= 1.
+
+  Reference: Liu, Zhang, Xu, Wei, Gao, Xing & Sun (2023), "Bridging discrete
+  and backpropagation: straight-through and beyond", NeurIPS, Algorithm 2.
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_positive("temperature", temperature)
+  _, _, b, _ = _sample(key, logits, noise)
+  pi_0 = jax.nn.softmax(logits, axis=-1)
+  pi_1 = 0.5 * (b + jax.nn.softmax(logits / temperature, axis=-1))
+  g = jax.grad(f)(b)
+  return 2.0 * _softmax_vjp(pi_1, g) - 0.5 * _softmax_vjp(pi_0, g)
+
+
+@_checks.nan_if_nonfinite
+def gapped_straight_through(key: PRNGKey, logits: Array, f: Fn,
+                            temperature: Any = 1.0, gap: Any = 1.0,
+                            noise: Optional[Array] = None) -> Array:
+  r"""Gapped straight-through (GST): BIASED, no Gumbel noise in the backward.
+
+  A deterministic perturbation m (held fixed) makes the sample k the argmax
+  of l + m with a gap of at least kappa to every other class:
+
+      m_k = max_c l_c - l_k,   m_i = -relu(l_i - max_c l_c + kappa)  (i != k),
+      s = softmax((l + m) / lambda),   g^ = J(s) f'(b) / lambda,
+
+  i.e. straight-through through s: f is evaluated at the hard b. It keeps
+  what makes straight-through Gumbel work (the soft sample agrees with the
+  hard one, by a margin) without its noise. gap="p" uses the authors'
+  adaptive kappa = -log(1 - p_k) / p_k.
+
+  Reference: Fan, Cong & Zhou (2022), "Training discrete deep generative
+  models via gapped straight-through estimator", ICML, Sec. 4 (GST-1.0 and
+  GST-p).
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_positive("temperature", temperature)
+  _, _, b, _ = _sample(key, logits, noise)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  if isinstance(gap, str):
+    if gap != "p":
+      raise ValueError(f"gap must be a positive number or 'p', got {gap!r}.")
+    p_k = jnp.sum(b * jax.nn.softmax(logits, axis=-1), axis=-1, keepdims=True)
+    gap = -jnp.log1p(-p_k) / p_k
+  else:
+    _checks.check_positive("gap", gap)
+  raise_k = b * (top - logits)
+  lower = (1.0 - b) * jax.nn.relu(logits - top + gap)
+  moved = jax.lax.stop_gradient(logits + raise_k - lower)
+  soft = jax.nn.softmax(moved / temperature, axis=-1)
+  return _softmax_vjp(soft, jax.grad(f)(b)) / temperature
 
 
 # ----------------------------------------------------------------------------
@@ -627,9 +748,13 @@ REGISTRY: dict[str, Callable[..., Array]] = {
     "gumbel_softmax": gumbel_softmax,
     "straight_through_gumbel": straight_through_gumbel,
     "gumbel_rao": gumbel_rao,
+    "reinmax": reinmax,
+    "gapped_straight_through": gapped_straight_through,
+    "indecater": indecater,
     "rebar": rebar,
     "relax": relax,
 }
 
 UNBIASED: frozenset[str] = frozenset(
-    {"reinforce", "reinforce_loo", "ars", "arsm", "rebar", "relax"})
+    {"reinforce", "reinforce_loo", "ars", "arsm", "indecater", "rebar",
+     "relax"})

@@ -137,20 +137,28 @@ def reinforce(family: Family, key: PRNGKey, logits: Array, f: Fn,
   return (f(b) - baseline) * family.score(logits, b)
 
 
-def reinforce_loo(family: Family, key: PRNGKey, logits: Array, f: Fn,
-                  num_samples: int = 2, noise: Optional[Array] = None
-                  ) -> Array:
-  """g^ = 1/(n-1) sum_i (f(b_i) - mean_j f(b_j)) score(b_i), n i.i.d. b_i.
+def iid_samples(family: Family, key: PRNGKey, logits: Array,
+                num_samples: int, noise: Optional[Array] = None) -> Array:
+  """n i.i.d. samples b_1..b_n, shape (n, *logits.shape).
 
   b_1 is `sample`'s (so a given noise is its noise); b_2..b_n come from the
   spare key split n - 1 ways.
   """
-  logits, f = prepare(family, key, logits, f)
-  _checks.check_int("num_samples", num_samples, 2)
   _, b_1, key_rest = sample(family, key, logits, noise)
+  if num_samples == 1:
+    return b_1[None]
   keys = jax.random.split(key_rest, num_samples - 1)
   b_rest = jax.vmap(lambda k: sample(family, k, logits)[1])(keys)
-  b = jnp.concatenate([b_1[None], b_rest])  # (n, *shape)
+  return jnp.concatenate([b_1[None], b_rest])
+
+
+def reinforce_loo(family: Family, key: PRNGKey, logits: Array, f: Fn,
+                  num_samples: int = 2, noise: Optional[Array] = None
+                  ) -> Array:
+  """g^ = 1/(n-1) sum_i (f(b_i) - mean_j f(b_j)) score(b_i), b from `iid_samples`."""
+  logits, f = prepare(family, key, logits, f)
+  _checks.check_int("num_samples", num_samples, 2)
+  b = iid_samples(family, key, logits, num_samples, noise)
   fs = jax.vmap(f)(b)  # (n,)
   centred = (fs - jnp.mean(fs)).reshape((num_samples,) + (1,) * logits.ndim)
   return jnp.sum(centred * family.score(logits, b), axis=0) / (num_samples - 1)

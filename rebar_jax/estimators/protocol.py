@@ -66,7 +66,11 @@ class Options:
   Attributes:
     temperature: lambda of relaxed estimators (initial value when tuned).
     eta: REBAR's control-variate scale (initial value when tuned).
-    loo_samples: n, the samples of reinforce_loo's leave-one-out baseline.
+    loo_samples: n, the samples (f evaluations) per data point of the
+      leave-one-out estimators: reinforce_loo, arms, double_cv.
+    copula: ARMS's antithetic copula, "dirichlet" or "gaussian".
+    alpha: double_cv's Taylor control-variate scale (initial value when
+      tuned; 0 is leave-one-out, as the authors start).
     tune: train the control variate's parameters on the variance loss.
     relax_hidden: hidden widths of RELAX's network r_rho(z).
     nvil_decay: decay of NVIL's running mean and variance of the signal.
@@ -74,6 +78,8 @@ class Options:
   temperature: float = 0.5
   eta: float = 1.0
   loo_samples: int = 2
+  copula: str = "dirichlet"
+  alpha: float = 0.0
   tune: bool = True
   relax_hidden: tuple[int, ...] = (50,)
   nvil_decay: float = 0.8
@@ -404,15 +410,55 @@ def _one_layer(name: str, family, *option_names: str
   return build
 
 
+def _check_loo_samples(options: Options) -> None:
+  if options.loo_samples < 2:
+    raise ValueError(
+        f"loo_samples must be >= 2 (n, the samples of the leave-one-out "
+        f"baseline), got {options.loo_samples}: e.g. --config.loo_samples=2.")
+
+
 def _reinforce_loo(family) -> Callable[[Options], Estimator]:
   """REINFORCE with the leave-one-out baseline of n = options.loo_samples."""
   def build(options: Options) -> Estimator:
-    if options.loo_samples < 2:
-      raise ValueError(
-          f"loo_samples must be >= 2 (n, the samples of the leave-one-out "
-          f"baseline), got {options.loo_samples}: e.g. --config.loo_samples=2.")
+    _check_loo_samples(options)
     return stateless(family.reinforce_loo, num_samples=options.loo_samples)
   return build
+
+
+def _arms(options: Options) -> Estimator:
+  """ARMS over K = options.loo_samples antithetic samples of options.copula."""
+  _check_loo_samples(options)
+  if options.copula not in ("dirichlet", "gaussian"):
+    raise ValueError(f"copula must be 'dirichlet' or 'gaussian', got "
+                     f"{options.copula!r}: e.g. --config.copula=dirichlet.")
+  return stateless(bernoulli.arms, num_samples=options.loo_samples,
+                   copula=options.copula)
+
+
+def double_cv(options: Options) -> Estimator:
+  r"""Double control variates with alpha shared by all layers, tuned.
+
+  alpha starts at `options.alpha` (0: leave-one-out) and is trained on the
+  variance loss, as the authors do; K = options.loo_samples samples.
+
+  Reference: Titsias & Shi (2022), "Double control variates for gradient
+  estimation in discrete latent variable models", AISTATS.
+  """
+  _check_loo_samples(options)
+
+  def init(key, info):
+    del key, info
+    return EstimatorState(jnp.asarray(options.alpha, jnp.float32), ())
+
+  def draw(alpha, layer_index, family, key, logits, f, f_relaxed, noise):
+    del layer_index, f_relaxed
+    return family.double_cv(key, logits, f, num_samples=options.loo_samples,
+                            alpha=alpha, noise=noise)
+
+  def summary(alpha):
+    return {"alpha": float(alpha)}
+
+  return tuned(init, draw, options.tune, summary)
 
 
 # The one map from names to training estimators, per distribution family.
@@ -423,11 +469,15 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
         "reinforce_loo": _reinforce_loo(bernoulli),
         "arm": _one_layer("arm", bernoulli),
         "disarm": _one_layer("disarm", bernoulli),
+        "arms": _arms,
+        "double_cv": double_cv,
+        "indecater": _one_layer("indecater", bernoulli),
         "muprop": _one_layer("muprop", bernoulli),
         "concrete": _relaxed_objective,
         "straight_through": _one_layer("straight_through", bernoulli),
         "straight_through_gumbel": _one_layer(
             "straight_through_gumbel", bernoulli, "temperature"),
+        "reinmax": _one_layer("reinmax", bernoulli, "temperature"),
         "rebar": rebar,
         "relax": relax,
     },
@@ -441,6 +491,10 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
         "straight_through_gumbel": _one_layer(
             "straight_through_gumbel", categorical, "temperature"),
         "gumbel_rao": _one_layer("gumbel_rao", categorical, "temperature"),
+        "indecater": _one_layer("indecater", categorical),
+        "reinmax": _one_layer("reinmax", categorical, "temperature"),
+        "gapped_straight_through": _one_layer(
+            "gapped_straight_through", categorical, "temperature"),
         "rebar": rebar,
         "relax": relax,
     },
