@@ -138,7 +138,10 @@ def evaluate(model: Model, params: Params, data: Any, key: PRNGKey,
     num_samples: K of the IW bound.
     batch_size: data points per jitted call.
     chunk_size: importance samples per scan step (memory O(chunk * batch));
-      defaults to min(K, 100).
+      defaults to min(K, 20) on CPU, where a smaller working set is faster
+      (IW-100 of the linear SBN, batches of 100: 0.96 ms per point at 20
+      against 2.1 ms at 100, on this project's 2-core machine), and to
+      min(K, 100) on accelerators.
     dynamic_binarization: binarize each point with its own fixed key first.
   Returns:
     {'elbo': mean ELBO, 'iw_bound': mean IW_K} as Python floats (nats).
@@ -151,7 +154,9 @@ def evaluate(model: Model, params: Params, data: Any, key: PRNGKey,
   n = data.shape[0]
   if n == 0:
     raise ValueError("evaluate needs at least one data point.")
-  chunk_size = min(num_samples, 100) if chunk_size is None else chunk_size
+  if chunk_size is None:
+    chunk_size = min(num_samples,
+                     20 if jax.default_backend() == "cpu" else 100)
   batch_size = min(batch_size, n)
   outputs = []  # device arrays, fetched at the end (dispatch stays async)
   for start in range(0, n, batch_size):

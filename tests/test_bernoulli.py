@@ -137,6 +137,7 @@ class UnbiasedTest(parameterized.TestCase):
     for name in estimators.UNBIASED:
       self.assertIn(estimators.BERNOULLI[name], tested, name)
 
+  @pytest.mark.optimized  # every unbiased estimator as users compile it
   def test_multidimensional_logits(self):
     logits = jnp.array([[0.5, -1.0, 2.0], [1.5, -0.2, 0.0]])
     f = lambda b: jnp.sum(b[0] * b[1]) + jnp.sin(jnp.sum(b * logits))

@@ -209,6 +209,18 @@ class UnbiasedTest(parameterized.TestCase):
     self.assertEqual(set(categorical.REGISTRY),
                      set(UNBIASED) | set(STRAIGHT_THROUGH) | {"gumbel_softmax"})
 
+  @pytest.mark.optimized
+  def test_unbiased_as_users_compile_them(self):
+    # The draws above are compiled without XLA's optimisations (fast
+    # compiles); here every unbiased estimator is compiled as users' programs
+    # are, since a miscompile changes values (tests/test_xla_regressions.py).
+    logits, theta, f = _problem(*PROBLEMS[0])
+    target = _exact_gradient(logits, theta)
+    for name in UNBIASED:
+      samples = testing.draws(categorical.REGISTRY[name], jax.random.key(12),
+                              logits, f, 2**14)
+      testing.assert_unbiased(samples, target, name=f"{name}, optimised")
+
   def test_leading_axes_are_variables(self):
     # logits (2, 1, 3, 3): six variables of three classes (ARSM swaps all of
     # them at once).

@@ -49,6 +49,7 @@ import jax
 from jax.extend import random as jex_random
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
@@ -212,6 +213,7 @@ def prove(name: str, ks=None) -> dict:
           "binades": len(ks), "first": first_value, "last": last}
 
 
+@pytest.mark.optimized  # exact sums over 2^30 noise values: run-time bound
 class ExactResolutionTest(parameterized.TestCase):
   """The bounds: every binade for the logistic noise, see `binades`."""
 

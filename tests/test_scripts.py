@@ -177,3 +177,20 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
   assert "| rebar | 2 | -101.00 | -9.50 | -29.50 |" in out["md"]
   assert "| disarm | 1 | - | -10.00 | -30.00 |" in out["md"]
   assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_bias_command_writes_its_table_and_figure(tmp_path):
+  # The command of scripts/bias.py's docstring, with fewer draws. What the
+  # biases prove is asserted in test_bernoulli.py and test_categorical.py;
+  # here: every (estimator, objective) measured, finite, tabulated, plotted.
+  proc = subprocess.run(
+      [sys.executable, "scripts/bias.py", f"--output_dir={tmp_path}",
+       "--num_draws=8192"], capture_output=True, text=True, cwd=ROOT,
+      check=False, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads((tmp_path / "bias.json").read_text())
+  assert len(rows) == 3 * (5 + 6)
+  assert all(r[k] >= 0 for r in rows for k in ("relative_bias", "max_z"))
+  md = (tmp_path / "bias.md").read_text()
+  assert "| reinmax |" in md and "| gapped_straight_through |" in md
+  assert (tmp_path / "bias.png").stat().st_size > 0

@@ -10,9 +10,16 @@ from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 
+@pytest.mark.optimized
 class RowReductionTest(parameterized.TestCase):
+
+  def test_compiled_with_xla_defaults(self):
+    # The suite turns most optimisations off (tests/conftest.py); the
+    # miscompile lives in an optimisation, so this class must run with them.
+    self.assertFalse(jax.config.read("jax_disable_most_optimizations"))
 
   @parameterized.parameters(4096, 8192, 16384, 32768)
   def test_weighted_row_sum_times_rows(self, rows):
