@@ -33,6 +33,9 @@ def test_estimators_tour_runs_top_to_bottom(tmp_path):
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (ROOT, env.get("PYTHONPATH")) if p)
+  # Compiled like the in-process tests (tests/conftest.py): its draws are
+  # cheap, its compiles are not.
+  env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
   client = NotebookClient(nb, kernel_name="python3", timeout=300,
                           extra_arguments=["--InteractiveShell.colors=nocolor"],
                           resources={"metadata": {"path": str(tmp_path)}})

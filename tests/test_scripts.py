@@ -12,6 +12,8 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The helpers are compiled like the in-process tests (tests/conftest.py).
+FAST_COMPILE = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
 
 
 def run_with_script(module: str, body: str) -> dict:
@@ -25,7 +27,8 @@ def run_with_script(module: str, body: str) -> dict:
       out = {{}}
   """) + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                        text=True, cwd=ROOT, check=False, timeout=300)
+                        text=True, cwd=ROOT, check=False, timeout=300,
+                        env=FAST_COMPILE)
   assert proc.returncode == 0, proc.stderr[-2000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -186,7 +189,7 @@ def test_bias_command_writes_its_table_and_figure(tmp_path):
   proc = subprocess.run(
       [sys.executable, "scripts/bias.py", f"--output_dir={tmp_path}",
        "--num_draws=8192"], capture_output=True, text=True, cwd=ROOT,
-      check=False, timeout=600)
+      check=False, timeout=600, env=FAST_COMPILE)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads((tmp_path / "bias.json").read_text())
   assert len(rows) == 3 * (5 + 6)
