@@ -32,9 +32,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from rebar_jax import estimators
 from rebar_jax import testing
-from rebar_jax.estimators import bernoulli
-from rebar_jax.estimators import categorical
 from rebar_jax.estimators import exact
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/bias", "Output.")
@@ -42,16 +41,16 @@ _NUM_DRAWS = flags.DEFINE_integer("num_draws", 2**17, "Draws per estimate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Root seed of the draws.")
 
 OBJECTIVES = ("linear", "quadratic", "sine")
-# (family module, logits shape, exact gradient, estimators: name -> options)
+# (logits shape, exact gradient, estimators: name -> options)
 FAMILIES = {
-    "bernoulli": (bernoulli, (6,), exact.bernoulli_gradient, {
+    "bernoulli": ((6,), exact.bernoulli_gradient, {
         "reinforce_loo": {},  # unbiased: the control
         "concrete": {"temperature": 0.5},
         "straight_through": {},
         "straight_through_gumbel": {"temperature": 1.0},
         "reinmax": {"temperature": 1.0},
     }),
-    "categorical": (categorical, (3, 4), exact.categorical_gradient, {
+    "categorical": ((3, 4), exact.categorical_gradient, {
         "reinforce_loo": {},
         "gumbel_softmax": {"temperature": 1.0},
         "straight_through_gumbel": {"temperature": 1.0},
@@ -83,14 +82,13 @@ def problem(shape, seed=0):
 
 def measure(family: str, num_draws: int, seed: int) -> list[dict]:
   """Rows (estimator, objective, relative bias, its se, z, variance)."""
-  module, shape, exact_gradient, names = FAMILIES[family]
+  shape, exact_gradient, names = FAMILIES[family]
   logits, theta = problem(shape)
   target_of = jax.jit(lambda th: exact_gradient(
       logits, functools.partial(objective, theta=th)))
   rows = []
   for name, options in names.items():
-    est = module.REGISTRY[name] if family == "categorical" else getattr(
-        module, name)
+    est = estimators.get(name, family)
 
     @jax.jit
     def draws(keys, th, est=est, options=options):
@@ -126,7 +124,7 @@ def markdown(rows: list[dict], num_draws: int) -> str:
               "| estimator | " + " | ".join(
                   f"{k}: bias (se), z, variance" for k in OBJECTIVES) + " |",
               "| --- |" + " --- |" * len(OBJECTIVES)]
-    for name in FAMILIES[family][3]:
+    for name in FAMILIES[family][2]:
       cells = []
       for kind in OBJECTIVES:
         r = next(r for r in rows if (r["family"], r["estimator"],
@@ -141,7 +139,7 @@ def markdown(rows: list[dict], num_draws: int) -> str:
 def plot(rows: list[dict], path: str) -> None:
   fig, axes = plt.subplots(1, len(FAMILIES), figsize=(12, 4))
   for ax, family in zip(axes, FAMILIES):
-    names = list(FAMILIES[family][3])
+    names = list(FAMILIES[family][2])
     width = 0.8 / len(OBJECTIVES)
     for i, kind in enumerate(OBJECTIVES):
       got = [next(r for r in rows if (r["family"], r["estimator"],

@@ -20,8 +20,9 @@
   -> 3 min 43 s). Tests marked `optimized` compile with XLA's defaults, as
   users' programs do: the guard against miscompiles
   (tests/test_xla_regressions.py) and one unbiasedness proof per family of
-  every estimator. The commands run in subprocesses (tests/test_cli.py,
-  test_faults.py, ...) are untouched: they run as users run them.
+  every estimator, the exact noise proofs. The notebook and the scripts'
+  helper tests set the same option in their subprocesses; the users'
+  commands (tests/test_cli.py, test_faults.py, ...) run as users run them.
 * The summary says how many tests used the paper data and how many were
   skipped for want of it (`paper_data.require`).
 """

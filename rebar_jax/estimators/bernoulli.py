@@ -508,17 +508,14 @@ def arms(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
     return generic.reinforce_loo(_family(), key, logits, f, num_samples, noise)
   if copula not in copulas.COPULAS:
     raise ValueError(f"Unknown copula {copula!r}; choose one of "
-                     f"{copulas.COPULAS + ('independent',)}.")
+                     f"{(*copulas.COPULAS, 'independent')}.")
   n, b_1, key_rest = _sample(key, logits, noise)
   flip = logits >= 0  # sampled as 1 - c, c ~ Bernoulli(sigmoid(-|l|))
   c_rest = copulas.rest(copula, key_rest, logits,
                         copulas.first_noise(logits, n), num_samples)
   b = jnp.concatenate([b_1[None], jnp.where(flip, 1.0 - c_rest, c_rest)])
-  fs = jax.vmap(f)(b)
-  centred = (fs - jnp.mean(fs)).reshape((num_samples,) + (1,) * logits.ndim)
-  rho = copulas.rho(copula, logits, num_samples)
-  return jnp.sum(centred * score(logits, b), axis=0) / (
-      (num_samples - 1) * (1.0 - rho))
+  loo = generic.leave_one_out(jax.vmap(f)(b), score(logits, b))
+  return loo / (1.0 - copulas.rho(copula, logits, num_samples))
 
 
 @_checks.nan_if_nonfinite
@@ -558,14 +555,11 @@ def double_cv(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
   _checks.check_int("num_samples", num_samples, 2)
   b = generic.iid_samples(_family(), key, logits, num_samples, noise)
   fs, grads = jax.vmap(jax.value_and_grad(f))(b)
-  k = num_samples
-  grad_others = (jnp.sum(grads, axis=0) - grads) / (k - 1)  # g_-k
+  grad_others = (jnp.sum(grads, axis=0) - grads) / (num_samples - 1)  # g_-k
   s = score(logits, b)
-  axes = tuple(range(1, b.ndim))
-  fs = fs - jnp.sum(alpha * grad_others * s, axis=axes)
-  centred = (fs - jnp.mean(fs)).reshape((k,) + (1,) * logits.ndim)
+  taylor = jnp.sum(alpha * grad_others * s, axis=tuple(range(1, b.ndim)))
   p = jax.nn.sigmoid(logits)
-  return (jnp.sum(centred * s, axis=0) / (k - 1)
+  return (generic.leave_one_out(fs - taylor, s)
           + alpha * jnp.mean(grads, axis=0) * p * (1.0 - p))
 
 

@@ -41,16 +41,9 @@ from jax.scipy.special import ndtri
 
 Array = jax.Array
 
-COPULAS = ("dirichlet", "gaussian")
-
 # Gauss-Legendre nodes and weights on [-1, 1] for Plackett's integral: its
 # integrand is smooth (all derivatives vanish at theta = -pi/2 for h != 0).
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(32)
-
-
-def log_small_probability(logits: Array) -> Array:
-  """log p~ = log sigmoid(-|l|), p~ = min(p, 1 - p)."""
-  return -jax.nn.softplus(jnp.abs(logits))
 
 
 def first_noise(logits: Array, noise: Array) -> Array:
@@ -97,15 +90,6 @@ def gaussian_rho(logits: Array, num_samples: int) -> Array:
   return -integral / (p * (1.0 - p))
 
 
-def rho(copula: str, logits: Array, num_samples: int) -> Array:
-  """The pairwise correlation of the copula's samples, shape of logits."""
-  if copula == "dirichlet":
-    return dirichlet_rho(logits, num_samples)
-  if copula == "gaussian":
-    return gaussian_rho(logits, num_samples)
-  raise ValueError(f"Unknown copula {copula!r}; choose one of {COPULAS}.")
-
-
 def dirichlet_rest(key: jax.Array, logits: Array, m_noise: Array,
                    num_samples: int) -> Array:
   r"""c_2..c_K ~ Bernoulli(p~) from the Dirichlet copula given u_1, (K-1, *l).
@@ -146,11 +130,18 @@ def gaussian_rest(key: jax.Array, logits: Array, m_noise: Array,
   return (z < h).astype(logits.dtype)
 
 
+# name: (rho(logits, K), rest(key, logits, m_noise, K)).
+_COPULAS = {"dirichlet": (dirichlet_rho, dirichlet_rest),
+            "gaussian": (gaussian_rho, gaussian_rest)}
+COPULAS = tuple(_COPULAS)
+
+
+def rho(copula: str, logits: Array, num_samples: int) -> Array:
+  """The pairwise correlation of the copula's samples, shape of logits."""
+  return _COPULAS[copula][0](logits, num_samples)
+
+
 def rest(copula: str, key: jax.Array, logits: Array, m_noise: Array,
          num_samples: int) -> Array:
   """c_2..c_K from `copula` given the first uniform, (K - 1, *logits.shape)."""
-  if copula == "dirichlet":
-    return dirichlet_rest(key, logits, m_noise, num_samples)
-  if copula == "gaussian":
-    return gaussian_rest(key, logits, m_noise, num_samples)
-  raise ValueError(f"Unknown copula {copula!r}; choose one of {COPULAS}.")
+  return _COPULAS[copula][1](key, logits, m_noise, num_samples)

@@ -159,9 +159,18 @@ def reinforce_loo(family: Family, key: PRNGKey, logits: Array, f: Fn,
   logits, f = prepare(family, key, logits, f)
   _checks.check_int("num_samples", num_samples, 2)
   b = iid_samples(family, key, logits, num_samples, noise)
-  fs = jax.vmap(f)(b)  # (n,)
-  centred = (fs - jnp.mean(fs)).reshape((num_samples,) + (1,) * logits.ndim)
-  return jnp.sum(centred * family.score(logits, b), axis=0) / (num_samples - 1)
+  return leave_one_out(jax.vmap(f)(b), family.score(logits, b))
+
+
+def leave_one_out(fs: Array, scores: Array) -> Array:
+  """1/(n-1) sum_i (f_i - mean_j f_j) scores_i: fs (n,), scores (n, *shape).
+
+  Equals (1/n) sum_i (f_i - 1/(n-1) sum_{j != i} f_j) scores_i, each sample's
+  signal less the mean of the others'.
+  """
+  n = fs.shape[0]
+  centred = (fs - jnp.mean(fs)).reshape((n,) + (1,) * (scores.ndim - 1))
+  return jnp.sum(centred * scores, axis=0) / (n - 1)
 
 
 def relaxed_or_default(f: Fn, f_relaxed: Optional[RelaxedFn]) -> RelaxedFn:

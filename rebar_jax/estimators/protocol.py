@@ -37,6 +37,7 @@ import numpy as np
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates as cv
+from rebar_jax.estimators import copulas
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -428,8 +429,8 @@ def _reinforce_loo(family) -> Callable[[Options], Estimator]:
 def _arms(options: Options) -> Estimator:
   """ARMS over K = options.loo_samples antithetic samples of options.copula."""
   _check_loo_samples(options)
-  if options.copula not in ("dirichlet", "gaussian"):
-    raise ValueError(f"copula must be 'dirichlet' or 'gaussian', got "
+  if options.copula not in copulas.COPULAS:
+    raise ValueError(f"copula must be one of {copulas.COPULAS}, got "
                      f"{options.copula!r}: e.g. --config.copula=dirichlet.")
   return stateless(bernoulli.arms, num_samples=options.loo_samples,
                    copula=options.copula)
