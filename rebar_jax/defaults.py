@@ -31,8 +31,9 @@ def config() -> ml_collections.ConfigDict:
   c.nonlinear = True
   c.num_latents = 200
   c.hidden = 200
-  # Estimator: a name of rebar_jax.estimators.BERNOULLI, "nvil", or a
-  # multi-sample objective of rebar_jax.estimators.multisample (with K below).
+  # Estimator: a name of rebar_jax.estimators.BERNOULLI, "nvil",
+  # "muprop_baseline", or a multi-sample objective of
+  # rebar_jax.estimators.multisample (with K below).
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)

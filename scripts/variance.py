@@ -4,7 +4,8 @@ r"""Encoder-gradient variance of every estimator at the same model parameters.
       --data_source=local --data_dir=$REBAR_JAX_DATA_DIR \
       --checkpoints=runs/lin-rebar   # also the initial parameters
 
-For the linear one-layer SBN (or --nonlinear) at the initial parameters and at
+For the linear one-layer SBN (or --nonlinear, or --model=catvae for the
+categorical VAE of configs/catvae_mnist.py) at the initial parameters and at
 the parameters of each given training run's latest checkpoint, every estimator
 is first given `--tune_steps` steps to train its own parameters (REBAR's eta and
 lambda, RELAX's network, NVIL's baseline) with the model held fixed, then the
@@ -33,6 +34,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import catvae_mnist  # pylint: disable=g-import-not-at-top
 from configs import sbn_linear  # pylint: disable=g-import-not-at-top
 from rebar_jax import diagnostics
 from rebar_jax import gradients
@@ -43,6 +45,10 @@ from rebar_jax.utils import checkpoints
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/variance", "Output.")
 _DATA_SOURCE = flags.DEFINE_string("data_source", "embedded", "Data source.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Directory for local data.")
+_MODEL = flags.DEFINE_enum(
+    "model", "sbn", ["sbn", "catvae"],
+    "sbn: the one-layer SBN of configs/sbn_linear.py (or --nonlinear); "
+    "catvae: the categorical VAE of configs/catvae_mnist.py (30 x 10).")
 _NONLINEAR = flags.DEFINE_bool("nonlinear", False, "Nonlinear SBN.")
 _CHECKPOINTS = flags.DEFINE_list(
     "checkpoints", [], "Workdirs of training runs whose latest checkpoint "
@@ -100,8 +106,11 @@ def main(argv):
   def config(token):
     """The config of an --estimators token, name or name@K."""
     estimator, _, k = token.partition("@")
-    c = sbn_linear.get_config()
-    c.nonlinear = _NONLINEAR.value
+    if _MODEL.value == "catvae":
+      c = catvae_mnist.get_config()
+    else:
+      c = sbn_linear.get_config()
+      c.nonlinear = _NONLINEAR.value
     c.estimator, c.data_source, c.data_dir = (estimator, _DATA_SOURCE.value,
                                               _DATA_DIR.value)
     c.copula = _COPULA.value

@@ -74,6 +74,20 @@ def pytest_configure(config):
     config.paper_data_log = path
 
 
+# Modules whose tests each start processes that run for tens of seconds (the
+# users' commands, killed runs, the notebook). They are collected first so
+# that pytest-xdist starts them early and the suite ends on short tests
+# instead of one worker finishing a long one alone.
+_LONG_FIRST = ("test_cli.py", "test_faults.py", "test_notebook.py",
+               "test_scripts.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  rank = lambda item: (0 if item.path.name in _LONG_FIRST else 1)
+  items.sort(key=rank)  # stable: the order within each group is kept
+
+
 def pytest_terminal_summary(terminalreporter, config):
   path = getattr(config, "paper_data_log", None)
   if path is None:

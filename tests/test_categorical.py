@@ -101,7 +101,7 @@ _DYNAMIC_DEFAULTS = {
     "reinmax": {"temperature": 1.0},
     "gapped_straight_through": {"temperature": 1.0},
 }
-_STATIC = ("num_samples", "tied", "gap")
+_STATIC = ("num_samples", "tied", "gap", "order")
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,8 +154,8 @@ PROBLEMS = [
     (5, (2, 10), "quadratic"),
 ]
 
-UNBIASED = ["reinforce", "reinforce_loo", "ars", "arsm", "indecater", "rebar",
-            "relax"]
+UNBIASED = ["reinforce", "reinforce_loo", "ars", "arsm", "ars_plus",
+            "arsm_plus", "disarm_stick_breaking", "indecater", "rebar", "relax"]
 STRAIGHT_THROUGH = ["straight_through_gumbel", "gumbel_rao", "reinmax",
                     "gapped_straight_through"]
 
@@ -174,6 +174,8 @@ OPTION_VARIANTS = {
     "reinforce_baseline": (0, "reinforce", {"baseline": 0.7}),
     "reinforce_loo_4": (4, "reinforce_loo", {"num_samples": 4}),
     "indecater_3": (2, "indecater", {"num_samples": 3}),
+    "disarm_stick_breaking_in_index_order": (3, "disarm_stick_breaking",
+                                             {"order": "none"}),
     "rebar_eta_temperature": (1, "rebar", {"eta": 0.6, "temperature": 2.0}),
     "rebar_untied": (3, "rebar", {"tied": False}),
     "relax_network": (5, "relax",
@@ -364,6 +366,100 @@ class CrossCheckTest(parameterized.TestCase):
     self.assertLess(variance["arsm"], 0.1 * variance["ars"])
     self.assertLess(variance["ars"], 0.1 * variance["reinforce"])
 
+  @parameterized.parameters(("ars", 1), ("arsm", 4))
+  def test_rao_blackwellised_variance_is_lower_on_the_same_draws(self, name,
+                                                                 index):
+    # ARS+/ARSM+ are conditional expectations of ARS/ARSM given the pseudo
+    # actions: on the same keys (the same b and pseudo actions) the variance
+    # must drop.
+    logits, theta, _ = _problem(*PROBLEMS[index])
+    plain = _draws(name, logits, theta).astype(np.float64)
+    plus = _draws(name + "_plus", logits, theta).astype(np.float64)
+    self.assertLess(plus.var(0).sum(), 0.95 * plain.var(0).sum())
+    # Same f values per key: where ARS's weight is zero (delta_d = 1), so is
+    # ARS+'s.
+    np.testing.assert_array_equal(plain == 0, plus == 0)
+
+  @parameterized.parameters("descending", "none")
+  def test_stick_breaking_chain_carries_the_gumbel_max_sample(self, order):
+    # The coupled pair's first member is the sample every other estimator
+    # sees on the same key (the chain's), at logits up to |12|; its twin is
+    # a valid one-hot.
+    logits = jnp.array([[12.0, -3.0, 0.5, -12.0], [-1.0, 2.0, 2.0, -0.5]])
+    keys = jax.random.split(jax.random.key(3), 4096)
+
+    def both(key):
+      z, z_twin = categorical.stick_breaking_pair(key, logits, order)
+      to_b = lambda z_: categorical._in_order(
+          categorical.from_stick_breaking(z_), order, logits, inverse=True)
+      _, _, b, _ = categorical._sample(key, logits)
+      return to_b(z), to_b(z_twin), b
+
+    b_chain, b_twin, b = jax.vmap(both)(keys)
+    np.testing.assert_array_equal(b_chain, b)
+    np.testing.assert_array_equal(b_twin.sum(-1), 1.0)
+    self.assertGreater(np.mean(np.any(b_twin != b, axis=(1, 2))), 0.1)
+
+  def test_stick_breaking_disarm_at_two_classes_is_bernoulli_disarm(self):
+    # At C = 2 the chain is one Bernoulli(sigmoid(a)), a = l_0 - l_1, and
+    # DisARM's estimate is 1/2 (f(e_0) - f(e_1)) sigmoid(|a|) (1, -1) with
+    # probability 2 sigmoid(-|a|) (the antithetic pair differs), else 0.
+    f = lambda b: jnp.sin(3.0 * b[0, 0]) + 2.0 * b[0, 1] ** 2
+    for logits in (jnp.array([[0.3, -0.4]]), jnp.array([[-2.0, 1.5]])):
+      a = float(logits[0, 0] - logits[0, 1])
+      draws = np.asarray(jax.vmap(
+          lambda k: categorical.disarm_stick_breaking(k, logits, f))(
+              jax.random.split(jax.random.key(0), 2**14)))
+      value = 0.5 * (np.sin(3.0) - 2.0) / (1.0 + np.exp(-abs(a)))
+      nonzero = draws[:, 0, 0] != 0
+      np.testing.assert_allclose(draws[nonzero], np.broadcast_to(
+          [[value, -value]], draws[nonzero].shape), rtol=1e-5)
+      self.assertTrue(np.all(draws[~nonzero] == 0))
+      rate = 2.0 / (1.0 + np.exp(abs(a)))
+      se = np.sqrt(rate * (1 - rate) / draws.shape[0])
+      self.assertLess(abs(nonzero.mean() - rate), 4.5 * se)
+      # The same law as Bernoulli DisARM's on f(b_0) with logit a.
+      bern = np.asarray(jax.vmap(lambda k: bernoulli.disarm(
+          k, jnp.array(a), lambda z: f(jnp.stack([z, 1.0 - z])[None]))
+      )(jax.random.split(jax.random.key(1), 2**14)))
+      np.testing.assert_allclose(np.unique(bern[bern != 0]), [value],
+                                 rtol=1e-5)
+
+  def test_partial_mean_matches_integration_over_the_segment(self):
+    # E[pi_j | pi_-(j,o), pseudo actions] by brute force: pi_j = t on a fine
+    # grid of [0, s], pi_o = s - t, keeping the t whose C pseudo actions for
+    # reference j are the observed ones; averaged over the partners o.
+    rng = np.random.default_rng(0)
+    num_classes = 5
+    for trial in range(6):
+      pi = rng.dirichlet(np.ones(num_classes))
+      p = rng.dirichlet(np.ones(num_classes) * 0.7)
+      j = trial % num_classes
+
+      def pseudo_actions(pi_):
+        out = []
+        for m in range(num_classes):
+          swapped = pi_.copy()
+          swapped[..., [j, m]] = swapped[..., [m, j]]
+          out.append(np.argmin(swapped / p, axis=-1))
+        return np.stack(out, -1)
+
+      observed = pseudo_actions(pi)
+      means = []
+      for o in range(num_classes):
+        if o == j:
+          continue
+        s = pi[j] + pi[o]
+        t = (np.arange(200_000) + 0.5) / 200_000 * s
+        grid = np.repeat(pi[None], t.size, 0)
+        grid[:, j], grid[:, o] = t, s - t
+        keep = np.all(pseudo_actions(grid) == observed, axis=-1)
+        means.append(t[keep].mean())
+      got = categorical._partial_mean_pi(
+          jnp.asarray(pi, jnp.float32), jnp.asarray(p, jnp.float32),
+          jnp.asarray(observed), j)
+      np.testing.assert_allclose(got, np.mean(means), rtol=1e-4, atol=1e-6)
+
   @parameterized.parameters(0, 4)
   def test_arsm_variance_below_reinforce(self, index):
     logits, theta, _ = _problem(*PROBLEMS[index])
@@ -435,7 +531,8 @@ class NumericsAndJitTest(parameterized.TestCase):
     np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
     # Every draw of u = (w, side) replaced by the edges of its range (u from
     # 2^-126 to 1/2 - 2^-25 and from 1/2 + 2^-25 to 1 - 2^-126), crossed
-    # with extreme logits (eager, so the patched sampler is used).
+    # with extreme logits. Each shift is traced anew (a new function), so the
+    # patched sampler is the one compiled in.
     w_edges = np.array([2.0**-126, 1e-30, 1e-7, 0.25, 0.5 - 2.0**-25],
                        np.float32)
     edges = (jnp.asarray(np.concatenate([w_edges, w_edges[::-1]])),
@@ -445,20 +542,20 @@ class NumericsAndJitTest(parameterized.TestCase):
         mp.setattr(bernoulli, "_draw_halves",
                    lambda key, shape, s=shift: tuple(
                        jnp.resize(jnp.roll(x, s), shape) for x in edges))
-        for l in (_EXTREME, -_EXTREME):
-          grad = est(jax.random.key(0), l, f)
-          self.assertTrue(np.all(np.isfinite(grad)), (name, shift, grad))
+        grad = jax.jit(jax.vmap(lambda l: est(jax.random.key(0), l, f)),
+                       compiler_options=_FAST_COMPILE)(
+                           jnp.stack([_EXTREME, -_EXTREME]))
+        self.assertTrue(np.all(np.isfinite(grad)), (name, shift, grad))
 
   @parameterized.parameters(*ALL)
   def test_non_finite_logits_give_an_all_nan_estimate(self, name):
     logits, _, f = _problem(*PROBLEMS[0])
     est = categorical.REGISTRY[name]
     key = jax.random.key(0)
-    # Eager.
-    for bad in (np.nan, np.inf):
-      out = est(key, logits.at[1, 2].set(bad), f)
-      self.assertEqual(out.shape, logits.shape)
-      self.assertTrue(np.all(np.isnan(out)), (name, bad, out))
+    # Eager (a NaN; +-inf below).
+    out = est(key, logits.at[1, 2].set(np.nan), f)
+    self.assertEqual(out.shape, logits.shape)
+    self.assertTrue(np.all(np.isnan(out)), (name, out))
     # Jitted and vmapped: only the members with a non-finite logit are NaN.
     batch = jnp.stack([logits, logits.at[0, 0].set(np.nan),
                        logits.at[2, 3].set(np.inf),
@@ -518,9 +615,15 @@ class ErrorsTest(parameterized.TestCase):
 
   @parameterized.parameters(*ALL)
   def test_non_scalar_f(self, name):
+    # The check is made when f is called, eagerly or while tracing: traced
+    # here (no compiling), eagerly once in test_non_scalar_f_eagerly.
     with self.assertRaisesRegex(ValueError, "must return a scalar"):
-      categorical.REGISTRY[name](jax.random.key(0), jnp.zeros((2, 3)),
-                                 lambda b: b)
+      jax.eval_shape(lambda: categorical.REGISTRY[name](
+          jax.random.key(0), jnp.zeros((2, 3)), lambda b: b))
+
+  def test_non_scalar_f_eagerly(self):
+    with self.assertRaisesRegex(ValueError, "must return a scalar"):
+      categorical.arsm(jax.random.key(0), jnp.zeros((2, 3)), lambda b: b)
 
   @parameterized.parameters(*ALL)
   def test_key_that_is_not_a_key(self, name):

@@ -1,9 +1,9 @@
 """The commands a user types, run as typed from a directory outside the tree.
 
 * Every config in configs/: `python -m rebar_jax.train --config=configs/X.py`
-  without --workdir (outputs in runs/X-<estimator>), then again with
-  --workdir naming that directory (a finished run: it resumes, trains nothing
-  and prints the same final metrics).
+  without --workdir (outputs in runs/X-<estimator>); for one config of each
+  family, then again with --workdir naming that directory (a finished run: it
+  resumes, trains nothing and prints the same final metrics).
 * Every command in a config's docstring, as written.
 * Every shell command in README.md: run here, or shown to be the full-length
   version of one that is (`README_COMMANDS`), or run by the test named there.
@@ -138,6 +138,11 @@ def check_run(clone: pathlib.Path, done, expected_workdir=None):
   return workdir, printed
 
 
+# Re-running a finished run's command with --workdir is checked for one
+# config per family (it is the same code path for every config).
+RERUN_CHECKED = ("sbn_mnist.py", "catvae_mnist.py")
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_runs_with_and_without_workdir(tmp_path, config):
   if needs_paper_data("", config):
@@ -150,6 +155,8 @@ def test_every_config_runs_with_and_without_workdir(tmp_path, config):
       next((clone / "runs").glob(f"{name}-*/config.json")).read_text()
   )["estimator"]
   workdir, printed = check_run(clone, done, f"runs/{name}-{estimator}")
+  if config not in RERUN_CHECKED:
+    return
   again = user_shell.run(f"python -m rebar_jax.train --config=configs/{config}"
                          f" --workdir={workdir} {SHORT}", clone)
   assert again.returncode == 0, again.stderr[-3000:]

@@ -56,7 +56,7 @@ def _flat(tree):
 
 
 UNBIASED = ["reinforce", "nvil", "reinforce_loo", "arm", "disarm", "muprop",
-            "rebar", "relax"]
+            "muprop_baseline", "rebar", "relax"]
 
 
 class TwoLayerSBNTest(parameterized.TestCase):

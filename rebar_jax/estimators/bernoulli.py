@@ -465,12 +465,25 @@ def muprop(key: PRNGKey, logits: Array, f: Fn,
   Reference: Gu, Levine, Sutskever & Mnih (2016), "MuProp: Unbiased
   backpropagation for stochastic neural networks", ICLR, Eq. 6.
   """
+  residual, score_b, analytic = muprop_terms(key, logits, f, noise)
+  return residual * score_b + analytic
+
+
+def muprop_terms(key: PRNGKey, logits: Array, f: Fn,
+                 noise: Optional[Array] = None) -> tuple[Array, Array, Array]:
+  r"""MuProp's parts: (f(b) - c(b), d/dl log q(b), f'(m) * sigmoid'(l)).
+
+  `muprop` is residual * score + analytic; a baseline independent of b may be
+  subtracted from the residual (`protocol.muprop_baseline`). Shapes: (),
+  logits', logits'.
+  """
   logits, f = _prepare(key, logits, f)
   _, b, _ = _sample(key, logits, noise)
   mean = jax.nn.sigmoid(logits)
   f_mean, grad_mean = jax.value_and_grad(f)(mean)
   taylor = f_mean + jnp.sum(grad_mean * (b - mean))
-  return (f(b) - taylor) * score(logits, b) + grad_mean * mean * (1.0 - mean)
+  return (f(b) - taylor, score(logits, b),
+          grad_mean * mean * (1.0 - mean))
 
 
 @_checks.nan_if_nonfinite

@@ -240,11 +240,14 @@ class BaselineMLP(nn.Module):
   Mnih & Gregor (2014), Sec. 2.3.1; the REBAR code uses 100 hidden units.
   """
   hidden: int = 100
+  num_outputs: int = 0  # 0: one scalar per data point; n: n of them
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    """x (..., D) -> (...) or, with num_outputs = n, (..., n)."""
     h = jnp.tanh(nn.Dense(self.hidden)(x))
-    return nn.Dense(1)(h)[..., 0]
+    out = nn.Dense(max(self.num_outputs, 1))(h)
+    return out if self.num_outputs else out[..., 0]
 
 
 def nvil(options: Options) -> Estimator:
@@ -280,6 +283,58 @@ def nvil(options: Options) -> Estimator:
              for layer in problem.layers]
     return Estimate(grads, param_grads, new_stats,
                     jnp.mean(jnp.square(residual)))
+
+  return Estimator(init, estimate)
+
+
+def muprop_baseline(options: Options) -> Estimator:
+  r"""MuProp with a learned input-dependent baseline and variance normalisation.
+
+      g^_il = [(r_il - b_psi(x_i)_l - c_l) d/dl log q(b_il)
+               + f'_il(m) sigmoid'(l_il)] / max(1, sqrt(v_l)),
+      r_il = F_il(b) - F_il(m) - F'_il(m) . (b - m),   m = sigmoid(l_il),
+
+  `bernoulli.muprop` per layer with NVIL's machinery (`nvil`) on its
+  residual: a baseline network with one output per layer, psi minimising
+  (1/B) sum_il (r_il - b_psi(x_i)_l - c_l)^2 with r fixed, and running means
+  c_l, v_l (decay `options.nvil_decay`) of the mean and variance of
+  r_l - b_psi(x)_l. The whole estimate is divided by the scale, so it stays
+  unbiased up to a positive factor set by earlier batches. Bernoulli layers.
+
+  Reference: Gu, Levine, Sutskever & Mnih (2016), "MuProp", ICLR, Sec. 4
+  (MuProp with the baseline and variance normalisation of Mnih & Gregor 2014,
+  as the REBAR code's MuProp).
+  """
+  def init(key, info):
+    num_layers = len(info.layer_shapes)
+    params = BaselineMLP(num_outputs=num_layers).init(
+        key, jnp.zeros((1, info.data_dim)))
+    return EstimatorState(params, NvilStats(jnp.zeros((num_layers,)),
+                                            jnp.ones((num_layers,))))
+
+  def estimate(state, problem):
+    num_layers = len(problem.layers)
+    baseline, baseline_vjp = jax.vjp(
+        lambda psi: BaselineMLP(num_outputs=num_layers).apply(
+            psi, problem.inputs), state.params)  # (B, L)
+    terms = [per_data_point(layer, lambda k, lg, f, fr, nz, family=(
+        layer.family): family.muprop_terms(k, lg, f, noise=nz))
+             for layer in problem.layers]
+    centred = jnp.stack([r for r, _, _ in terms], axis=1) - baseline
+    stats, decay = state.stats, options.nvil_decay
+    new_stats = NvilStats(
+        decay * stats.mean + (1 - decay) * jnp.mean(centred, axis=0),
+        decay * stats.var + (1 - decay) * jnp.var(centred, axis=0))
+    residual = centred - stats.mean  # (B, L)
+    (param_grads,) = baseline_vjp(-2.0 * residual / centred.shape[0])
+    scale = 1.0 / jnp.maximum(1.0, jnp.sqrt(stats.var))
+    grads = []
+    for l, (layer, (_, score_b, analytic)) in enumerate(
+        zip(problem.layers, terms)):
+      r = residual[:, l].reshape((-1,) + (1,) * (layer.logits.ndim - 1))
+      grads.append((r * score_b + analytic) * scale[l])
+    return Estimate(grads, param_grads, new_stats,
+                    jnp.sum(jnp.mean(jnp.square(residual), axis=0)))
 
   return Estimator(init, estimate)
 
@@ -474,6 +529,7 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
         "double_cv": double_cv,
         "indecater": _one_layer("indecater", bernoulli),
         "muprop": _one_layer("muprop", bernoulli),
+        "muprop_baseline": muprop_baseline,
         "concrete": _relaxed_objective,
         "straight_through": _one_layer("straight_through", bernoulli),
         "straight_through_gumbel": _one_layer(
@@ -488,6 +544,10 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
         "reinforce_loo": _reinforce_loo(categorical),
         "ars": _one_layer("ars", categorical),
         "arsm": _one_layer("arsm", categorical),
+        "ars_plus": _one_layer("ars_plus", categorical),
+        "arsm_plus": _one_layer("arsm_plus", categorical),
+        "disarm_stick_breaking": _one_layer("disarm_stick_breaking",
+                                            categorical),
         "gumbel_softmax": _relaxed_objective,
         "straight_through_gumbel": _one_layer(
             "straight_through_gumbel", categorical, "temperature"),
