@@ -10,8 +10,9 @@ Add --config.data_source=local for Larochelle's binarized MNIST from
 $REBAR_JAX_DATA_DIR (written once by `python -m rebar_jax.data.prepare`);
 docs/results/catvae_sbn3.md has the table made that way.
 
-Estimators: reinforce, reinforce_loo, ars, arsm, gumbel_softmax,
-straight_through_gumbel, gumbel_rao, rebar, relax, nvil.
+Estimators: reinforce, reinforce_loo, ars, arsm, ars_plus, arsm_plus,
+disarm_stick_breaking, indecater, gumbel_softmax, straight_through_gumbel,
+gumbel_rao, reinmax, gapped_straight_through, rebar, relax, nvil.
 """
 from rebar_jax import defaults
 
