@@ -381,6 +381,12 @@ def ars(key: PRNGKey, logits: Array, f: Fn,
   estimator for gradient backpropagation through categorical variables", ICML,
   (ARS, multivariate form).
   """
+  return _ars(key, logits, f, noise, rao_blackwell=False)
+
+
+def _ars(key: PRNGKey, logits: Array, f: Fn, noise: Optional[Array],
+         rao_blackwell: bool) -> Array:
+  """`ars`, or `ars_plus` with pi_j replaced by `_partial_means`."""
   logits, f = _prepare(key, logits, f)
   num_classes = logits.shape[-1]
   g, _, _, key_j = _sample(key, logits, noise)
@@ -390,7 +396,10 @@ def ars(key: PRNGKey, logits: Array, f: Fn,
   pseudo = _swapped_argmax(log_p, g, jnp.arange(num_classes), j)  # (C, ...)
   fs = jax.vmap(f)(_one_hot(pseudo, num_classes, logits.dtype))  # (C,)
   centred = fs - jnp.mean(fs)  # f(b^{c<->j}) - mean_m f(b^{m<->j})
-  pi_j = jnp.take(jax.nn.softmax(-g, axis=-1), j, axis=-1)  # (...)
+  if rao_blackwell:
+    pi_j = _partial_means(g, logits, pseudo, j)  # (...)
+  else:
+    pi_j = jnp.take(jax.nn.softmax(-g, axis=-1), j, axis=-1)  # (...)
   active = jnp.any(pseudo != pseudo[:1], axis=0).astype(logits.dtype)
   weight = active * (1.0 - num_classes * pi_j)
   return weight[..., None] * centred
@@ -415,6 +424,12 @@ def arsm(key: PRNGKey, logits: Array, f: Fn,
   Reference: Yin, Yue & Zhou (2019), ICML, the multivariate ARSM estimator
   and Algorithm 1.
   """
+  return _arsm(key, logits, f, noise, rao_blackwell=False)
+
+
+def _arsm(key: PRNGKey, logits: Array, f: Fn, noise: Optional[Array],
+          rao_blackwell: bool) -> Array:
+  """`arsm`, or `arsm_plus` with each pi_j replaced by `_partial_means`."""
   logits, f = _prepare(key, logits, f)
   num_classes = logits.shape[-1]
   g, _, b, _ = _sample(key, logits, noise)
@@ -426,9 +441,17 @@ def arsm(key: PRNGKey, logits: Array, f: Fn,
   fmat = jnp.full((num_classes, num_classes), f_b, f_b.dtype)
   fmat = fmat.at[rows, cols].set(f_pairs).at[cols, rows].set(f_pairs)
   centred = fmat - jnp.mean(fmat, axis=0, keepdims=True)  # F_cj - Fbar_j
-  pi = jax.nn.softmax(-g, axis=-1)  # (..., C)
-  grad = (1.0 / num_classes - pi) @ centred.T  # sum_j centred[c, j] w[..., j]
   index = jnp.argmax(b, axis=-1)
+  if rao_blackwell:
+    # pseudo_all[m, j] = b^{m<->j} (the diagonal is b).
+    pseudo_all = jnp.broadcast_to(index, (num_classes,) * 2 + index.shape)
+    pseudo_all = pseudo_all.at[rows, cols].set(pseudo).at[cols, rows].set(
+        pseudo)
+    pi = jax.vmap(_partial_means, in_axes=(None, None, 1, 0), out_axes=-1)(
+        g, logits, pseudo_all, jnp.arange(num_classes))  # (..., C)
+  else:
+    pi = jax.nn.softmax(-g, axis=-1)  # (..., C)
+  grad = (1.0 / num_classes - pi) @ centred.T  # sum_j centred[c, j] w[..., j]
   active = jnp.any(pseudo != index, axis=0).astype(logits.dtype)
   return active[..., None] * grad
 
@@ -515,18 +538,7 @@ def ars_plus(key: PRNGKey, logits: Array, f: Fn,
   Reference: Yin, Yue & Zhou (2019), ARSM, ICML; the Rao-Blackwellised ARS+
   of seed 004 (partial integration of pi_j plus the symmetry rule delta).
   """
-  logits, f = _prepare(key, logits, f)
-  num_classes = logits.shape[-1]
-  g, _, _, key_j = _sample(key, logits, noise)
-  j = jax.random.randint(key_j, (), 0, num_classes)
-  log_p = jax.nn.log_softmax(logits, axis=-1)
-  pseudo = _swapped_argmax(log_p, g, jnp.arange(num_classes), j)  # (C, ...)
-  fs = jax.vmap(f)(_one_hot(pseudo, num_classes, logits.dtype))  # (C,)
-  centred = fs - jnp.mean(fs)
-  pi_j = _partial_means(g, logits, pseudo, j)  # (...)
-  active = jnp.any(pseudo != pseudo[:1], axis=0).astype(logits.dtype)
-  weight = active * (1.0 - num_classes * pi_j)
-  return weight[..., None] * centred
+  return _ars(key, logits, f, noise, rao_blackwell=True)
 
 
 @_checks.nan_if_nonfinite
@@ -545,26 +557,7 @@ def arsm_plus(key: PRNGKey, logits: Array, f: Fn,
 
   Reference: Yin, Yue & Zhou (2019), ARSM, ICML; seed 004's ARSM+.
   """
-  logits, f = _prepare(key, logits, f)
-  num_classes = logits.shape[-1]
-  g, _, b, _ = _sample(key, logits, noise)
-  log_p = jax.nn.log_softmax(logits, axis=-1)
-  rows, cols = np.triu_indices(num_classes, 1)
-  pseudo = _swapped_argmax(log_p, g, rows, cols)  # (P, ...)
-  f_pairs = jax.vmap(f)(_one_hot(pseudo, num_classes, logits.dtype))
-  f_b = f(b)
-  fmat = jnp.full((num_classes, num_classes), f_b, f_b.dtype)
-  fmat = fmat.at[rows, cols].set(f_pairs).at[cols, rows].set(f_pairs)
-  centred = fmat - jnp.mean(fmat, axis=0, keepdims=True)
-  index = jnp.argmax(b, axis=-1)
-  # pseudo_all[m, j] = b^{m<->j} (the diagonal is b).
-  pseudo_all = jnp.broadcast_to(index, (num_classes, num_classes) + index.shape)
-  pseudo_all = pseudo_all.at[rows, cols].set(pseudo).at[cols, rows].set(pseudo)
-  pi = jnp.stack([_partial_means(g, logits, pseudo_all[:, j], j)
-                  for j in range(num_classes)], axis=-1)  # (..., C)
-  grad = (1.0 / num_classes - pi) @ centred.T
-  active = jnp.any(pseudo != index, axis=0).astype(logits.dtype)
-  return active[..., None] * grad
+  return _arsm(key, logits, f, noise, rao_blackwell=True)
 
 
 # ----------------------------------------------------------------------------
