@@ -15,10 +15,11 @@ $(BASE): setup.py
 	$(PY) -m pip install --quiet -e .
 	touch $(BASE)
 
-# The test extras include TensorFlow + tensorflow-datasets: the TFDS loading
-# path is tested for real, offline, from a manual directory.
-$(TESTS): $(BASE)
-	$(PY) -m pip install --quiet -e ".[test,tfds]"
+# The test extras include TensorFlow + tensorflow-datasets (the TFDS loading
+# path is tested for real, offline, from a manual directory) and Ray Tune (the
+# sweeps are tested on a real local Ray instance and a `ray start` cluster).
+$(TESTS): $(BASE) setup.py
+	$(PY) -m pip install --quiet -e ".[test,tfds,sweep]"
 	touch $(TESTS)
 
 install: $(BASE)

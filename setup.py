@@ -36,5 +36,7 @@ setuptools.setup(
         # importlib_resources: tensorflow-datasets 4.9.10 imports it without
         # declaring it for Python >= 3.9 (tensorflow/datasets#11212).
         "tfds": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
+        # scripts/sweep.py: grids of runs on Ray Tune (local or a cluster).
+        "sweep": ["ray[tune]>=2.40"],
     },
 )

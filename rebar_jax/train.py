@@ -152,7 +152,7 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError, naming the field, for any value that cannot work."""
   def fail(name, expected):
     raise ConfigError(f"config.{name} must be {expected}, got "
@@ -257,7 +257,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     rebar_jax.data.DataError, FileNotFoundError, ImportError, RuntimeError:
       the data set cannot be loaded (the message says how to provide it).
   """
-  _check_config(config)
+  check_config(config)
   dataset = data_lib.load_dataset(
       config.dataset, config.data_source, config.data_dir or None,
       seed=config.seed)
@@ -644,15 +644,19 @@ def recent_train_elbo(state: TrainState) -> float:
   return float(np.mean(values[:step] if step < RECENT else values))
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training configuration file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output directory (resumed if it holds a checkpoint); "
-    "defaults to runs/<config name>-<estimator>.")
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False,
-    "Resume a run although result-changing config fields (or the data) "
-    "differ from its record in run.json; the change is recorded there.")
+def define_flags() -> None:
+  """Defines the command line's flags (when run as a program, not on import:
+  scripts that import this module define their own --config)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Training configuration file.", lock_config=True)
+  flags.DEFINE_string(
+      "workdir", None, "Output directory (resumed if it holds a checkpoint); "
+      "defaults to runs/<config name>-<estimator>.")
+  flags.DEFINE_bool(
+      "allow_config_change", False,
+      "Resume a run although result-changing config fields (or the data) "
+      "differ from its record in run.json; the change is recorded there.")
+
 
 # Errors that are the user's to fix: printed as one message, no traceback.
 USER_ERRORS = (ConfigError, data_lib.DataError, FileNotFoundError,
@@ -673,15 +677,15 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # orbax logs every checkpoint step at INFO; keep the console to the bar.
   logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   if config is None:
     raise app.UsageError("--config is required, e.g. "
                          "--config=configs/sbn_mnist.py")
-  workdir = _WORKDIR.value or default_workdir(
+  workdir = flags.FLAGS.workdir or default_workdir(
       config_flags.get_config_filename(flags.FLAGS["config"]), config)
   try:
-    final = train_and_evaluate(config, workdir,
-                               allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    final = train_and_evaluate(
+        config, workdir, allow_config_change=flags.FLAGS.allow_config_change)
   except Interrupted as e:
     print(e)
     sys.exit(128 + e.signum)
@@ -694,4 +698,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

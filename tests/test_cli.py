@@ -23,6 +23,7 @@ import re
 import pytest
 
 import paper_data
+import test_sweep
 import user_shell
 
 ROOT = user_shell.ROOT
@@ -43,6 +44,11 @@ ELSEWHERE = {
     "make benchmark": "needs PyTorch and Storchastic in .venv-peers (make "
                       "peers downloads them); the script's tables, fits and "
                       "missing-peer path are tests/test_scripts.py",
+    test_sweep.README_SWEEP: "tests/test_sweep.py::test_the_readme_sweep_"
+                             "survives_a_killed_worker_and_an_interruption "
+                             "runs it as typed, shortened",
+    test_sweep.README_STATUS: "the same test runs it, before and after the "
+                              "sweep is resumed",
     "python -m rebar_jax.data.prepare --data_dir=$REBAR_JAX_DATA_DIR":
         "tests/test_prepare.py::test_command_line_with_the_real_checksums runs "
         "it with --mirror= a local server (these machines have no internet)",
@@ -223,6 +229,8 @@ def test_every_readme_command_is_run_somewhere():
   assert "def test_command_line_with_the_real_checksums(" in prepare
   assert "rebar_jax.data.prepare" in prepare
   assert typed("make benchmark").startswith("python scripts/benchmark.py")
+  assert callable(getattr(test_sweep, "test_the_readme_sweep_survives_a_"
+                                      "killed_worker_and_an_interruption"))
 
 
 @pytest.mark.parametrize("block", README_RUN_BLOCKS,

@@ -1,0 +1,485 @@
+r"""Sweeps over config fields on Ray Tune: each trial is a normal training run.
+
+The library behind scripts/sweep.py:
+
+    python scripts/sweep.py --config=configs/sbn_linear.py \
+        --sweep_dir=sweeps/lr --grid=estimator=nvil,disarm \
+        --grid=learning_rate=1e-3,3e-4
+    python scripts/sweep.py --sweep_dir=sweeps/lr --status
+
+The grid is the product of the `--grid=field=v1,v2,...` lists (values parsed
+as the type of the base config's field). Every trial is
+`rebar_jax.train.train_and_evaluate(config, workdir)` in its own workdir,
+`<sweep_dir>/trials/<field=value,...>`, so it has every guarantee of a single
+run: exact resume, identity checks, verified checkpoints.
+
+What Ray Tune does (https://docs.ray.io/en/latest/tune/): it queues the
+trials and places them, `--cpus_per_trial` cores each (one per core by
+default) on the local machine or on the cluster named by `--address`; it
+retries a trial whose worker dies (`--max_failures` times), and the retry
+resumes from the trial's own checkpoint; it records the sweep's state in
+`<sweep_dir>/tune`, so the same command after an interruption resumes the
+sweep without repeating finished trials. `--requeue_failed` runs the trials
+that failed for good again (each resumes from its checkpoint).
+
+What the sweep adds: `<sweep_dir>/sweep.json` fixes the sweep's base config
+and grid (the same command with anything else is refused, naming the
+differences), `--status` lists each trial as queued, running, interrupted,
+failed or finished with its step, and results.md / results.csv are tables
+read from the trials' own final_metrics.json, each checked against its
+trial's config digest; with a `learning_rate` axis, the learning rate with the
+best validation ELBO (mean over seeds) is chosen per setting.
+
+On several machines: `ray start --head` on one, `ray start --address=HEAD:6379`
+on the others, then the sweep with `--address=HEAD:6379` and a `--sweep_dir`
+on a file system every machine mounts at the same path (README, "Sweeps").
+"""
+import csv
+import dataclasses
+import fcntl
+import io
+import itertools
+import json
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+from rebar_jax.utils import checkpoints
+from rebar_jax.utils import runs
+
+MANIFEST = "sweep.json"
+TRIALS = "trials"
+TUNE = "tune"
+# Per-trial XLA CPU threading: a trial that owns one core runs XLA on one
+# thread, so concurrent trials do not fight over the cores (Eigen's pool and
+# XLA's intra-op pool default to every core of the machine).
+ONE_THREAD_XLA = ("--xla_cpu_multi_thread_eigen=false "
+                  "intra_op_parallelism_threads=1")
+
+
+class SweepError(ValueError):
+  """A sweep that cannot run as asked; the message names the fix."""
+
+
+# --- the grid -------------------------------------------------------------
+
+
+def _parse_value(field: str, text: str, like: Any) -> Any:
+  """`text` as the type of the base config's value `like`."""
+  text = text.strip()
+  try:
+    if isinstance(like, bool):
+      if text.lower() not in ("true", "false"):
+        raise ValueError
+      return text.lower() == "true"
+    if isinstance(like, int):
+      return int(text)
+    if isinstance(like, float):
+      return float(text)
+  except ValueError:
+    raise SweepError(
+        f"--grid={field}=...: {text!r} is not a {type(like).__name__}, the "
+        f"type of config.{field} ({like!r}).") from None
+  if isinstance(like, str):
+    return text
+  raise SweepError(f"--grid: config.{field} is a {type(like).__name__}; only "
+                   "int, float, bool and str fields can be swept.")
+
+
+def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict
+               ) -> dict[str, list[Any]]:
+  """`["field=v1,v2", ...]` -> {field: [v1, v2]}, in the order given.
+
+  Raises:
+    SweepError: a malformed spec, an unknown or repeated field, no values, or
+      a value that is not of the field's type.
+  """
+  grid = {}
+  for spec in specs:
+    field, sep, values = spec.partition("=")
+    field = field.strip()
+    if not sep or not field or not values.strip():
+      raise SweepError(f"--grid={spec!r}: expected field=value1,value2,...")
+    if field not in config:
+      raise SweepError(f"--grid={spec!r}: the config has no field {field!r}.")
+    if field in grid:
+      raise SweepError(f"--grid: {field!r} is given twice; list all its "
+                       "values in one --grid.")
+    parsed = [_parse_value(field, v, config[field])
+              for v in values.split(",")]
+    if len(set(map(repr, parsed))) != len(parsed):
+      raise SweepError(f"--grid={spec!r} repeats a value.")
+    grid[field] = parsed
+  return grid
+
+
+def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+  """The trials: one dict of field values per point of the product."""
+  fields = list(grid)
+  return [dict(zip(fields, values))
+          for values in itertools.product(*grid.values())]
+
+
+def trial_name(params: dict[str, Any]) -> str:
+  """`estimator=disarm,learning_rate=0.001`: the trial's workdir name."""
+  if not params:
+    return "base"
+  return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in params.items()).replace("/", "_").replace(
+                      ":", "-")
+
+
+def trial_config(base: ml_collections.ConfigDict, params: dict[str, Any]
+                 ) -> ml_collections.ConfigDict:
+  """The base config with the trial's values (a copy; the base is unchanged)."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  for field, value in params.items():
+    config[field] = value
+  config.progress_bar = False  # Tune reports progress for the sweep
+  return config
+
+
+# --- the sweep's identity -------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """A sweep directory's fixed definition: base config and grid."""
+  sweep_dir: str
+  base: ml_collections.ConfigDict
+  grid: dict[str, list[Any]]
+
+  @property
+  def trials(self) -> list[dict[str, Any]]:
+    return expand(self.grid)
+
+  def workdir(self, params: dict[str, Any]) -> str:
+    return os.path.join(self.sweep_dir, TRIALS, trial_name(params))
+
+  def manifest(self) -> dict[str, Any]:
+    return {"base_config": json.loads(self.base.to_json_best_effort()),
+            "grid": self.grid,
+            "trials": [trial_name(p) for p in self.trials]}
+
+  def write_or_check_manifest(self) -> None:
+    """Writes sweep.json, or refuses a sweep_dir that holds another sweep."""
+    path = os.path.join(self.sweep_dir, MANIFEST)
+    new = self.manifest()
+    if os.path.exists(path):
+      with open(path) as fh:
+        old = json.load(fh)
+      diffs = [f"  grid: {old.get('grid')!r} there, {new['grid']!r} now"] if (
+          old.get("grid") != new["grid"]) else []
+      old_base = old.get("base_config", {})
+      for name in sorted(set(old_base) | set(new["base_config"])):
+        a = old_base.get(name, "<absent>")
+        b = new["base_config"].get(name, "<absent>")
+        if a != b:
+          diffs.append(f"  config.{name}: {a!r} there, {b!r} now")
+      if diffs:
+        raise SweepError(
+            f"{self.sweep_dir} holds another sweep; continuing it would mix "
+            "trials of two definitions. Differences:\n" + "\n".join(diffs) +
+            "\nUse a new --sweep_dir, or the command that started this one.")
+      return
+    os.makedirs(self.sweep_dir, exist_ok=True)
+    with open(path, "w") as fh:
+      json.dump(new, fh, indent=2)
+
+
+def load(sweep_dir: str) -> Sweep:
+  """The sweep recorded in `sweep_dir` (for --status and the tables)."""
+  path = os.path.join(sweep_dir, MANIFEST)
+  if not os.path.exists(path):
+    raise SweepError(f"{sweep_dir} holds no sweep ({MANIFEST} is missing); "
+                     "start one with --config and --grid.")
+  with open(path) as fh:
+    manifest = json.load(fh)
+  return Sweep(sweep_dir, ml_collections.ConfigDict(manifest["base_config"]),
+               manifest["grid"])
+
+
+# --- running it on Ray Tune -----------------------------------------------
+
+
+def _trainable(params: dict[str, Any], sweep: Sweep) -> None:
+  """One trial, in a Ray worker: a normal training run in its own workdir."""
+  from ray import tune  # pylint: disable=g-import-not-at-top
+  from rebar_jax import train  # pylint: disable=g-import-not-at-top
+  params = {k: params[k] for k in sweep.grid}  # the grid's order
+  # A trial can finish its files and be stopped before Tune hears of it (an
+  # interrupted sweep); its retry only reports them, running nothing.
+  final = finished_metrics(sweep, params)
+  if final is None:
+    final = train.train_and_evaluate(trial_config(sweep.base, params),
+                                     sweep.workdir(params))
+  tune.report({k: v for k, v in final.items()
+               if isinstance(v, (int, float, str))})
+
+
+def _import_tune():
+  try:
+    import ray  # pylint: disable=g-import-not-at-top
+    from ray import tune  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f"Sweeps run on Ray Tune, which is not installed ({e}); "
+        "pip install 'rebar_jax[sweep]' (or pip install 'ray[tune]').") from e
+  return ray, tune
+
+
+def run(sweep: Sweep, *, address: Optional[str] = None,
+        num_cpus: Optional[int] = None, cpus_per_trial: int = 1,
+        max_failures: int = 2, requeue_failed: bool = False,
+        verbose: int = 1) -> dict[str, int]:
+  """Runs (or resumes) the sweep's unfinished trials on Ray Tune.
+
+  Args:
+    sweep: the definition; its manifest must already be written or checked.
+    address: a Ray cluster to join ("HOST:6379", "auto"); None starts a new
+      local Ray instance with `num_cpus` cores (default: all of this
+      machine's), never joining a cluster that `ray start` left running.
+    cpus_per_trial: cores Tune reserves per trial; with 1, each trial's XLA
+      runs on one thread.
+    max_failures: retries of a trial whose worker fails; each resumes from
+      the trial's newest intact checkpoint.
+    requeue_failed: run again the trials that failed for good in an earlier
+      invocation.
+    verbose: Tune's console output (0 silent, 1 status table).
+
+  Returns:
+    {"finished": n, "failed": n, "unfinished": n} over the sweep's trials
+    (`status`): trials stay unfinished when the sweep is interrupted (on
+    SIGINT Tune stops the trials, saves its state and returns).
+  """
+  ray, tune = _import_tune()
+  # Trials write absolute paths, and keep the driver's working directory
+  # (Tune would move them into its own trial directories).
+  sweep = dataclasses.replace(sweep, sweep_dir=os.path.abspath(sweep.sweep_dir))
+  env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONPATH": os.pathsep.join(
+      p for p in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                  os.environ.get("PYTHONPATH")) if p)}
+  if cpus_per_trial == 1:
+    env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
+                        ONE_THREAD_XLA).strip()
+  for name in ("JAX_COMPILATION_CACHE_DIR",
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+               "REBAR_JAX_DATA_DIR"):
+    if name in os.environ:
+      env[name] = os.environ[name]
+  # Tune's notes on trials it stopped (no result file yet) are not errors.
+  logging.getLogger("ray.tune").setLevel(logging.ERROR)
+  ray.init(address=address or "local", num_cpus=None if address else num_cpus,
+           include_dashboard=False, log_to_driver=verbose > 1,
+           runtime_env={"env_vars": env})
+  try:
+    path = os.path.join(sweep.sweep_dir, TUNE)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, sweep=sweep), {"cpu": cpus_per_trial})
+    if tune.Tuner.can_restore(path):
+      tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                                 restart_errored=requeue_failed)
+    else:
+      tuner = tune.Tuner(
+          trainable,
+          param_space={k: tune.grid_search(v) for k, v in sweep.grid.items()},
+          tune_config=tune.TuneConfig(reuse_actors=False),
+          run_config=tune.RunConfig(
+              name=TUNE, storage_path=sweep.sweep_dir, verbose=verbose,
+              failure_config=tune.FailureConfig(max_failures=max_failures)))
+    tuner.fit()
+  finally:
+    ray.shutdown()
+  states = [row["state"] for row in status(sweep)]
+  finished, failed = states.count("finished"), states.count("failed")
+  return {"finished": finished, "failed": failed,
+          "unfinished": len(states) - finished - failed}
+
+
+# --- status and tables, from the files -------------------------------------
+
+
+def _locked(workdir: str) -> bool:
+  """Whether a live process holds the trial's workdir lock."""
+  path = os.path.join(workdir, runs.LOCK_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as fh:
+    try:
+      fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      return True
+    fcntl.flock(fh, fcntl.LOCK_UN)
+  return False
+
+
+def _tune_errors(sweep: Sweep) -> dict[str, str]:
+  """trial name -> the last line of its error, for trials Tune gave up on."""
+  path = os.path.join(sweep.sweep_dir, TUNE)
+  if not os.path.isdir(path):
+    return {}
+  _, tune = _import_tune()
+  try:
+    analysis = tune.ExperimentAnalysis(os.path.abspath(path))
+  except Exception:  # pylint: disable=broad-except
+    return {}  # no state written yet
+  errors = {}
+  for trial in analysis.trials:
+    if trial.status == "ERROR":
+      params = {k: trial.config[k] for k in sweep.grid if k in trial.config}
+      message = "error"
+      error_file = os.path.join(trial.path or "", "error.txt")
+      if os.path.exists(error_file):
+        lines = [l for l in open(error_file).read().splitlines() if l.strip()]
+        message = lines[-1] if lines else message
+      errors[trial_name(params)] = message
+  return errors
+
+
+def status(sweep: Sweep) -> list[dict[str, Any]]:
+  """Each trial's state, from its workdir and Tune's record.
+
+  States: finished (final_metrics.json at the config's num_steps), running
+  (a live process holds its workdir lock), failed (Tune gave up on it),
+  interrupted (checkpoints, no process), queued (nothing yet).
+  """
+  errors = _tune_errors(sweep)
+  rows = []
+  for params in sweep.trials:
+    name, workdir = trial_name(params), sweep.workdir(params)
+    num_steps = trial_config(sweep.base, params).num_steps
+    step = checkpoints.Checkpointer(
+        os.path.join(workdir, "checkpoints")).latest_step() if os.path.isdir(
+            os.path.join(workdir, "checkpoints")) else None
+    final = _final_metrics(workdir)
+    if final is not None and final.get("step") == num_steps:
+      state = "finished"
+    elif _locked(workdir):
+      state = "running"
+    elif name in errors:
+      state = "failed"
+    elif step is not None:
+      state = "interrupted"
+    else:
+      state = "queued"
+    rows.append({"trial": name, "state": state, "step": step or 0,
+                 "num_steps": num_steps, "error": errors.get(name, "")
+                 if state == "failed" else ""})
+  return rows
+
+
+def status_table(rows: list[dict[str, Any]]) -> str:
+  counts = {s: sum(r["state"] == s for r in rows) for s in
+            ("queued", "running", "interrupted", "failed", "finished")}
+  lines = [", ".join(f"{n} {s}" for s, n in counts.items()),
+           "| trial | state | step | error |", "| --- | --- | --- | --- |"]
+  lines += [f"| {r['trial']} | {r['state']} | {r['step']}/{r['num_steps']} "
+            f"| {r['error']} |" for r in rows]
+  return "\n".join(lines)
+
+
+def _final_metrics(workdir: str) -> Optional[dict[str, Any]]:
+  path = os.path.join(workdir, "final_metrics.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as fh:
+    return json.load(fh)
+
+
+def finished_metrics(sweep: Sweep, params: dict[str, Any]
+                     ) -> Optional[dict[str, Any]]:
+  """The trial's final metrics if it finished, else None.
+
+  Raises:
+    SweepError: its final_metrics.json belongs to another config (its
+      config_sha256 differs from the trial's).
+  """
+  from rebar_jax import train  # pylint: disable=g-import-not-at-top
+  config = trial_config(sweep.base, params)
+  final = _final_metrics(sweep.workdir(params))
+  if final is None or final.get("step") != config.num_steps:
+    return None
+  if final.get("config_sha256") != train.config_digest(config):
+    raise SweepError(
+        f"{sweep.workdir(params)}/final_metrics.json was written by another "
+        "configuration than this trial's; remove that workdir and rerun the "
+        "sweep to train the trial again.")
+  return final
+
+
+def results(sweep: Sweep) -> list[dict[str, Any]]:
+  """One row per finished trial: its grid values and final metrics."""
+  rows = []
+  for params in sweep.trials:
+    final = finished_metrics(sweep, params)
+    if final is not None:
+      rows.append({**params, **{k: v for k, v in final.items()
+                                if k not in ("config_sha256", "data_sha256")}})
+  return rows
+
+
+def _fmt(v: Any) -> str:
+  return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def tables(sweep: Sweep, rows: list[dict[str, Any]]) -> tuple[str, str]:
+  """(Markdown, CSV) of the finished trials; Markdown adds the lr choice."""
+  metrics = sorted({k for r in rows for k in r if k not in sweep.grid})
+  columns = list(sweep.grid) + metrics
+  out = io.StringIO()
+  writer = csv.DictWriter(out, columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  md = [f"{len(rows)} of {len(sweep.trials)} trials finished "
+        f"(sweep {sweep.sweep_dir}).", "",
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns)]
+  md += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |"
+         for r in rows]
+  if "learning_rate" in sweep.grid and rows and "valid_elbo" in rows[0]:
+    md += [""] + best_learning_rates(sweep, rows)
+  return "\n".join(md) + "\n", out.getvalue()
+
+
+def best_learning_rates(sweep: Sweep, rows: list[dict[str, Any]]
+                        ) -> list[str]:
+  """Per setting of the other fields: the lr with the best mean valid ELBO.
+
+  Seeds are averaged; a setting counts only learning rates whose seeds all
+  finished, so a choice never rests on part of the seeds.
+  """
+  keys = [k for k in sweep.grid if k not in ("learning_rate", "seed")]
+  seeds = len(sweep.grid.get("seed", [None]))
+  groups: dict[tuple, dict[float, list]] = {}
+  for r in rows:
+    groups.setdefault(tuple(r[k] for k in keys), {}).setdefault(
+        r["learning_rate"], []).append(r)
+  tests = sorted({k for r in rows for k in r if k.startswith("test_")})
+  md = ["Best learning rate by validation ELBO (mean over "
+        f"{seeds} seed(s)):", "",
+        "| " + " | ".join(keys + ["learning_rate", "valid_elbo"] + tests) +
+        " |", "|" + " --- |" * (len(keys) + 2 + len(tests))]
+  for setting, by_lr in groups.items():
+    complete = {lr: rs for lr, rs in by_lr.items() if len(rs) == seeds}
+    if not complete:
+      continue
+    lr, best = max(complete.items(),
+                   key=lambda kv: np.mean([r["valid_elbo"] for r in kv[1]]))
+    md.append("| " + " | ".join(
+        [str(s) for s in setting] + [f"{lr:g}", _fmt(float(np.mean(
+            [r["valid_elbo"] for r in best])))] +
+        [_fmt(float(np.mean([r[t] for r in best]))) for t in tests]) + " |")
+  return md
+
+
+def write_tables(sweep: Sweep) -> str:
+  """Writes results.md and results.csv in the sweep dir; returns the md."""
+  md, table = tables(sweep, results(sweep))
+  with open(os.path.join(sweep.sweep_dir, "results.md"), "w") as fh:
+    fh.write(md)
+  with open(os.path.join(sweep.sweep_dir, "results.csv"), "w") as fh:
+    fh.write(table)
+  return md
