@@ -51,6 +51,10 @@ def config() -> ml_collections.ConfigDict:
   c.estimator_learning_rate = 3e-4
   c.num_steps = 20000
   c.steps_per_call = 100
+  # Data parallelism (rebar_jax/parallel.py): the batch is sharded over this
+  # many of this process's devices (0: all); the gradients equal one
+  # device's to float rounding.
+  c.num_devices = 1
   # Evaluation and checkpoints.
   c.eval_every = 5000
   c.eval_num_samples = 100     # K of the importance-weighted bound

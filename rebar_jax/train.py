@@ -66,6 +66,7 @@ from rebar_jax import data as data_lib
 from rebar_jax import diagnostics
 from rebar_jax import gradients
 from rebar_jax import objectives
+from rebar_jax import parallel
 from rebar_jax.models import categorical_vae as cat_lib
 from rebar_jax.models import sbn as sbn_lib
 from rebar_jax.utils import checkpoints
@@ -138,7 +139,7 @@ _INTS = {  # name: minimum
     "seed": 0, "eval_seed": 0, "eval_max_examples": 0, "diagnostic_draws": 0,
     "batch_size": 1, "num_steps": 1, "steps_per_call": 1, "eval_every": 1,
     "checkpoint_every": 1, "eval_num_samples": 1, "eval_batch_size": 1,
-    "iw_samples": 1, "loo_samples": 1,
+    "iw_samples": 1, "loo_samples": 1, "num_devices": 0,
 }
 _POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate", "temperature")
 _FINITE_FLOATS = ("eta", "alpha")
@@ -298,7 +299,8 @@ def init_state(exp: Experiment, seed: int) -> TrainState:
 
 
 def make_train_chunk(exp: Experiment, seed: int,
-                     max_traces: Optional[int] = None):
+                     max_traces: Optional[int] = None,
+                     mesh: Optional[jax.sharding.Mesh] = None):
   """jit(scan(train_step)) over a (K, B) block of minibatch indices.
 
   Args:
@@ -308,6 +310,9 @@ def make_train_chunk(exp: Experiment, seed: int,
       (`chex.assert_max_traces`): a guard against silent retracing. A run
       traces it once per distinct chunk length (a shorter last chunk is one
       more).
+    mesh: `parallel.data_mesh`: each step's batch is sharded over it and
+      the state stays replicated (the inputs must be replicated on it);
+      None: one device.
   """
   root = jax.random.key(seed)
   dynamic = exp.dataset.dynamic_binarization
@@ -315,7 +320,7 @@ def make_train_chunk(exp: Experiment, seed: int,
   def train_step(state: TrainState, batch_index: Array, step_keys: Array,
                  train_x: Array):
     key_bin, key_est = step_keys
-    x = train_x[batch_index]
+    x = parallel.shard_batch(train_x[batch_index], mesh)
     if dynamic:
       x = (jax.random.uniform(key_bin, x.shape) < x).astype(jnp.float32)
     grads, est_grads, stats, metrics = gradients.model_gradients(
@@ -349,7 +354,8 @@ def make_train_chunk(exp: Experiment, seed: int,
 
   if max_traces is not None:
     train_chunk = chex.assert_max_traces(train_chunk, n=max_traces)
-  return jax.jit(train_chunk, donate_argnums=0)
+  return jax.jit(train_chunk, donate_argnums=0,
+                 out_shardings=parallel.replicated(mesh))
 
 
 def batch_indices(seed: int, num_examples: int, batch_size: int, start: int,
@@ -490,6 +496,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Interrupted: SIGINT or SIGTERM, after saving a checkpoint.
   """
   exp = build(config)
+  mesh = _mesh(config)
   data_sha256 = exp.dataset.fingerprint
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
   # Refuse before writing anything; checked again under the lock.
@@ -501,13 +508,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     changes = _check_identity(record, ckpt.latest_step() is not None, config,
                               data_sha256, workdir, allow_config_change)
     return _train(exp, config, workdir, ckpt, record, changes, data_sha256,
-                  stop, stop_after)
+                  stop, stop_after, mesh)
 
 
 def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
            ckpt: checkpoints.Checkpointer, record: runs.RunRecord,
            changes: dict[str, Any], data_sha256: str, stop: _StopOnSignals,
-           stop_after: Optional[int]) -> dict[str, Any]:
+           stop_after: Optional[int], mesh: Optional[jax.sharding.Mesh]
+           ) -> dict[str, Any]:
   """The body of `train_and_evaluate`, with the workdir locked and checked."""
   fresh = init_state(exp, config.seed)
   state, damaged = ckpt.restore_latest_intact(fresh)
@@ -516,6 +524,7 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
           f"{d.moved_to}, never restored.")
   if state is None:
     state = fresh
+  state = parallel.replicate(state, mesh)
   start = int(state.step)
   if start:
     print(f"Resuming from step {start} in {workdir}"
@@ -526,14 +535,16 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
   with open(os.path.join(workdir, "config.json"), "w") as fh:
     fh.write(config.to_json_best_effort(indent=2))
 
-  train_chunk = make_train_chunk(exp, config.seed)
-  train_x = jnp.asarray(exp.dataset.train)
+  train_chunk = make_train_chunk(exp, config.seed, mesh=mesh)
+  train_x = parallel.replicate(jnp.asarray(exp.dataset.train), mesh)
   metric_writer = writers.MetricWriter(workdir, resume_step=start)
   k = config.steps_per_call
   end = config.num_steps if stop_after is None else min(
       config.num_steps, start + stop_after)
+  devices = "1 device" if mesh is None else f"{mesh.size} devices"
   print(f"{exp.dataset}\n{exp.model.__class__.__name__}, estimator "
-        f"{config.estimator}: steps {start}..{end} on {jax.default_backend()}")
+        f"{config.estimator}: steps {start}..{end} on {jax.default_backend()} "
+        f"({devices})")
 
   diagnose = diagnostics.make_diagnostics(
       exp.model, exp.spec, config.diagnostic_draws, config.eval_num_samples)
@@ -547,7 +558,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
     n = min(k, end - step)
     indices = batch_indices(config.seed, exp.dataset.train.shape[0],
                             config.batch_size, step, n)
-    state, metrics = train_chunk(state, jnp.asarray(indices), train_x)
+    state, metrics = train_chunk(
+        state, parallel.replicate(jnp.asarray(indices), mesh), train_x)
     metrics = jax.device_get(metrics)
     _check_progress(metrics, float(state.monitor.initial_elbo), step, config,
                     ckpt, workdir)
@@ -607,6 +619,21 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
     plots.plot_curves(rows, os.path.join(workdir, "curves.png"))
   metric_writer.close()
   return final
+
+
+def _mesh(config: ml_collections.ConfigDict) -> Optional[jax.sharding.Mesh]:
+  """The run's data-parallel mesh (None: one device), checked against the
+  batch size."""
+  try:
+    mesh = parallel.data_mesh(config.num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if mesh is not None and config.batch_size % mesh.size:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} must be a multiple of the "
+        f"{mesh.size} devices it is sharded over (config.num_devices="
+        f"{config.num_devices}).")
+  return mesh
 
 
 def _check_progress(metrics: dict[str, np.ndarray], initial_elbo: float,

@@ -25,6 +25,7 @@ RESULT_FREE_FIELDS = frozenset({
     "num_steps",          # extending (or shortening) a run
     "progress_bar",
     "steps_per_call",     # keys and batches are functions of the step alone
+    "num_devices",        # data parallelism: the same numbers to rounding
     "eval_every",         # evaluation never touches the training state
     "eval_batch_size",    # evaluation results do not depend on it
     "checkpoint_every",

@@ -1,0 +1,105 @@
+"""Data parallelism (rebar_jax/parallel.py) on 4 fake CPU devices.
+
+JAX fixes its device count when it starts, so the checks run in a
+subprocess started with --xla_force_host_platform_device_count=4; it prints
+its measurements as JSON and the assertions are here.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import user_shell
+
+CHECKS = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_disable_most_optimizations", True)
+    from configs import catvae_mnist, sbn_linear
+    from rebar_jax import gradients, parallel, train
+    out = {"devices": len(jax.devices())}
+
+    # One step's gradients, batch sharded over 4 devices vs one device.
+    for name, get, estimator in [("sbn_rebar", sbn_linear, "rebar"),
+                                 ("sbn_disarm", sbn_linear, "disarm"),
+                                 ("catvae_loo", catvae_mnist,
+                                  "reinforce_loo")]:
+      c = get.get_config()
+      c.estimator = estimator
+      exp = train.build(c)
+      state = train.init_state(exp, 0)
+      x = jnp.asarray(exp.dataset.train[:24])
+      grads = {}
+      for n in (1, 4):
+        mesh = parallel.data_mesh(n)
+        step = jax.jit(lambda p, e, x, k, mesh=mesh: gradients.model_gradients(
+            exp.model, exp.spec, p, e, parallel.shard_batch(x, mesh), k)[0])
+        grads[n] = step(*parallel.replicate(
+            (state.params, state.estimator, x), mesh), jax.random.key(3))
+      out[name] = max(float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+                      for a, b in zip(jax.tree.leaves(grads[1]),
+                                      jax.tree.leaves(grads[4])))
+
+    # Whole runs: 1 device, 4 devices.
+    finals = {}
+    for n in (1, 4):
+      c = sbn_linear.get_config()
+      c.estimator, c.num_devices, c.progress_bar = "disarm", n, False
+      c.num_steps = c.eval_every = c.checkpoint_every = 200
+      c.steps_per_call, c.eval_max_examples, c.diagnostic_draws = 50, 500, 0
+      finals[n] = train.train_and_evaluate(c, f"{sys.argv[1]}/devices{n}")
+    out["finals"] = finals
+
+    # What cannot work is refused, naming the fix.
+    out["errors"] = []
+    for n, batch in ((5, 24), (4, 10)):
+      c = sbn_linear.get_config()
+      c.num_devices, c.batch_size = n, batch
+      try:
+        train.train_and_evaluate(c, f"{sys.argv[1]}/refused")
+      except train.ConfigError as e:
+        out["errors"].append(str(e))
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("parallel")
+  done = subprocess.run(
+      [sys.executable, "-c", CHECKS, str(workdir)], cwd=user_shell.ROOT,
+      env=user_shell.environment(
+          XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  out["workdir"] = workdir
+  return out
+
+
+def test_sharded_gradients_equal_one_devices_to_rounding(measured):
+  assert measured["devices"] == 4
+  for name in ("sbn_rebar", "sbn_disarm", "catvae_loo"):
+    # float32 rounding of differently ordered sums; a sample drawn differently
+    # would move a gradient by O(1) of its largest entry.
+    assert measured[name] < 1e-4, (name, measured[name])
+
+
+def test_a_run_on_four_devices_matches_one_device(measured):
+  one, four = measured["finals"]["1"], measured["finals"]["4"]
+  assert one["step"] == four["step"] == 200
+  # One configuration: the device count is not part of a run's identity.
+  assert one["config_sha256"] == four["config_sha256"]
+  for key in ("valid_elbo", "test_elbo", "train_elbo_last_1000_steps"):
+    assert abs(one[key] - four[key]) < 0.05, (key, one[key], four[key])
+  assert (measured["workdir"] / "devices4" / "checkpoints" / "200").is_dir()
+
+
+def test_impossible_device_counts_are_refused(measured):
+  too_many, uneven = measured["errors"]
+  assert "config.num_devices=5 but JAX sees 4 device(s)" in too_many
+  assert "batch_size=10 must be a multiple of the 4 devices" in uneven
+  assert not os.path.exists(measured["workdir"] / "refused")
