@@ -1,25 +1,29 @@
-r"""The REBAR/RELAX table protocol: SBNs on binarized MNIST and Omniglot.
+r"""The REBAR/RELAX table protocol as sweeps: SBNs on binarized MNIST and Omniglot.
 
-  # the full protocol (days on a CPU): 2,000,000 steps, 5 learning rates, 3 seeds
+  # the full protocol (days on one CPU; a cluster: add --address=HEAD:6379)
   python scripts/reproduce.py --output_dir=results/reproduce \
       --data_dir=$REBAR_JAX_DATA_DIR --num_steps=2000000 \
       --learning_rates=5e-3,1e-3,5e-4,1e-4,5e-5 --seeds=0,1,2
 
-  # one row, every estimator, a CPU-hour budget
-  python scripts/reproduce.py --rows=mnist_linear1 --num_steps=30000 \
-      --learning_rates=3e-4 --seeds=0 --data_dir=$REBAR_JAX_DATA_DIR
+  # one row, the learning-rate grid, a short budget
+  python scripts/reproduce.py --rows=mnist_linear1 --num_steps=10000 \
+      --learning_rates=5e-3,1e-3,5e-4,1e-4,5e-5 --seeds=0 \
+      --data_dir=$REBAR_JAX_DATA_DIR
 
-For each (row, estimator, learning rate, seed) it trains with
-`rebar_jax.train.train_and_evaluate` in its own workdir, so an interrupted
-protocol resumes where it stopped and finished runs are not repeated. Per row
-and estimator it keeps the learning rate with the best validation ELBO and
-reports the mean over seeds of the best training ELBO (highest 1000-step
-mean), the validation ELBO and the test 100-sample bound, beside the published
-highest training ELBO (RELAX paper, Table 2, with the nonlinear NVIL/MuProp/REBAR
-columns as corrected from the paper's earlier draft), then the validation ELBO
-at every evaluation (the gap as a function of steps). Writes reproduce.json,
-reproduce.md and reproduce.png (validation ELBO, and each run's encoder-gradient
-log-variance diagnostic, against steps).
+Each row is a sweep (`rebar_jax.sweep`, on Ray Tune) over estimator x learning
+rate x seed in `<output_dir>/<row>/`, each trial a training run in its own
+workdir (`<output_dir>/<row>/trials/estimator=...,learning_rate=...,seed=...`),
+so an interrupted protocol resumes where it stopped (the same command) and
+finished trials are not repeated; `--address` runs the trials on a Ray cluster.
+Per row and estimator it keeps the learning rate with the best validation
+ELBO (mean over seeds) and reports the mean over seeds of the best training
+ELBO (highest 1000-step mean), the validation ELBO and the test 100-sample
+bound, beside the published highest training ELBO (RELAX paper, Table 2, with
+the nonlinear NVIL/MuProp/REBAR columns as corrected from the paper's earlier
+draft; `muprop_baseline` is compared with the MuProp column, which the MuProp
+paper trained with its learned baseline), then the validation ELBO at every
+evaluation. Writes reproduce.json, reproduce.md and reproduce.png (validation
+ELBO, and each run's encoder-gradient log-variance diagnostic, against steps).
 """
 import json
 import os
@@ -34,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import sbn_mnist  # pylint: disable=g-import-not-at-top
-from rebar_jax import train
+from rebar_jax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
 
 ROWS = {
     # name: (dataset, nonlinear, num_layers)
@@ -53,7 +57,9 @@ PUBLISHED = {  # highest training ELBO: NVIL, MuProp, REBAR, RELAX
     "omniglot_linear1": (-117.44, -117.09, -116.63, -116.57),
     "omniglot_linear2": (-109.98, -109.55, -108.71, -108.54),
 }
-PUBLISHED_NAMES = ("nvil", "muprop", "rebar", "relax")
+# Our estimator -> its column of PUBLISHED.
+PUBLISHED_COLUMN = {"nvil": 0, "muprop": 1, "muprop_baseline": 1, "rebar": 2,
+                    "relax": 3}
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/reproduce", "Output.")
 _DATA_DIR = flags.DEFINE_string(
@@ -61,26 +67,33 @@ _DATA_DIR = flags.DEFINE_string(
     "python -m rebar_jax.data.prepare); empty: $REBAR_JAX_DATA_DIR.")
 _ROWS = flags.DEFINE_list("rows", list(ROWS), f"Rows among {list(ROWS)}.")
 _ESTIMATORS = flags.DEFINE_list(
-    "estimators", ["nvil", "muprop", "rebar", "relax", "concrete", "disarm",
-                   "reinforce_loo"], "Estimators.")
+    "estimators", ["nvil", "muprop_baseline", "rebar", "relax", "disarm"],
+    "Estimators.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 30000, "Steps per run.")
 _LEARNING_RATES = flags.DEFINE_list("learning_rates", ["3e-4"], "Grid.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 0,
                                    "0: num_steps / 3, rounded to 100s.")
+_ADDRESS = flags.DEFINE_string("address", None, "A Ray cluster to join; "
+                               "default: a local Ray instance.")
+_NUM_CPUS = flags.DEFINE_integer("num_cpus", None, "Cores of the local Ray "
+                                 "instance (default: all).")
 
 
-def run_config(row: str, estimator: str, lr: float, seed: int):
+def row_sweep(row: str) -> sweep_lib.Sweep:
+  """The row's sweep: its base config, estimator x learning rate x seed."""
   dataset, nonlinear, layers = ROWS[row]
   c = sbn_mnist.get_config()
   c.dataset, c.data_source, c.data_dir = dataset, "local", _DATA_DIR.value
   c.nonlinear, c.num_layers = nonlinear, layers
-  c.estimator, c.learning_rate, c.seed = estimator, lr, seed
   c.num_steps = _NUM_STEPS.value
   every = _EVAL_EVERY.value or max(100, (_NUM_STEPS.value // 3) // 100 * 100)
   c.eval_every = c.checkpoint_every = every
   c.progress_bar = False
-  return c
+  grid = {"estimator": list(_ESTIMATORS.value),
+          "learning_rate": [float(lr) for lr in _LEARNING_RATES.value],
+          "seed": [int(seed) for seed in _SEEDS.value]}
+  return sweep_lib.Sweep(os.path.join(_OUTPUT_DIR.value, row), c, grid)
 
 
 def best_train_elbo(workdir: str) -> float:
@@ -102,6 +115,29 @@ def eval_curve(workdir: str) -> list[dict]:
   return [r for r in rows if "valid_elbo" in r]
 
 
+def lr_grid_markdown(results: list[dict]) -> list[str]:
+  """Validation ELBO (mean over seeds) at every learning rate of the grid."""
+  lrs = sorted({r["learning_rate"] for r in results}, reverse=True)
+  md = ["", "Validation ELBO at each learning rate (mean over seeds; bold: "
+        "the one chosen).", "",
+        "| row | estimator | " + " | ".join(f"lr {lr:g}" for lr in lrs) +
+        " |", "| --- | --- |" + " --- |" * len(lrs)]
+  settings = dict.fromkeys((r["row"], r["estimator"]) for r in results)
+  for row, est in settings:
+    means = {}
+    for lr in lrs:
+      values = [r["valid_elbo"] for r in results if (
+          r["row"], r["estimator"], r["learning_rate"]) == (row, est, lr)]
+      if values:
+        means[lr] = float(np.mean(values))
+    best = max(means, key=means.get)
+    md.append(f"| {row} | {est} | " + " | ".join(
+        "" if lr not in means else
+        (f"**{means[lr]:.2f}**" if lr == best else f"{means[lr]:.2f}")
+        for lr in lrs) + " |")
+  return md
+
+
 def curves_markdown_and_plot(best_runs: dict, path: str) -> list[str]:
   """Validation ELBO against steps per (row, estimator); plot beside it.
 
@@ -116,8 +152,8 @@ def curves_markdown_and_plot(best_runs: dict, path: str) -> list[str]:
         "| --- | --- | " + " | ".join("---" for _ in steps) + " | --- |"]
   for (row, est), c in curves.items():
     by_step = {r["step"]: r["valid_elbo"] for r in c}
-    published = (PUBLISHED[row][PUBLISHED_NAMES.index(est)]
-                 if est in PUBLISHED_NAMES else "")
+    published = (PUBLISHED[row][PUBLISHED_COLUMN[est]]
+                 if est in PUBLISHED_COLUMN else "")
     md.append(f"| {row} | {est} | " + " | ".join(
         f"{by_step[s]:.2f}" if s in by_step else "" for s in steps) +
               f" | {published} |")
@@ -132,8 +168,8 @@ def curves_markdown_and_plot(best_runs: dict, path: str) -> list[str]:
         continue
       ax_elbo.plot([q["step"] for q in c], [q["valid_elbo"] for q in c],
                    "o-", color=color[est], label=est)
-      if est in PUBLISHED_NAMES:
-        ax_elbo.axhline(PUBLISHED[row][PUBLISHED_NAMES.index(est)],
+      if est in PUBLISHED_COLUMN:
+        ax_elbo.axhline(PUBLISHED[row][PUBLISHED_COLUMN[est]],
                         color=color[est], ls=":", lw=1)
       # NVIL's logged gradient is divided by the running sd of its signal (a
       # step size): its variance is compared in scripts/variance.py instead.
@@ -159,23 +195,24 @@ def main(argv):
   for row in _ROWS.value:
     if row not in ROWS:
       raise app.UsageError(f"Unknown row {row!r}; choose from {list(ROWS)}.")
-  results = []
+  results, best_runs = [], {}
   for row in _ROWS.value:
-    for est in _ESTIMATORS.value:
-      for lr in map(float, _LEARNING_RATES.value):
-        for seed in map(int, _SEEDS.value):
-          workdir = os.path.join(_OUTPUT_DIR.value, "runs",
-                                 f"{row}-{est}-lr{lr:g}-seed{seed}")
-          final = train.train_and_evaluate(run_config(row, est, lr, seed),
-                                           workdir)
-          results.append({"row": row, "estimator": est, "lr": lr,
-                          "seed": seed, "best_train_elbo":
-                          best_train_elbo(workdir), **final})
-          with open(os.path.join(_OUTPUT_DIR.value, "reproduce.json"),
-                    "w") as fh:
-            json.dump(results, fh, indent=2)
+    sweep = row_sweep(row)
+    sweep.write_or_check_manifest()
+    counts = sweep_lib.run(sweep, address=_ADDRESS.value,
+                           num_cpus=_NUM_CPUS.value)
+    if counts["unfinished"] or counts["failed"]:
+      print(sweep_lib.status_table(sweep_lib.status(sweep)))
+      sys.exit(f"Row {row}: {counts['unfinished']} trial(s) unfinished, "
+               f"{counts['failed']} failed (python scripts/sweep.py "
+               f"--sweep_dir={sweep.sweep_dir} --status). Run the same "
+               "command to resume.")
+    for r in sweep_lib.results(sweep):
+      results.append({"row": row, **r, "best_train_elbo": best_train_elbo(
+          sweep.workdir({k: r[k] for k in sweep.grid}))})
+  with open(os.path.join(_OUTPUT_DIR.value, "reproduce.json"), "w") as fh:
+    json.dump(results, fh, indent=2)
 
-  best_runs = {}
   md = [f"SBN table protocol, {_NUM_STEPS.value} steps per run, learning "
         f"rates {_LEARNING_RATES.value} (best by validation ELBO), seeds "
         f"{_SEEDS.value}; published: highest training ELBO, RELAX Table 2.",
@@ -183,23 +220,24 @@ def main(argv):
         "IW-100 | published train ELBO |", "| --- | --- | --- | --- | --- | "
         "--- | --- |"]
   for row in _ROWS.value:
+    sweep = row_sweep(row)
     for est in _ESTIMATORS.value:
-      runs = [r for r in results if r["row"] == row and r["estimator"] == est]
       by_lr = {}
-      for r in runs:
-        by_lr.setdefault(r["lr"], []).append(r)
+      for r in results:
+        if r["row"] == row and r["estimator"] == est:
+          by_lr.setdefault(r["learning_rate"], []).append(r)
       lr, best = max(by_lr.items(), key=lambda kv: np.mean(
           [r["valid_elbo"] for r in kv[1]]))
-      best_runs[(row, est)] = os.path.join(
-          _OUTPUT_DIR.value, "runs",
-          f"{row}-{est}-lr{lr:g}-seed{best[0]['seed']}")
-      published = (PUBLISHED[row][PUBLISHED_NAMES.index(est)]
-                   if est in PUBLISHED_NAMES else "")
+      best_runs[(row, est)] = sweep.workdir(
+          {"estimator": est, "learning_rate": lr, "seed": best[0]["seed"]})
+      published = (PUBLISHED[row][PUBLISHED_COLUMN[est]]
+                   if est in PUBLISHED_COLUMN else "")
       md.append(
           f"| {row} | {est} | {lr:g} | "
           f"{np.mean([r['best_train_elbo'] for r in best]):.2f} | "
           f"{np.mean([r['valid_elbo'] for r in best]):.2f} | "
           f"{np.mean([r['test_iw100'] for r in best]):.2f} | {published} |")
+  md += lr_grid_markdown(results)
   md += curves_markdown_and_plot(
       best_runs, os.path.join(_OUTPUT_DIR.value, "reproduce.png"))
   with open(os.path.join(_OUTPUT_DIR.value, "reproduce.md"), "w") as fh:

@@ -141,6 +141,13 @@ def test_reproduce_best_elbo_and_curves(tmp_path):
       out['md'] = m.curves_markdown_and_plot(
           {{('mnist_linear1', e): w for e, w in runs.items()}},
           {str(tmp_path / 'curves.png')!r})
+      results = [dict(row='mnist_linear1', estimator=e, learning_rate=lr,
+                      seed=seed, valid_elbo=v + seed)
+                 for e, lr, v in (('rebar', 1e-3, -100.0),
+                                  ('rebar', 1e-4, -99.0),
+                                  ('disarm', 1e-3, -98.0))
+                 for seed in (0, 1)]
+      out['grid'] = m.lr_grid_markdown(results)
   """)
   # Train ELBO rises by 1 per 100 steps: the best 1000-step window is the last
   # 10 rows (steps 2100..3000, ELBO -179..-170), mean -174.5.
@@ -149,6 +156,9 @@ def test_reproduce_best_elbo_and_curves(tmp_path):
   assert "| mnist_linear1 | rebar | -149.00 | -148.00 | -147.00 | -111.6 |" in md
   assert "| mnist_linear1 | disarm | -154.00 | -153.00 | -152.00 |  |" in md
   assert (tmp_path / "curves.png").stat().st_size > 0
+  # Means over the two seeds; the best lr in bold; a missing cell empty.
+  assert "| mnist_linear1 | rebar | -99.50 | **-98.50** |" in out["grid"]
+  assert "| mnist_linear1 | disarm | **-97.50** |  |" in out["grid"]
 
 
 def test_report_groups_runs_and_aggregates_their_files(tmp_path):
