@@ -31,6 +31,7 @@ def config() -> ml_collections.ConfigDict:
   c.nonlinear = True
   c.num_latents = 200
   c.hidden = 200
+  c.activation = "tanh"         # nonlinear SBN: "tanh" | "leaky_relu" (0.3)
   # Estimator: a name of rebar_jax.estimators.BERNOULLI, "nvil",
   # "muprop_baseline", or a multi-sample objective of
   # rebar_jax.estimators.multisample (with K below).

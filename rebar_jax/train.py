@@ -178,6 +178,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ("relax_hidden",) + _MODEL_SIZES.get(config.model, ()):
     if not all(_is_int(h) and h >= 1 for h in config[name]):
       fail(name, "a tuple of integers >= 1")
+  if config.model == "sbn" and config.activation not in sbn_lib.ACTIVATIONS:
+    fail("activation", f"one of {sorted(sbn_lib.ACTIVATIONS)}")
   for name in ("eval_every", "checkpoint_every"):
     if config[name] % config.steps_per_call:
       raise ConfigError(
@@ -189,7 +191,8 @@ def _sbn(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
   return sbn_lib.SBN(
       num_layers=config.num_layers, num_latents=config.num_latents,
       nonlinear=config.nonlinear, hidden=config.hidden,
-      data_dim=dataset.data_dim, train_mean=dataset.train_mean)
+      data_dim=dataset.data_dim, train_mean=dataset.train_mean,
+      activation=config.activation)
 
 
 def _categorical_vae(config: ml_collections.ConfigDict,

@@ -418,5 +418,24 @@ class InitTest(parameterized.TestCase):
     hash(models.CategoricalVAE(train_mean=np.zeros(784), hidden=[4]))
 
 
+class ActivationTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ("tanh", np.tanh),
+      ("leaky_relu", lambda h: np.where(h > 0, h, 0.3 * h)),  # DisARM's
+  )
+  def test_nonlinear_conditionals_apply_the_named_activation(self, name, act):
+    x = np.asarray(jax.random.normal(jax.random.key(0), (3, 5)))
+    module = sbn.Conditional(4, hidden=6, nonlinear=True, activation=name)
+    variables = module.init(jax.random.key(1), x)
+    p = jax.tree.map(np.asarray, variables["params"])
+    h = act(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    h = act(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
+    expected = h @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
+    np.testing.assert_allclose(module.apply(variables, x), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
 if __name__ == "__main__":
   absltest.main()
+

@@ -129,6 +129,18 @@ class IdentityTest(parameterized.TestCase):
       train.train_and_evaluate(tiny_config(num_steps=300, num_latents=30),
                                self.copy(), allow_config_change=True)
 
+  def test_a_record_older_than_a_field_holds_its_default(self):
+    """run.json written before `activation` existed: tanh is what it ran."""
+    recorded = {k: v for k, v in json.loads(
+        tiny_config().to_json_best_effort()).items() if k != "activation"}
+    for activation, changes in (("tanh", {}),
+                                ("leaky_relu",
+                                 {"activation": ("tanh", "leaky_relu")})):
+      config = json.loads(tiny_config(activation=activation)
+                          .to_json_best_effort())
+      self.assertEqual(runs.identity_changes(recorded, config, "d", "d"),
+                       changes)
+
   def test_checkpoints_without_a_record_are_refused(self):
     workdir = self.copy()
     os.remove(os.path.join(workdir, "run.json"))
@@ -313,6 +325,8 @@ class GuardsTest(parameterized.TestCase):
        "Unknown estimator 'rebbar'"),
       ("eval_not_multiple", dict(eval_every=150),
        "multiple of config.steps_per_call"),
+      ("unknown_activation", dict(activation="relu"),
+       r"config.activation must be one of \['leaky_relu', 'tanh'\]"),
   )
   def test_bad_values_name_the_field(self, overrides, message):
     with self.assertRaisesRegex(train.ConfigError, message):

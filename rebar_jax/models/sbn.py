@@ -8,8 +8,9 @@ x = b_0 in {0, 1}^D (Neal 1992) is trained with a factorised recognition model:
 
 where every conditional is a product of Bernoullis with logits given by a
 deterministic network of its parent: one Dense layer (linear SBN) or
-Dense(hidden)-tanh-Dense(hidden)-tanh-Dense(out) (nonlinear SBN), and p(b_L)
-has learned logits. This is the setup of Tucker et al. 2017 (REBAR, Sec. 5.2),
+Dense(hidden)-act-Dense(hidden)-act-Dense(out) (nonlinear SBN; act is tanh in
+REBAR/RELAX, LeakyReLU with slope 0.3 in DisARM), and p(b_L) has learned
+logits. This is the setup of Tucker et al. 2017 (REBAR, Sec. 5.2),
 Grathwohl et al. 2018 (RELAX, Sec. 6.2) and Dong et al. 2020 (DisARM, Sec. 5);
 the papers use 784-200 / 784-200-200 linear and 784-(200-200-)200 nonlinear.
 
@@ -100,19 +101,30 @@ def output_bias_init(train_mean: Optional[tuple[float, ...]],
   return init
 
 
+# The nonlinear conditionals' hidden units: tanh (REBAR, RELAX), LeakyReLU
+# with negative slope 0.3 (DisARM, Dong et al. 2020, Sec. 5).
+ACTIVATIONS = {
+    "tanh": jnp.tanh,
+    "leaky_relu": lambda h: nn.leaky_relu(h, negative_slope=0.3),
+}
+
+
 class Conditional(nn.Module):
   """Logits of a factorised Bernoulli conditional: one Dense layer (linear) or
-  Dense(hidden)-tanh-Dense(hidden)-tanh-Dense(features) (nonlinear)."""
+  Dense(hidden)-act-Dense(hidden)-act-Dense(features) (nonlinear), act one of
+  `ACTIVATIONS`."""
   features: int
   hidden: int = 200
   nonlinear: bool = False
   bias_init: Callable[..., Array] = nn.initializers.zeros
+  activation: str = "tanh"
 
   @nn.compact
   def __call__(self, h: Array) -> Array:
     if self.nonlinear:
-      h = jnp.tanh(nn.Dense(self.hidden)(h))
-      h = jnp.tanh(nn.Dense(self.hidden)(h))
+      act = ACTIVATIONS[self.activation]
+      h = act(nn.Dense(self.hidden)(h))
+      h = act(nn.Dense(self.hidden)(h))
     return nn.Dense(self.features, bias_init=self.bias_init)(h)
 
 
@@ -122,8 +134,10 @@ class SBN(nn.Module):
   Attributes:
     num_layers: L, the number of stochastic layers (the papers use 1, 2 or 3).
     num_latents: H, units per stochastic layer.
-    nonlinear: two tanh hidden layers in every conditional (papers: L = 1 only).
+    nonlinear: two hidden layers in every conditional (papers: L = 1 only).
     hidden: width of those hidden layers.
+    activation: their units, a name of `ACTIVATIONS` ("tanh": REBAR/RELAX,
+      "leaky_relu": LeakyReLU(0.3), DisARM).
     data_dim: D.
     train_mean: mean training pixel, shape (D,) (numpy, tuple or None). Stored
       as a tuple of floats so the module is hashable and can be a static jit
@@ -139,16 +153,21 @@ class SBN(nn.Module):
   hidden: int = 200
   data_dim: int = 784
   train_mean: Optional[Any] = None
+  activation: str = "tanh"
 
   def __post_init__(self):
     object.__setattr__(self, "train_mean", _as_tuple(self.train_mean))
     if self.num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}.")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
+                       f"got {self.activation!r}.")
     super().__post_init__()
 
   def setup(self):
     self.encoders = [
-        Conditional(self.num_latents, self.hidden, self.nonlinear)
+        Conditional(self.num_latents, self.hidden, self.nonlinear,
+                    activation=self.activation)
         for _ in range(self.num_layers)
     ]
     self.decoders = [
@@ -156,7 +175,8 @@ class SBN(nn.Module):
             self.data_dim if l == 0 else self.num_latents, self.hidden,
             self.nonlinear,
             bias_init=(output_bias_init(self.train_mean, self.data_dim)
-                       if l == 0 else nn.initializers.zeros))
+                       if l == 0 else nn.initializers.zeros),
+            activation=self.activation)
         for l in range(self.num_layers)
     ]
     self.prior_logits = self.param(

@@ -35,6 +35,13 @@ RESULT_FREE_FIELDS = frozenset({
 })
 
 
+# Fields added after runs were recorded without them, with the value that
+# reproduces what those runs did: a record that lacks one holds this value.
+ADDED_FIELDS = {
+    "activation": "tanh",  # the nonlinear SBN's hidden units
+}
+
+
 class WorkdirError(RuntimeError):
   """The workdir cannot be used as asked: locked, or another run's."""
 
@@ -56,7 +63,8 @@ def identity_changes(recorded: dict[str, Any], config: dict[str, Any],
   for name in sorted(set(recorded) | set(config)):
     if name in RESULT_FREE_FIELDS:
       continue
-    old, new = recorded.get(name, "<absent>"), config.get(name, "<absent>")
+    old = recorded.get(name, ADDED_FIELDS.get(name, "<absent>"))
+    new = config.get(name, "<absent>")
     if old != new:
       changes[name] = (old, new)
   if recorded_data != data:
