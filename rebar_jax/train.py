@@ -502,15 +502,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = _mesh(config)
   data_sha256 = exp.dataset.fingerprint
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+  # The checkpoints are shared by all processes of a multi-process run; its
+  # other files are process 0's, the others keep a private copy.
+  primary = jax.process_index() == 0
+  files = workdir if primary else os.path.join(
+      workdir, "processes", str(jax.process_index()))
+  checkpointed = primary and ckpt.latest_step() is not None
   # Refuse before writing anything; checked again under the lock.
-  _check_identity(runs.RunRecord(workdir), ckpt.latest_step() is not None,
-                  config, data_sha256, workdir, allow_config_change)
-  os.makedirs(workdir, exist_ok=True)
-  with runs.WorkdirLock(workdir), _StopOnSignals() as stop:
-    record = runs.RunRecord(workdir)
-    changes = _check_identity(record, ckpt.latest_step() is not None, config,
-                              data_sha256, workdir, allow_config_change)
-    return _train(exp, config, workdir, ckpt, record, changes, data_sha256,
+  _check_identity(runs.RunRecord(files), checkpointed, config, data_sha256,
+                  files, allow_config_change)
+  os.makedirs(files, exist_ok=True)
+  with runs.WorkdirLock(files), _StopOnSignals() as stop:
+    record = runs.RunRecord(files)
+    changes = _check_identity(record, checkpointed, config, data_sha256,
+                              files, allow_config_change)
+    return _train(exp, config, files, ckpt, record, changes, data_sha256,
                   stop, stop_after, mesh)
 
 
@@ -557,13 +563,18 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
   bar = tqdm(total=end - start, desc=f"{config.estimator}", unit="step",
              dynamic_ncols=True, disable=not config.progress_bar)
   tic, step, saved = time.perf_counter(), start, start
-  while step < end and stop.signum is None:
+  stopping = False  # a signal reached this process (or another one)
+  while step < end:
+    stopping = parallel.any_process(stop.signum is not None)
+    if stopping:
+      break
     n = min(k, end - step)
     indices = batch_indices(config.seed, exp.dataset.train.shape[0],
                             config.batch_size, step, n)
     state, metrics = train_chunk(
-        state, parallel.replicate(jnp.asarray(indices), mesh), train_x)
+        state, parallel.replicate(indices, mesh), train_x)
     metrics = jax.device_get(metrics)
+    stopping = parallel.any_process(stop.signum is not None)
     _check_progress(metrics, float(state.monitor.initial_elbo), step, config,
                     ckpt, workdir)
     step += n
@@ -576,29 +587,29 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
     row.update(exp.spec.summary(jax.device_get(state.estimator.params)))
     tic = time.perf_counter()
     if (step % config.eval_every == 0 or step == config.num_steps) and (
-        stop.signum is None):
+        not stopping):
       for split in ("valid", "test"):
-        row.update(evaluate(exp, state.params, config, split))
+        row.update(evaluate(exp, parallel.local(state.params), config, split))
       if config.diagnostic_draws > 1:
         row.update({name: float(v) for name, v in diagnose(
-            state.params, state.estimator, x_diag, x_many,
+            *parallel.local((state.params, state.estimator)), x_diag, x_many,
             jax.random.key(config.eval_seed)).items()})
       tic = time.perf_counter()
     metric_writer.write(row)
     bar.update(n)
     bar.set_postfix(elbo=f"{row['train_elbo']:.2f}")
     if (step % config.checkpoint_every == 0 or step == end
-        or stop.signum is not None):
+        or stopping):
       ckpt.save(step, state)
       metric_writer.flush()
       saved = step
   bar.close()
   ckpt.wait()
-  if stop.signum is not None:
+  if stopping:
     if saved != step:
       ckpt.save(step, state)
     metric_writer.close()
-    raise Interrupted(stop.signum, step, workdir)
+    raise Interrupted(stop.signum or signal.SIGTERM, step, workdir)
 
   final = {"step": int(state.step)}
   if int(state.step) >= config.num_steps:
@@ -610,7 +621,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
       final.update(evaluated)  # the loop's last row evaluated these params
     else:
       for split in ("valid", "test"):
-        final.update(evaluate(exp, state.params, config, split))
+        final.update(evaluate(exp, parallel.local(state.params), config,
+                              split))
     final["config_sha256"] = config_digest(config)
     final["data_sha256"] = data_sha256
     changed_at = [h["step"] for h in record.data["history"]
@@ -686,6 +698,14 @@ def define_flags() -> None:
       "allow_config_change", False,
       "Resume a run although result-changing config fields (or the data) "
       "differ from its record in run.json; the change is recorded there.")
+  flags.DEFINE_string(
+      "coordinator_address", None, "A multi-process run: process 0's "
+      "HOST:PORT (with --num_processes and --process_id; each process runs "
+      "the same command). rebar_jax/parallel.py.")
+  flags.DEFINE_integer("num_processes", None, "Processes of a multi-process "
+                       "run.")
+  flags.DEFINE_integer("process_id", None, "This process's index (0 writes "
+                       "the run's files).")
 
 
 # Errors that are the user's to fix: printed as one message, no traceback.
@@ -707,6 +727,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # orbax logs every checkpoint step at INFO; keep the console to the bar.
   logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  if f.coordinator_address or f.num_processes or f.process_id is not None:
+    parallel.initialize(f.coordinator_address, f.num_processes, f.process_id)
   config = flags.FLAGS.config
   if config is None:
     raise app.UsageError("--config is required, e.g. "

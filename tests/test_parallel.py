@@ -6,6 +6,7 @@ its measurements as JSON and the assertions are here.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -103,3 +104,38 @@ def test_impossible_device_counts_are_refused(measured):
   assert "config.num_devices=5 but JAX sees 4 device(s)" in too_many
   assert "batch_size=10 must be a multiple of the 4 devices" in uneven
   assert not os.path.exists(measured["workdir"] / "refused")
+
+
+def test_two_processes_on_localhost_match_one_process(measured, tmp_path):
+  """The same run as `measured`'s 4-device one, as 2 processes with 2 fake
+  devices each (jax.distributed on localhost, gloo collectives), each started
+  as a user types it."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  command = ("python -m rebar_jax.train --config=configs/sbn_linear.py "
+             "--workdir=run --config.estimator=disarm --config.num_devices=0 "
+             "--config.num_steps=200 --config.eval_every=200 "
+             "--config.checkpoint_every=200 --config.steps_per_call=50 "
+             "--config.eval_max_examples=500 --config.diagnostic_draws=0 "
+             "--config.progress_bar=false "
+             f"--coordinator_address=127.0.0.1:{port} --num_processes=2")
+  clone = user_shell.user_dir(tmp_path)
+  env = dict(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = [user_shell.start(f"{command} --process_id={i}", clone, **env)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, (out[-2000:], err[-3000:])
+  assert "on cpu (4 devices)" in outs[0][0]
+  run = clone / "run"
+  final = json.loads((run / "final_metrics.json").read_text())
+  other = json.loads(
+      (run / "processes" / "1" / "final_metrics.json").read_text())
+  single = measured["finals"]["4"]
+  for key in ("valid_elbo", "test_elbo", "train_elbo_last_1000_steps"):
+    assert final[key] == other[key]
+    assert abs(final[key] - single[key]) < 1e-3, (key, final[key],
+                                                  single[key])
+  assert final["config_sha256"] == single["config_sha256"]
+  assert (run / "checkpoints" / "200" / "rebar_jax_digest.json").is_file()

@@ -16,6 +16,9 @@ import shutil
 import time
 from typing import Any, Optional
 
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 DIGEST_FILE = "rebar_jax_digest.json"
@@ -120,9 +123,12 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def save(self, step: int, state: Any) -> None:
+    """Saves (every process of a multi-process run calls it; process 0
+    writes the digest)."""
     self.manager.save(step, args=ocp.args.StandardSave(state))
     self.manager.wait_until_finished()
-    write_digest(self.directory / str(step))
+    if jax.process_index() == 0:
+      write_digest(self.directory / str(step))
 
   def _move_aside(self, step: int, reason: str) -> Damaged:
     path = self.directory / str(step)
@@ -149,24 +155,33 @@ class Checkpointer:
       CheckpointError: checkpoints exist but none is intact, or the intact
         one does not have the structure of `like`.
     """
-    damaged = []
-    for step in reversed(self.steps()):
-      reason = verify(self.directory / str(step))
-      if reason is None:
-        self._manager = None  # re-scan: damaged steps were moved away
-        try:
-          state = self.manager.restore(step,
-                                       args=ocp.args.StandardRestore(like))
-        except Exception as e:  # pylint: disable=broad-except
-          raise CheckpointError(
-              f"The intact checkpoint {self.directory / str(step)} does not "
-              f"fit this run's state ({type(e).__name__}: "
-              f"{str(e).splitlines()[0][:300]}). It was written by another "
-              "configuration or version; start a new workdir.") from e
-        return state, damaged
-      damaged.append(self._move_aside(step, reason))
-    if damaged:
-      listing = "; ".join(f"{d.path} ({d.reason})" for d in damaged)
+    damaged, chosen = [], -1
+    if jax.process_index() == 0:  # in a multi-process run, process 0 decides
+      for step in reversed(self.steps()):
+        reason = verify(self.directory / str(step))
+        if reason is None:
+          chosen = step
+          break
+        damaged.append(self._move_aside(step, reason))
+      if damaged and chosen < 0:
+        chosen = -2  # none intact
+    if jax.process_count() > 1:
+      chosen = int(multihost_utils.broadcast_one_to_all(np.int32(chosen)))
+    if chosen >= 0:
+      self._manager = None  # re-scan: damaged steps were moved away
+      try:
+        state = self.manager.restore(chosen,
+                                     args=ocp.args.StandardRestore(like))
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(
+            f"The intact checkpoint {self.directory / str(chosen)} does not "
+            f"fit this run's state ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300]}). It was written by another "
+            "configuration or version; start a new workdir.") from e
+      return state, damaged
+    if chosen == -2:
+      listing = "; ".join(f"{d.path} ({d.reason})" for d in damaged) or (
+          "see process 0")
       raise CheckpointError(
           f"No intact checkpoint in {self.directory}: {listing}. They were "
           f"moved to {self.damaged_dir}. Start the run again in a new workdir "
