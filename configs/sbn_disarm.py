@@ -9,14 +9,10 @@ embedded 5000 MNIST digits (binarized afresh at every step):
 
   python -m rebar_jax.train --config=configs/sbn_disarm.py
 
-On the paper's MNIST (written once by `python -m rebar_jax.data.prepare` into
-$REBAR_JAX_DATA_DIR), the linear model:
-
-  python -m rebar_jax.train --config=configs/sbn_disarm.py \
-      --config.data_source=local --config.nonlinear=false
-
-Any Bernoulli estimator can replace DisARM (--config.estimator=arms,
-reinforce_loo, rebar, ...).
+The paper's MNIST (written once by `python -m rebar_jax.data.prepare` into
+$REBAR_JAX_DATA_DIR) is --config.data_source=local; the linear model is
+--config.nonlinear=false. Any Bernoulli estimator can replace DisARM
+(--config.estimator=arms, reinforce_loo, rebar, ...).
 """
 from rebar_jax import defaults
 

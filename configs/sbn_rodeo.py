@@ -2,21 +2,20 @@ r"""The Double-CV / RODEO papers' SBN protocol (Titsias & Shi 2022; Shi et al.
 2022): every estimator at the same number K of function evaluations per data
 point.
 
-One stochastic layer of 200 Bernoulli units with two hidden layers of 200
-LeakyReLU(0.3) units on each side (the nonlinear encoder of their launchers,
-which derive from DisARM's); dynamically binarized MNIST; batch 100, Adam 1e-3
-(their launchers use 3e-4 for Fashion-MNIST: --config.dataset=fashion_mnist
---config.learning_rate=3e-4). The double control variate at K = 2 by default
+The defaults of their single-layer launcher (thjashin/rodeo): one stochastic
+layer of 200 Bernoulli units with two hidden layers of 200 LeakyReLU(0.3)
+units on each side of it; dynamically binarized MNIST; batch 100, Adam 1e-3
+(3e-4 for Fashion-MNIST: --config.dataset=fashion_mnist
+--config.learning_rate=3e-4); 1,000,000 steps; the test bound with 100
+samples. One difference: their prior logits stay fixed (prior_lr = 0), here
+they are learned. The double control variate at K = 2 by default
 (`loo_samples` is K for reinforce_loo, arms and double_cv; disarm is K = 2):
 
   python -m rebar_jax.train --config=configs/sbn_rodeo.py
 
-At K = 3 evaluations, REINFORCE leave-one-out on the paper's MNIST (written
-once by `python -m rebar_jax.data.prepare` into $REBAR_JAX_DATA_DIR):
-
-  python -m rebar_jax.train --config=configs/sbn_rodeo.py \
-      --config.data_source=local --config.estimator=reinforce_loo \
-      --config.loo_samples=3
+At K = 3 evaluations: --config.loo_samples=3 (with double_cv, reinforce_loo
+or arms). The paper's MNIST (written once by `python -m rebar_jax.data.prepare`
+into $REBAR_JAX_DATA_DIR) is --config.data_source=local.
 
 RODEO itself (Stein operators on a learned surrogate) is not built yet.
 """
