@@ -252,3 +252,26 @@ def test_the_slurm_script_joins_the_ray_cluster_it_starts(tmp_path):
   left = subprocess.run(["pgrep", "-f", f"gcs_server.*port={port}"],
                         capture_output=True, text=True, check=False)
   assert not left.stdout.strip(), left.stdout
+
+
+def test_a_failing_trial_is_reported_failed_and_can_be_requeued(tmp_path):
+  """A trial that diverges (a learning rate of 1e30) fails for good with
+  --max_failures=0: the sweep exits 1 naming the way out, --status shows it
+  failed with its error, and --requeue_failed runs it again."""
+  clone = user_shell.user_dir(tmp_path)
+  command = ("python scripts/sweep.py --config=configs/sbn_linear.py "
+             "--sweep_dir=s --grid=learning_rate=1e30 --max_failures=0 "
+             "--config.num_steps=100 --config.eval_every=100")
+  done = user_shell.run(command, clone)
+  assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-2000:])
+  assert "1 trial(s) failed" in done.stderr and "--requeue_failed" in (
+      done.stderr)
+  status = user_shell.run("python scripts/sweep.py --sweep_dir=s --status",
+                          clone)
+  assert "0 finished" in status.stdout and "1 failed" in status.stdout
+  assert "| learning_rate=1e+30 | failed | 0/100 |" in status.stdout
+  assert "TrainingStopped: Diverged" in status.stdout, status.stdout
+  again = user_shell.run(f"{command} --requeue_failed", clone)
+  assert again.returncode == 1
+  history = _history(clone / "s" / "trials" / "learning_rate=1e+30")
+  assert history == ["start", "start"], history
