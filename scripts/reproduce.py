@@ -22,8 +22,9 @@ bound, beside the published highest training ELBO (RELAX paper, Table 2, with
 the nonlinear NVIL/MuProp/REBAR columns as corrected from the paper's earlier
 draft; `muprop_baseline` is compared with the MuProp column, which the MuProp
 paper trained with its learned baseline), then the validation ELBO at every
-evaluation. Writes reproduce.json, reproduce.md and reproduce.png (validation
-ELBO, and each run's encoder-gradient log-variance diagnostic, against steps).
+evaluation. Writes reproduce.json, reproduce.md, reproduce.png (validation
+ELBO, and each run's encoder-gradient log-variance diagnostic, against steps)
+and reproduce_lr.png (validation ELBO against the learning rate).
 """
 import json
 import os
@@ -57,6 +58,7 @@ PUBLISHED = {  # highest training ELBO: NVIL, MuProp, REBAR, RELAX
     "omniglot_linear1": (-117.44, -117.09, -116.63, -116.57),
     "omniglot_linear2": (-109.98, -109.55, -108.71, -108.54),
 }
+VARIANCE_NORMALISED = ("nvil", "muprop_baseline")
 # Our estimator -> its column of PUBLISHED.
 PUBLISHED_COLUMN = {"nvil": 0, "muprop": 1, "muprop_baseline": 1, "rebar": 2,
                     "relax": 3}
@@ -138,6 +140,29 @@ def lr_grid_markdown(results: list[dict]) -> list[str]:
   return md
 
 
+def lr_grid_plot(results: list[dict], path: str) -> None:
+  """Validation ELBO (mean over seeds) against the learning rate, per row."""
+  rows = sorted({r["row"] for r in results})
+  fig, axes = plt.subplots(1, len(rows), figsize=(6 * len(rows), 4.2),
+                           squeeze=False)
+  for ax, row in zip(axes[0], rows):
+    names = dict.fromkeys(r["estimator"] for r in results if r["row"] == row)
+    for i, est in enumerate(names):
+      lrs = sorted({r["learning_rate"] for r in results
+                    if (r["row"], r["estimator"]) == (row, est)})
+      means = [np.mean([r["valid_elbo"] for r in results if (
+          r["row"], r["estimator"], r["learning_rate"]) == (row, est, lr)])
+               for lr in lrs]
+      ax.plot(lrs, means, "o-", color=f"C{i % 10}", label=est)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="validation ELBO",
+           title=f"{row}: validation ELBO at each learning rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def curves_markdown_and_plot(best_runs: dict, path: str) -> list[str]:
   """Validation ELBO against steps per (row, estimator); plot beside it.
 
@@ -171,16 +196,18 @@ def curves_markdown_and_plot(best_runs: dict, path: str) -> list[str]:
       if est in PUBLISHED_COLUMN:
         ax_elbo.axhline(PUBLISHED[row][PUBLISHED_COLUMN[est]],
                         color=color[est], ls=":", lw=1)
-      # NVIL's logged gradient is divided by the running sd of its signal (a
-      # step size): its variance is compared in scripts/variance.py instead.
-      if "grad_log_variance" in c[0] and est != "nvil":
+      # NVIL's and MuProp-with-baseline's logged gradients are divided by
+      # the running sd of their signal (a step size): their variance is
+      # compared in scripts/variance.py instead.
+      if "grad_log_variance" in c[0] and est not in VARIANCE_NORMALISED:
         ax_var.plot([q["step"] for q in c],
                     [q["grad_log_variance"] for q in c], "o-",
                     color=color[est], label=est)
     ax_elbo.set(xlabel="step", ylabel="validation ELBO",
                 title=f"{row} (dotted: published training ELBO)")
     ax_var.set(xlabel="step", ylabel="log variance of the encoder gradient",
-               title=f"{row}: each estimator along its own run (not NVIL)")
+               title=f"{row}: each estimator along its own run (not "
+               f"{', '.join(sorted(VARIANCE_NORMALISED))})")
     for ax in (ax_elbo, ax_var):
       ax.grid(alpha=0.3)
       ax.legend(fontsize=8)
@@ -238,6 +265,7 @@ def main(argv):
           f"{np.mean([r['valid_elbo'] for r in best]):.2f} | "
           f"{np.mean([r['test_iw100'] for r in best]):.2f} | {published} |")
   md += lr_grid_markdown(results)
+  lr_grid_plot(results, os.path.join(_OUTPUT_DIR.value, "reproduce_lr.png"))
   md += curves_markdown_and_plot(
       best_runs, os.path.join(_OUTPUT_DIR.value, "reproduce.png"))
   with open(os.path.join(_OUTPUT_DIR.value, "reproduce.md"), "w") as fh:

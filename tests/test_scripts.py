@@ -148,6 +148,7 @@ def test_reproduce_best_elbo_and_curves(tmp_path):
                                   ('disarm', 1e-3, -98.0))
                  for seed in (0, 1)]
       out['grid'] = m.lr_grid_markdown(results)
+      m.lr_grid_plot(results, {str(tmp_path / 'lr.png')!r})
   """)
   # Train ELBO rises by 1 per 100 steps: the best 1000-step window is the last
   # 10 rows (steps 2100..3000, ELBO -179..-170), mean -174.5.
@@ -159,6 +160,7 @@ def test_reproduce_best_elbo_and_curves(tmp_path):
   # Means over the two seeds; the best lr in bold; a missing cell empty.
   assert "| mnist_linear1 | rebar | -99.50 | **-98.50** |" in out["grid"]
   assert "| mnist_linear1 | disarm | **-97.50** |  |" in out["grid"]
+  assert (tmp_path / "lr.png").stat().st_size > 0
 
 
 def test_report_groups_runs_and_aggregates_their_files(tmp_path):
