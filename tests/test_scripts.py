@@ -230,3 +230,20 @@ def test_variance_command_on_the_categorical_vae(tmp_path):
   md = (tmp_path / "variance.md").read_text()
   assert all(f"| {n} | init |" in md for n in names)
   assert (tmp_path / "variance.png").stat().st_size > 0
+
+
+def test_scale_benchmark_tables():
+  """scripts/scale_benchmark.py's tables from given timings (its runs take
+  minutes; the figures are in docs/results/scale_out.md)."""
+  out = run_with_script("scale_benchmark", """
+      out['md'] = m.report(
+          {'bare, one after another': 80.0, 'sweep, 1 core': 100.0,
+           'sweep, 2 cores': 50.0}, {'1': 0.002, '4': 0.005}, 1000, 15)
+  """)
+  md = out["md"]
+  # 4 trials x 1000 steps = 4000 trial-steps.
+  assert "| bare, one after another | 80.0 | 50 | 1.00x |" in md
+  assert "| sweep, 2 cores | 50.0 | 80 | 1.60x |" in md
+  assert "Engine overhead per trial (sweep on 1 core minus bare, per " \
+      "trial): 5.0 s." in md
+  assert "| 4 | 5.00 | 2.50x |" in md
