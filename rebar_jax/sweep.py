@@ -36,7 +36,6 @@ on a file system every machine mounts at the same path (README, "Sweeps").
 """
 import csv
 import dataclasses
-import fcntl
 import io
 import itertools
 import json
@@ -302,20 +301,6 @@ def run(sweep: Sweep, *, address: Optional[str] = None,
 # --- status and tables, from the files -------------------------------------
 
 
-def _locked(workdir: str) -> bool:
-  """Whether a live process holds the trial's workdir lock."""
-  path = os.path.join(workdir, runs.LOCK_FILE)
-  if not os.path.exists(path):
-    return False
-  with open(path) as fh:
-    try:
-      fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      return True
-    fcntl.flock(fh, fcntl.LOCK_UN)
-  return False
-
-
 def _tune_errors(sweep: Sweep) -> dict[str, str]:
   """trial name -> the last line of its error, for trials Tune gave up on."""
   path = os.path.join(sweep.sweep_dir, TUNE)
@@ -333,7 +318,8 @@ def _tune_errors(sweep: Sweep) -> dict[str, str]:
       message = "error"
       error_file = os.path.join(trial.path or "", "error.txt")
       if os.path.exists(error_file):
-        lines = [l for l in open(error_file).read().splitlines() if l.strip()]
+        with open(error_file) as fh:
+          lines = [l for l in fh.read().splitlines() if l.strip()]
         message = lines[-1] if lines else message
       errors[trial_name(params)] = message
   return errors
@@ -352,12 +338,11 @@ def status(sweep: Sweep) -> list[dict[str, Any]]:
     name, workdir = trial_name(params), sweep.workdir(params)
     num_steps = trial_config(sweep.base, params).num_steps
     step = checkpoints.Checkpointer(
-        os.path.join(workdir, "checkpoints")).latest_step() if os.path.isdir(
-            os.path.join(workdir, "checkpoints")) else None
+        os.path.join(workdir, "checkpoints")).latest_step()
     final = _final_metrics(workdir)
     if final is not None and final.get("step") == num_steps:
       state = "finished"
-    elif _locked(workdir):
+    elif runs.is_locked(workdir):
       state = "running"
     elif name in errors:
       state = "failed"
@@ -444,30 +429,42 @@ def tables(sweep: Sweep, rows: list[dict[str, Any]]) -> tuple[str, str]:
   return "\n".join(md) + "\n", out.getvalue()
 
 
+def choose_learning_rate(rows: list[dict[str, Any]], num_seeds: int
+                         ) -> Optional[tuple[float, list[dict[str, Any]]]]:
+  """(lr, its rows) with the best validation ELBO averaged over seeds.
+
+  `rows` are one setting's finished trials; only learning rates with all
+  `num_seeds` seeds finished count, so a choice never rests on part of the
+  seeds. None when no learning rate is complete.
+  """
+  by_lr: dict[float, list] = {}
+  for r in rows:
+    by_lr.setdefault(r["learning_rate"], []).append(r)
+  complete = {lr: rs for lr, rs in by_lr.items() if len(rs) == num_seeds}
+  if not complete:
+    return None
+  return max(complete.items(),
+             key=lambda kv: np.mean([r["valid_elbo"] for r in kv[1]]))
+
+
 def best_learning_rates(sweep: Sweep, rows: list[dict[str, Any]]
                         ) -> list[str]:
-  """Per setting of the other fields: the lr with the best mean valid ELBO.
-
-  Seeds are averaged; a setting counts only learning rates whose seeds all
-  finished, so a choice never rests on part of the seeds.
-  """
+  """Per setting of the other fields: `choose_learning_rate`'s choice."""
   keys = [k for k in sweep.grid if k not in ("learning_rate", "seed")]
   seeds = len(sweep.grid.get("seed", [None]))
-  groups: dict[tuple, dict[float, list]] = {}
+  groups: dict[tuple, list] = {}
   for r in rows:
-    groups.setdefault(tuple(r[k] for k in keys), {}).setdefault(
-        r["learning_rate"], []).append(r)
+    groups.setdefault(tuple(r[k] for k in keys), []).append(r)
   tests = sorted({k for r in rows for k in r if k.startswith("test_")})
   md = ["Best learning rate by validation ELBO (mean over "
         f"{seeds} seed(s)):", "",
         "| " + " | ".join(keys + ["learning_rate", "valid_elbo"] + tests) +
         " |", "|" + " --- |" * (len(keys) + 2 + len(tests))]
-  for setting, by_lr in groups.items():
-    complete = {lr: rs for lr, rs in by_lr.items() if len(rs) == seeds}
-    if not complete:
+  for setting, group in groups.items():
+    chosen = choose_learning_rate(group, seeds)
+    if chosen is None:
       continue
-    lr, best = max(complete.items(),
-                   key=lambda kv: np.mean([r["valid_elbo"] for r in kv[1]]))
+    lr, best = chosen
     md.append("| " + " | ".join(
         [str(s) for s in setting] + [f"{lr:g}", _fmt(float(np.mean(
             [r["valid_elbo"] for r in best])))] +

@@ -249,12 +249,9 @@ def main(argv):
   for row in _ROWS.value:
     sweep = row_sweep(row)
     for est in _ESTIMATORS.value:
-      by_lr = {}
-      for r in results:
-        if r["row"] == row and r["estimator"] == est:
-          by_lr.setdefault(r["learning_rate"], []).append(r)
-      lr, best = max(by_lr.items(), key=lambda kv: np.mean(
-          [r["valid_elbo"] for r in kv[1]]))
+      lr, best = sweep_lib.choose_learning_rate(
+          [r for r in results if (r["row"], r["estimator"]) == (row, est)],
+          len(sweep.grid["seed"]))
       best_runs[(row, est)] = sweep.workdir(
           {"estimator": est, "learning_rate": lr, "seed": best[0]["seed"]})
       published = (PUBLISHED[row][PUBLISHED_COLUMN[est]]

@@ -117,6 +117,20 @@ class RunRecord:
     os.replace(tmp, self.path)
 
 
+def is_locked(workdir: str) -> bool:
+  """Whether a live process holds `<workdir>/lock` (nothing is written)."""
+  path = os.path.join(workdir, LOCK_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as fh:
+    try:
+      fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      return True
+    fcntl.flock(fh, fcntl.LOCK_UN)
+  return False
+
+
 class WorkdirLock:
   """An exclusive, non-blocking OS lock on `<workdir>/lock` (a context manager).
 
