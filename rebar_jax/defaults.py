@@ -34,7 +34,8 @@ def config() -> ml_collections.ConfigDict:
   c.activation = "tanh"         # nonlinear SBN: "tanh" | "leaky_relu" (0.3)
   # Estimator: a name of rebar_jax.estimators.BERNOULLI, "nvil",
   # "muprop_baseline", or a multi-sample objective of
-  # rebar_jax.estimators.multisample (with K below).
+  # rebar_jax.estimators.multisample (with K below); for Gaussian latents
+  # (model "gaussian_vae") also "pathwise", "iwae_pathwise" and "dreg".
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)
@@ -46,6 +47,9 @@ def config() -> ml_collections.ConfigDict:
   # K chains per data point for the multi-sample objectives
   # (rebar_jax.estimators.multisample: vimco_geometric, ovis_gamma0, ...).
   c.iw_samples = 1
+  # S auxiliary chains per data point that only estimate OVIS-MC's control
+  # variate (estimator "ovis_mc"; a budget of K + S chains); 0 otherwise.
+  c.aux_samples = 0
   # Optimisation.
   c.batch_size = 24
   c.learning_rate = 3e-4

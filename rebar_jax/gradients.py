@@ -29,7 +29,10 @@ parameters (REBAR's eta and log lambda, RELAX's networks, NVIL's baseline
 network) are trained by a separate optimiser on the loss it reports.
 
 Multi-sample objectives (`multisample`: VIMCO, OVIS, VarGrad, ...) take K whole
-chains per data point and differentiate their surrogate loss directly.
+chains per data point and differentiate their surrogate loss directly (OVIS-MC
+with S more chains that only estimate its control variate). For models whose
+layers are all Gaussian, the pathwise IWAE gradient and DReG
+(`multisample.REPARAMETERISED`) differentiate through reparameterised chains.
 
 The fully relaxed estimators (Concrete, Gumbel-softmax) train the model the way
 their papers do: the pathwise gradient of the relaxed ELBO F(s), every layer
@@ -77,19 +80,30 @@ class EstimatorSpec(protocol.Options):
   Attributes:
     name: a key of `protocol.REGISTRY[family]` (for every family of the
       model), "family:name" pairs for a model mixing families
-      ("bernoulli:disarm,categorical:arsm"), or a key of
-      `multisample.MULTISAMPLE`.
+      ("bernoulli:disarm,categorical:arsm"), a key of
+      `multisample.MULTISAMPLE`, or (every layer Gaussian) a key of
+      `multisample.REPARAMETERISED`.
     families: the families of the model's layers (`layer_families(model)`).
     iw_samples: K, the chains per data point of a multi-sample objective.
+    aux_samples: S, OVIS-MC's auxiliary chains per data point, which only
+      estimate its control variate (Lievin et al. 2020; a budget of K + S
+      chains).
   """
   name: str
   families: tuple[str, ...] = ("bernoulli",)
   iw_samples: int = 1
+  aux_samples: int = 0
 
   @property
   def is_multisample(self) -> bool:
-    """K-sample objective: a `multisample.MULTISAMPLE` surrogate on K chains."""
-    return self.name in multisample.MULTISAMPLE
+    """K-sample objective on K chains per data point (score or pathwise)."""
+    return (self.name in multisample.MULTISAMPLE
+            or self.name in multisample.REPARAMETERISED)
+
+  @property
+  def is_reparameterised(self) -> bool:
+    """A pathwise K-sample gradient (`multisample.REPARAMETERISED`)."""
+    return self.name in multisample.REPARAMETERISED
 
   @property
   def estimator(self) -> protocol.Estimator:
@@ -104,18 +118,31 @@ class EstimatorSpec(protocol.Options):
     if self.iw_samples < 1:
       raise ValueError(
           f"iw_samples (K) must be >= 1, got {self.iw_samples}.")
+    if self.is_reparameterised:
+      if set(self.families) != {"gaussian"}:
+        raise ValueError(
+            f"{self.name!r} differentiates through the samples: every layer "
+            f"must be Gaussian, the model's are {list(self.families)}; choose "
+            f"a multi-sample objective {sorted(multisample.MULTISAMPLE)}.")
+      return
     if self.is_multisample:
       if self.iw_samples < 2:
         raise ValueError(
             f"{self.name!r} is a multi-sample objective: set iw_samples "
             "(K) >= 2, e.g. --config.iw_samples=10.")
-      if self.name in multisample.NEEDS_AUX:
+      if (self.name in multisample.NEEDS_AUX) != (self.aux_samples > 0):
         raise ValueError(
-            f"{self.name!r} needs auxiliary samples, which the trainer does "
-            "not draw; choose one of "
-            f"{sorted(set(multisample.MULTISAMPLE) - multisample.NEEDS_AUX)} "
-            "or call its surrogate directly.")
+            f"aux_samples (S) = {self.aux_samples}: only "
+            f"{sorted(multisample.NEEDS_AUX)} draws auxiliary samples, and it "
+            "needs S >= 1, e.g. --config.aux_samples=5"
+            + ("" if self.name in multisample.NEEDS_AUX else
+               f"; set aux_samples=0 for {self.name!r}") + ".")
       return
+    if self.aux_samples:
+      raise ValueError(
+          f"aux_samples (S) = {self.aux_samples}, but {self.name!r} draws no "
+          f"auxiliary samples (only {sorted(multisample.NEEDS_AUX)}): set "
+          "aux_samples=0.")
     for family, name in protocol.names_by_family(
         self.name, self.families).items():
       if name not in protocol.REGISTRY[family]:
@@ -279,9 +306,12 @@ def _multisample_gradients(model, spec, params, est_state, x, key):
   differentiated w.r.t. all parameters, and the surrogate's gradient is the
   estimator (`multisample`: VIMCO, OVIS-gamma, REINFORCE-LOO, VarGrad, RWS).
   """
+  if spec.is_reparameterised:
+    return _reparameterised_gradients(model, spec, params, est_state, x, key)
   surrogate = multisample.MULTISAMPLE[spec.name]
-  keys = jax.random.split(key, x.shape[0] * spec.iw_samples).reshape(
-      (x.shape[0], spec.iw_samples) + key.shape)
+  num = spec.iw_samples + spec.aux_samples
+  keys = jax.random.split(key, x.shape[0] * num).reshape(
+      (x.shape[0], num) + key.shape)
 
   def loss(p):
     def chain(x_i, k):
@@ -290,9 +320,50 @@ def _multisample_gradients(model, spec, params, est_state, x, key):
       return log_p - log_q, log_q
 
     log_w, log_q = jax.vmap(jax.vmap(chain, in_axes=(None, 0)))(x, keys)
-    losses = jax.vmap(surrogate)(log_w, log_q)
+    log_w, log_w_aux = log_w[:, :spec.iw_samples], log_w[:, spec.iw_samples:]
+    log_q = log_q[:, :spec.iw_samples]
+    if spec.aux_samples:  # OVIS-MC: the last S chains estimate c_k only
+      losses = jax.vmap(surrogate)(log_w, log_q, log_w_aux)
+    else:
+      losses = jax.vmap(surrogate)(log_w, log_q)
     iw = jax.vmap(multisample.iw_bound)(log_w)
     return jnp.mean(losses), (jnp.mean(log_w), jnp.mean(iw))
+
+  (_, (elbo, iw)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  metrics = {"elbo": elbo, "estimator_loss": jnp.zeros(()), "iw_bound": iw}
+  return grads, (), est_state.stats, metrics
+
+
+def _reparameterised_gradients(model, spec, params, est_state, x, key):
+  r"""The pathwise IWAE gradient or DReG on K reparameterised chains.
+
+  z_k = z(params, eps_k) from `models.protocol.reparameterised_sample` (the
+  draws of `sample` on the same keys). iwae_pathwise differentiates
+  L_K(log w(z(params))) through everything; DReG takes log_w_theta from the
+  model at the fixed samples and log_w_phi from the stop-gradiented model at
+  the live samples (`multisample.dreg_surrogate`).
+  """
+  keys = jax.random.split(key, x.shape[0] * spec.iw_samples).reshape(
+      (x.shape[0], spec.iw_samples) + key.shape)
+  sg = jax.lax.stop_gradient
+
+  def loss(p):
+    def chain(x_i, k):
+      z = models_protocol.reparameterised_sample(model, p, x_i, k)
+      if spec.name == "iwae_pathwise":
+        log_p, log_q = model.apply(p, x_i, z, method="log_joint")
+        return log_p - log_q, log_p - log_q
+      log_p, log_q = model.apply(p, x_i, sg(z), method="log_joint")
+      log_p_z, log_q_z = model.apply(sg(p), x_i, z, method="log_joint")
+      return log_p - sg(log_q), log_p_z - log_q_z
+
+    first, second = jax.vmap(jax.vmap(chain, in_axes=(None, 0)))(x, keys)
+    if spec.name == "iwae_pathwise":
+      losses = jax.vmap(multisample.iwae_pathwise_surrogate)(first)
+    else:
+      losses = jax.vmap(multisample.dreg_surrogate)(first, second)
+    iw = jax.vmap(multisample.iw_bound)(first)
+    return jnp.mean(losses), (jnp.mean(first), jnp.mean(iw))
 
   (_, (elbo, iw)), grads = jax.value_and_grad(loss, has_aux=True)(params)
   metrics = {"elbo": elbo, "estimator_loss": jnp.zeros(()), "iw_bound": iw}

@@ -68,6 +68,7 @@ from rebar_jax import gradients
 from rebar_jax import objectives
 from rebar_jax import parallel
 from rebar_jax.models import categorical_vae as cat_lib
+from rebar_jax.models import gaussian as gaussian_lib
 from rebar_jax.models import sbn as sbn_lib
 from rebar_jax.utils import checkpoints
 from rebar_jax.utils import plots
@@ -139,13 +140,15 @@ _INTS = {  # name: minimum
     "seed": 0, "eval_seed": 0, "eval_max_examples": 0, "diagnostic_draws": 0,
     "batch_size": 1, "num_steps": 1, "steps_per_call": 1, "eval_every": 1,
     "checkpoint_every": 1, "eval_num_samples": 1, "eval_batch_size": 1,
-    "iw_samples": 1, "loo_samples": 1, "num_devices": 0,
+    "iw_samples": 1, "aux_samples": 0, "loo_samples": 1, "num_devices": 0,
 }
 _POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate", "temperature")
 _FINITE_FLOATS = ("eta", "alpha")
 _MODEL_INTS = {"sbn": {"num_layers": 1, "num_latents": 1, "hidden": 1},
-               "categorical_vae": {"num_vars": 1, "num_classes": 2}}
-_MODEL_SIZES = {"sbn": (), "categorical_vae": ("mlp_hidden",)}
+               "categorical_vae": {"num_vars": 1, "num_classes": 2},
+               "gaussian_vae": {"num_latents": 1}}
+_MODEL_SIZES = {"sbn": (), "categorical_vae": ("mlp_hidden",),
+                "gaussian_vae": ("mlp_hidden",)}
 _MAX_SEED = 2**32 - 1
 
 
@@ -203,10 +206,18 @@ def _categorical_vae(config: ml_collections.ConfigDict,
       learned_prior=config.learned_prior, train_mean=dataset.train_mean)
 
 
+def _gaussian_vae(config: ml_collections.ConfigDict,
+                  dataset: data_lib.Dataset):
+  return gaussian_lib.GaussianVAE(
+      latent_dim=config.num_latents, hidden=tuple(config.mlp_hidden),
+      data_dim=dataset.data_dim, train_mean=dataset.train_mean)
+
+
 # config.model -> factory(config, dataset) -> a module following
 # rebar_jax.models.protocol. Any other value is an import path of a user's
 # factory (`model_factory`).
-MODELS = {"sbn": _sbn, "categorical_vae": _categorical_vae}
+MODELS = {"sbn": _sbn, "categorical_vae": _categorical_vae,
+          "gaussian_vae": _gaussian_vae}
 
 
 def model_factory(name: str):
@@ -280,7 +291,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         alpha=config.alpha,
         tune=config.tune_estimator,
         relax_hidden=tuple(config.relax_hidden),
-        iw_samples=config.iw_samples)
+        iw_samples=config.iw_samples, aux_samples=config.aux_samples)
   except ValueError as e:
     raise ConfigError(f"config.estimator={config.estimator!r}: {e}") from e
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),

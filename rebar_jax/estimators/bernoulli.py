@@ -290,6 +290,7 @@ def score(logits: Array, b: Array) -> Array:
 # the hard sample and its relaxation are deterministic functions.
 
 EVENT_NDIM = 0  # each unit is one Bernoulli variable
+REPARAMETERISABLE = False  # b is discrete: no pathwise gradient
 
 
 def noise(key: PRNGKey, shape: Sequence[int], dtype=jnp.float32) -> Array:

@@ -168,6 +168,7 @@ def relax_sample(z: Array, temperature: Any) -> Array:
 # the hard sample and its relaxation are deterministic functions.
 
 EVENT_NDIM = 1  # the last axis holds a variable's one-hot classes
+REPARAMETERISABLE = False  # b is discrete: no pathwise gradient
 
 
 def noise(key: PRNGKey, shape, dtype=jnp.float32) -> Array:

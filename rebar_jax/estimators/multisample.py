@@ -375,6 +375,67 @@ def vargrad_surrogate(log_w: Array, log_q: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------
+# Reparameterised gradients of E[L_K] (Gaussian latents).
+# ----------------------------------------------------------------------------
+
+
+def iwae_pathwise_surrogate(log_w: Array) -> Array:
+  r"""The pathwise IWAE gradient (Burda et al. 2016): loss = -L_K(log w).
+
+  Here z_k = z(phi, eps_k) is reparameterised and log w_k = log p(x, z_k) -
+  log q_phi(z_k | x) carries the gradient through z_k as well as through the
+  parameters, so
+
+      g = sum_k v_k d/d(theta, phi) log w(z(phi, eps_k)),
+
+  unbiased for -grad E[L_K]. Its inference-network SNR falls as 1/sqrt(K)
+  (Rainforth et al. 2018, Thm. 1), the motivation of DReG and OVIS.
+
+  Args:
+    log_w: (K,) log-weights, differentiable through the reparameterised z_k.
+  Returns:
+    A scalar loss.
+  """
+  chex.assert_rank(log_w, 1)
+  return -iw_bound(log_w)
+
+
+def dreg_surrogate(log_w_theta: Array, log_w_phi: Array) -> Array:
+  r"""DReG, the doubly reparameterised IWAE gradient (Tucker et al. 2019, Eq. 5).
+
+  Applying the reparameterisation a second time to the score part of the
+  pathwise gradient gives, with v_k = w_k / sum_j w_j,
+
+      g_phi   = sum_k v_k^2 (d log w_k / d z_k) (d z_k / d phi),
+      g_theta = sum_k v_k d/dtheta log p_theta(x, z_k),
+
+  where d log w_k / d z_k is the total derivative in z with q's parameters
+  held fixed. Unbiased for grad E[L_K]; its inference-network SNR grows as
+  sqrt(K). The caller provides the two halves:
+
+    log_w_theta: (K,) log p_theta(x, sg z_k) - sg log q(z_k | x): value log w_k,
+      gradient only in theta (the samples and q held fixed);
+    log_w_phi: (K,) log p_sg(theta)(x, z_k(phi)) - log q_sg(phi)(z_k(phi) | x):
+      value log w_k, gradient only through the reparameterised z_k.
+
+  loss = -( L_K(log_w_theta) + sum_k sg(v_k^2) log_w_phi ).
+  """
+  chex.assert_rank(log_w_theta, 1)
+  chex.assert_equal_shape([log_w_theta, log_w_phi])
+  v = _sg(normalized_weights(log_w_theta))
+  return -(iw_bound(log_w_theta) + jnp.sum(v**2 * log_w_phi))
+
+
+REPARAMETERISED: dict[str, Callable[..., Array]] = {
+    "iwae_pathwise": iwae_pathwise_surrogate,
+    "dreg": dreg_surrogate,
+}
+"""name -> surrogate of reparameterised log-weights (every layer Gaussian):
+iwae_pathwise(log_w) and dreg(log_w_theta, log_w_phi); both unbiased for
+-grad E[L_K]. `rebar_jax.gradients` builds their inputs from a model."""
+
+
+# ----------------------------------------------------------------------------
 # Registry.
 # ----------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates as cv
 from rebar_jax.estimators import copulas
+from rebar_jax.estimators import gaussian
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -46,7 +47,8 @@ Params = Any
 
 # Distribution families by name: the modules of their one-layer estimators and
 # chain functions (noise, sample_from_noise, relaxed_from_noise, score, mean).
-FAMILIES = {"bernoulli": bernoulli, "categorical": categorical}
+FAMILIES = {"bernoulli": bernoulli, "categorical": categorical,
+            "gaussian": gaussian}
 
 
 class EstimatorState(NamedTuple):
@@ -109,8 +111,8 @@ class Layer(NamedTuple):
   ctx: a pytree of per-data-point arrays f_hard and f_soft close over.
   b: (B, *event) the chain's sample at this layer: the sample the family's
     estimators draw from `keys`, so f_hard(b) is the chain's signal F.
-  family: the module of the layer's one-layer estimators (`bernoulli` or
-    `categorical`): its `score(logits, b)` and estimator functions.
+  family: the module of the layer's one-layer estimators (`bernoulli`,
+    `categorical` or `gaussian`): its `score(logits, b)` and estimator functions.
   noise: (B, *event) the chain's noise at this layer, `family.noise` of
     `keys`, from which b was sampled. Estimators are given it (`noise=`), so
     a layer's noise is drawn once per step, by the chain.
@@ -558,6 +560,12 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
             "gapped_straight_through", categorical, "temperature"),
         "rebar": rebar,
         "relax": relax,
+    },
+    "gaussian": {
+        "reinforce": reinforce,
+        "nvil": nvil,
+        "reinforce_loo": _reinforce_loo(gaussian),
+        "pathwise": _one_layer("pathwise", gaussian),
     },
 }
 

@@ -39,6 +39,7 @@ RESULT_FREE_FIELDS = frozenset({
 # reproduces what those runs did: a record that lacks one holds this value.
 ADDED_FIELDS = {
     "activation": "tanh",  # the nonlinear SBN's hidden units
+    "aux_samples": 0,  # OVIS-MC's auxiliary chains
 }
 
 
