@@ -247,3 +247,45 @@ def test_scale_benchmark_tables():
   assert "Engine overhead per trial (sweep on 1 core minus bare, per " \
       "trial): 5.0 s." in md
   assert "| 4 | 5.00 | 2.50x |" in md
+
+
+def test_snr_vs_k_command_and_its_snr(tmp_path):
+  """scripts/snr_vs_k.py, small: its files, and the SNR it computes.
+
+  The slopes at full size are in docs/results/snr_vs_k.md; here the sizes are
+  too small for them, so the test checks the tables and the SNR arithmetic:
+  with a known mean the SNR is |mean| / std; without one, the draws' own
+  noise is taken out of their mean (pure noise: half the raw ~0.8/sqrt(n)).
+  """
+  proc = subprocess.run(
+      [sys.executable, "scripts/snr_vs_k.py", f"--output_dir={tmp_path}",
+       "--dim=2", "--ks=2,4", "--num_draws=64", "--reference_draws=128",
+       "--estimators=iwae_pathwise,dreg,ovis_mc,ovis_gamma1"],
+      capture_output=True, text=True, cwd=ROOT, check=False, timeout=600,
+      env=FAST_COMPILE)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  saved = json.loads((tmp_path / "snr_vs_k.json").read_text())
+  assert list(saved["results"]) == ["iwae_pathwise", "dreg", "ovis_mc",
+                                    "ovis_gamma1"]
+  for r in saved["results"].values():
+    assert len(r["snr"]) == 2 and all(np.isfinite(r["snr"]))
+    assert np.isfinite(r["snr_slope"])
+  md = (tmp_path / "snr_vs_k.md").read_text()
+  assert "| dreg* |" in md and "| ovis_gamma1 |" in md
+  assert (tmp_path / "snr_vs_k.png").stat().st_size > 0
+  out = run_with_script("snr_vs_k", """
+      import numpy as np
+      rng = np.random.default_rng(0)
+      draws = rng.normal([0.5, -2.0], [1.0, 4.0], size=(4000, 2))
+      out['known'] = m.snr_and_variance(draws, np.array([0.5, -2.0]))
+      out['own'] = m.snr_and_variance(draws)
+      noise = rng.normal(size=(400, 50))
+      out['noise'] = m.snr_and_variance(noise)
+      out['raw'] = float(np.mean(np.abs(noise.mean(0)) / noise.std(0)))
+      out['slope'] = m.fitted_slope([1, 10, 100], [3.0, 3.0 / 10**0.5, 0.3])
+  """)
+  np.testing.assert_allclose(out["known"][0], 0.5, rtol=0.03)
+  np.testing.assert_allclose(out["known"][1], (1 + 16) / 2, rtol=0.05)
+  np.testing.assert_allclose(out["own"][0], 0.5, rtol=0.1)
+  assert out["noise"][0] < 0.6 * out["raw"]  # raw: ~sqrt(2 / pi) / sqrt(n)
+  np.testing.assert_allclose(out["slope"], -0.5, rtol=1e-6)
