@@ -7,8 +7,11 @@ that never differentiates through z (VIMCO, OVIS), on the embedded digits:
   python -m rebar_jax.train --config=configs/gaussian_vae_mnist.py \
       --config.estimator=dreg
 
+  # OVIS-MC (K = 4 chains, S = 1 more for its control variate), trained on
+  # the Renyi bound with alpha annealed from 0.9 to 0 over 2000 steps
   python -m rebar_jax.train --config=configs/gaussian_vae_mnist.py \
-      --config.estimator=ovis_mc --config.iw_samples=4 --config.aux_samples=1
+      --config.estimator=ovis_mc --config.iw_samples=4 --config.aux_samples=1 \
+      --config.renyi_alpha=0.9 --config.renyi_warmup_steps=2000
 
 Add --config.data_source=local for Larochelle's binarized MNIST from
 $REBAR_JAX_DATA_DIR.

@@ -50,6 +50,11 @@ def config() -> ml_collections.ConfigDict:
   # S auxiliary chains per data point that only estimate OVIS-MC's control
   # variate (estimator "ovis_mc"; a budget of K + S chains); 0 otherwise.
   c.aux_samples = 0
+  # The Renyi bound (IWR) L_K^alpha instead of L_K for the score-function
+  # IW objectives and iwae_pathwise; with renyi_warmup_steps > 0, alpha falls
+  # linearly to 0 over those steps (OVIS's Renyi warm-up).
+  c.renyi_alpha = 0.0
+  c.renyi_warmup_steps = 0
   # Optimisation.
   c.batch_size = 24
   c.learning_rate = 3e-4

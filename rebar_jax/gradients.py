@@ -88,11 +88,24 @@ class EstimatorSpec(protocol.Options):
     aux_samples: S, OVIS-MC's auxiliary chains per data point, which only
       estimate its control variate (Lievin et al. 2020; a budget of K + S
       chains).
+    renyi_alpha: alpha of the Renyi bound L_K^alpha (`multisample.renyi_bound`)
+      that a `multisample.RENYI` objective trains on instead of L_K; 0: L_K.
+    renyi_warmup_steps: Renyi warm-up (OVIS, Fig. 3): alpha falls linearly
+      from renyi_alpha at step 0 to 0 at this step; 0: constant alpha.
   """
   name: str
   families: tuple[str, ...] = ("bernoulli",)
   iw_samples: int = 1
   aux_samples: int = 0
+  renyi_alpha: float = 0.0
+  renyi_warmup_steps: int = 0
+
+  def renyi_alpha_at(self, step) -> Any:
+    """alpha at `step` (an int or a traced step; None: step 0)."""
+    if not self.renyi_warmup_steps or step is None:
+      return self.renyi_alpha
+    left = 1.0 - jnp.asarray(step, jnp.float32) / self.renyi_warmup_steps
+    return self.renyi_alpha * jnp.clip(left, 0.0, 1.0)
 
   @property
   def is_multisample(self) -> bool:
@@ -118,6 +131,16 @@ class EstimatorSpec(protocol.Options):
     if self.iw_samples < 1:
       raise ValueError(
           f"iw_samples (K) must be >= 1, got {self.iw_samples}.")
+    if not 0.0 <= self.renyi_alpha < 1.0 or self.renyi_warmup_steps < 0:
+      raise ValueError(
+          f"renyi_alpha must be in [0, 1) and renyi_warmup_steps >= 0, got "
+          f"{self.renyi_alpha} and {self.renyi_warmup_steps}.")
+    if (self.renyi_alpha or self.renyi_warmup_steps) and (
+        self.name not in multisample.RENYI):
+      raise ValueError(
+          f"renyi_alpha/renyi_warmup_steps: {self.name!r} has no Renyi "
+          f"bound; the objectives with one are {sorted(multisample.RENYI)} "
+          "(set renyi_alpha=0 and renyi_warmup_steps=0 otherwise).")
     if self.is_reparameterised:
       if set(self.families) != {"gaussian"}:
         raise ValueError(
@@ -258,7 +281,8 @@ def _relaxed_gradients(model, spec, params, est_state, x, key):
 
 
 def model_gradients(model, spec: EstimatorSpec, params: Params,
-                    est_state: EstimatorState, x: Array, key: PRNGKey
+                    est_state: EstimatorState, x: Array, key: PRNGKey,
+                    step: Any = None
                     ) -> tuple[Params, Any, Any, dict[str, Array]]:
   """Gradients of the negative mean ELBO and of the estimator's own loss.
 
@@ -270,6 +294,8 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
     est_state: the estimator's learned state.
     x: (B, D) binary batch.
     key: one key for this step.
+    step: the training step (may be traced), for schedules (the Renyi
+      warm-up); None is step 0.
 
   Returns:
     (model_grads, estimator_param_grads, new_estimator_stats, metrics): the
@@ -283,7 +309,8 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
         f"{type(model).__name__}'s layers are {list(layer_families(model))}: "
         "build the EstimatorSpec with families=layer_families(model).")
   if spec.is_multisample:
-    return _multisample_gradients(model, spec, params, est_state, x, key)
+    return _multisample_gradients(model, spec, params, est_state, x, key,
+                                  step)
   estimator = spec.estimator
   if estimator.relaxed_objective:
     return _relaxed_gradients(model, spec, params, est_state, x, key)
@@ -298,7 +325,7 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
   return model_grads, out.param_grads, out.stats, metrics
 
 
-def _multisample_gradients(model, spec, params, est_state, x, key):
+def _multisample_gradients(model, spec, params, est_state, x, key, step):
   r"""Gradients of a K-sample surrogate, (1/B) sum_i surrogate(log w_i, log q_i).
 
   For each data point, K independent hard chains b_k ~ q(b | x) (the samples
@@ -307,8 +334,11 @@ def _multisample_gradients(model, spec, params, est_state, x, key):
   estimator (`multisample`: VIMCO, OVIS-gamma, REINFORCE-LOO, VarGrad, RWS).
   """
   if spec.is_reparameterised:
-    return _reparameterised_gradients(model, spec, params, est_state, x, key)
+    return _reparameterised_gradients(model, spec, params, est_state, x, key,
+                                      step)
   surrogate = multisample.MULTISAMPLE[spec.name]
+  if spec.renyi_alpha:
+    surrogate = functools.partial(surrogate, alpha=spec.renyi_alpha_at(step))
   num = spec.iw_samples + spec.aux_samples
   keys = jax.random.split(key, x.shape[0] * num).reshape(
       (x.shape[0], num) + key.shape)
@@ -334,7 +364,7 @@ def _multisample_gradients(model, spec, params, est_state, x, key):
   return grads, (), est_state.stats, metrics
 
 
-def _reparameterised_gradients(model, spec, params, est_state, x, key):
+def _reparameterised_gradients(model, spec, params, est_state, x, key, step):
   r"""The pathwise IWAE gradient or DReG on K reparameterised chains.
 
   z_k = z(params, eps_k) from `models.protocol.reparameterised_sample` (the
@@ -359,7 +389,8 @@ def _reparameterised_gradients(model, spec, params, est_state, x, key):
 
     first, second = jax.vmap(jax.vmap(chain, in_axes=(None, 0)))(x, keys)
     if spec.name == "iwae_pathwise":
-      losses = jax.vmap(multisample.iwae_pathwise_surrogate)(first)
+      losses = jax.vmap(lambda lw: multisample.iwae_pathwise_surrogate(
+          lw, spec.renyi_alpha_at(step)))(first)
     else:
       losses = jax.vmap(multisample.dreg_surrogate)(first, second)
     iw = jax.vmap(multisample.iw_bound)(first)

@@ -141,6 +141,7 @@ _INTS = {  # name: minimum
     "batch_size": 1, "num_steps": 1, "steps_per_call": 1, "eval_every": 1,
     "checkpoint_every": 1, "eval_num_samples": 1, "eval_batch_size": 1,
     "iw_samples": 1, "aux_samples": 0, "loo_samples": 1, "num_devices": 0,
+    "renyi_warmup_steps": 0,
 }
 _POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate", "temperature")
 _FINITE_FLOATS = ("eta", "alpha")
@@ -291,7 +292,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         alpha=config.alpha,
         tune=config.tune_estimator,
         relax_hidden=tuple(config.relax_hidden),
-        iw_samples=config.iw_samples, aux_samples=config.aux_samples)
+        iw_samples=config.iw_samples, aux_samples=config.aux_samples,
+        renyi_alpha=float(config.renyi_alpha),
+        renyi_warmup_steps=config.renyi_warmup_steps)
   except ValueError as e:
     raise ConfigError(f"config.estimator={config.estimator!r}: {e}") from e
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),
@@ -338,7 +341,8 @@ def make_train_chunk(exp: Experiment, seed: int,
     if dynamic:
       x = (jax.random.uniform(key_bin, x.shape) < x).astype(jnp.float32)
     grads, est_grads, stats, metrics = gradients.model_gradients(
-        exp.model, exp.spec, state.params, state.estimator, x, key_est)
+        exp.model, exp.spec, state.params, state.estimator, x, key_est,
+        state.step)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state,
                                               state.params)
     params = optax.apply_updates(state.params, updates)

@@ -238,3 +238,31 @@ def test_auxiliary_samples_only_for_ovis_mc():
 def test_registry_has_the_gaussian_family():
   assert set(protocol.REGISTRY["gaussian"]) == {
       "reinforce", "nvil", "reinforce_loo", "pathwise"}
+
+
+def test_renyi_warmup_anneals_alpha_to_the_iw_objective():
+  """alpha(step) falls linearly to 0; at and after the end of the warm-up
+  the gradient is the IW objective's, before it the Renyi bound's."""
+  spec = gradients.EstimatorSpec("vimco_arithmetic", families=("gaussian",),
+                                 iw_samples=4, renyi_alpha=0.8,
+                                 renyi_warmup_steps=100)
+  np.testing.assert_allclose([float(spec.renyi_alpha_at(s)) for s in (0, 25, 100, 500)],
+                             [0.8, 0.6, 0.0, 0.0], rtol=1e-6)
+  plain = gradients.EstimatorSpec("vimco_arithmetic", families=("gaussian",),
+                                  iw_samples=4)
+  fixed = gradients.EstimatorSpec("vimco_arithmetic", families=("gaussian",),
+                                  iw_samples=4, renyi_alpha=0.8)
+  grad = lambda sp, step: flatten_util.ravel_pytree(gradients.model_gradients(
+      MODEL, sp, VARIABLES, sp.init(None, MODEL), X, jax.random.key(4),
+      step)[0])[0]
+  np.testing.assert_allclose(grad(spec, 100), grad(plain, None), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(grad(spec, 0), grad(fixed, None), rtol=1e-5,
+                             atol=1e-6)
+  assert np.max(np.abs(grad(spec, 0) - grad(plain, None))) > 1e-3
+  with pytest.raises(ValueError, match="has no Renyi bound"):
+    gradients.EstimatorSpec("dreg", families=("gaussian",), iw_samples=4,
+                            renyi_alpha=0.5)
+  with pytest.raises(ValueError, match=r"renyi_alpha must be in \[0, 1\)"):
+    gradients.EstimatorSpec("vimco_arithmetic", families=("gaussian",),
+                            iw_samples=4, renyi_alpha=1.0)

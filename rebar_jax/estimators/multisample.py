@@ -82,6 +82,31 @@ def iw_bound(log_w: Array) -> Array:
   return jax.nn.logsumexp(log_w) - jnp.log(float(log_w.shape[0]))
 
 
+def renyi_bound(log_w: Array, alpha=0.0) -> Array:
+  r"""The importance-weighted Renyi bound (IWR), a scalar.
+
+      L_K^alpha = 1/(1 - alpha) log (1/K) sum_k w_k^(1 - alpha)
+                = iw_bound((1 - alpha) log w) / (1 - alpha),
+
+  Li & Turner (2016)'s variational Renyi bound estimated with K samples, as
+  OVIS (Lievin et al. 2020, Sec. 5) uses it for "Renyi warm-up": alpha = 0 is
+  L_K, and alpha -> 1 tends to the K-sample ELBO estimate mean_k log w_k. Its
+  gradient is sum_k u_k grad log w_k, u = softmax((1 - alpha) log w).
+
+  Args:
+    log_w: (K,) log-weights.
+    alpha: in [0, 1); a Python float or a traced scalar (a schedule).
+  """
+  _check_alpha(alpha)
+  beta = 1.0 - alpha
+  return iw_bound(beta * log_w) / beta
+
+
+def _check_alpha(alpha) -> None:
+  if isinstance(alpha, (int, float)) and not 0.0 <= alpha < 1.0:
+    raise ValueError(f"The Renyi alpha must be in [0, 1), got {alpha}.")
+
+
 def normalized_weights(log_w: Array) -> Array:
   """v_k = w_k / sum_l w_l = softmax(log w)_k, shape (K,)."""
   return jax.nn.softmax(log_w)
@@ -135,7 +160,8 @@ def vimco_baselines(log_w: Array, mean: str = "geometric") -> Array:
   raise ValueError(f"mean must be 'geometric' or 'arithmetic', got {mean!r}.")
 
 
-def ovis_gamma_baselines(log_w: Array, gamma: float = 1.0) -> Array:
+def ovis_gamma_baselines(log_w: Array, gamma: float = 1.0,
+                         alpha=0.0) -> Array:
   r"""OVIS's asymptotic control variate c_k(gamma), shape (K,), no gradient.
 
   Lievin et al. (2020), the unified asymptotic approximation of the optimal
@@ -158,20 +184,32 @@ def ovis_gamma_baselines(log_w: Array, gamma: float = 1.0) -> Array:
   on the test model it is many standard errors large). log Z_{-k} is computed
   by a masked logsumexp, so v_k -> 1 is safe (no log(1 - v_k) cancellation).
 
+  For the Renyi bound (`renyi_bound`, alpha > 0), with beta = 1 - alpha and
+  the tempered weights u = softmax(beta log w), d_k = L_K^alpha - u_k and
+
+      c_k = ( log Z_{-k}(beta log w) + (1 - gamma) log(1 - 1/K) ) / beta
+            - gamma u_k,
+
+  again free of b_k at gamma = 0 (unbiased), and the formulas above at
+  alpha = 0.
+
   Args:
     log_w: (K,) log-weights, K >= 2.
     gamma: in [0, 1]; the registry has 0, 0.5 and 1.
+    alpha: the Renyi alpha in [0, 1) (0: the IW bound).
   """
   log_w = _sg(log_w)
   k = log_w.shape[0]
   if k < 2:
     raise ValueError(f"OVIS needs K >= 2 samples, got K = {k}.")
-  log_z_loo = _offdiag_logsumexp(log_w) - jnp.log(float(k - 1))
-  v = normalized_weights(log_w)
-  return log_z_loo - gamma * v + (1.0 - gamma) * np.log1p(-1.0 / k)
+  _check_alpha(alpha)
+  beta = 1.0 - alpha
+  log_z_loo = _offdiag_logsumexp(beta * log_w) - jnp.log(float(k - 1))
+  u = normalized_weights(beta * log_w)
+  return (log_z_loo + (1.0 - gamma) * np.log1p(-1.0 / k)) / beta - gamma * u
 
 
-def ovis_mc_baselines(log_w: Array, log_w_aux: Array) -> Array:
+def ovis_mc_baselines(log_w: Array, log_w_aux: Array, alpha=0.0) -> Array:
   r"""OVIS-MC: the optimal control variate estimated with S auxiliary samples.
 
   Lievin et al. (2020), the optimal per-sample control variate
@@ -184,11 +222,13 @@ def ovis_mc_baselines(log_w: Array, log_w_aux: Array) -> Array:
 
   where (b^(s), b_{-k}) is the K-set with b_k replaced by b^(s), i.e. log w_k
   replaced by log w(b^(s)). c_k depends on b_{-k} and the auxiliary samples only,
-  so the estimator is unbiased. Shape (K,), no gradient; O(S K^2) work.
+  so the estimator is unbiased. Shape (K,), no gradient; O(S K^2) work. For
+  the Renyi bound, L_K and v_k are L_K^alpha and the tempered weights u_k.
 
   Args:
     log_w: (K,) log-weights of the K samples, K >= 2.
     log_w_aux: (S,) log-weights log p(x, b^(s)) - log q(b^(s) | x), S >= 1.
+    alpha: the Renyi alpha in [0, 1) (0: the IW bound).
   """
   log_w, log_w_aux = _sg(log_w), _sg(log_w_aux)
   chex.assert_rank(log_w_aux, 1)
@@ -196,12 +236,15 @@ def ovis_mc_baselines(log_w: Array, log_w_aux: Array) -> Array:
   if k < 2 or log_w_aux.shape[0] < 1:
     raise ValueError(
         f"OVIS-MC needs K >= 2 and S >= 1, got K = {k}, S = {log_w_aux.shape[0]}.")
+  _check_alpha(alpha)
+  beta = 1.0 - alpha
   eye = jnp.eye(k, dtype=bool)
-  # swapped[s, k, j] = log w_j for j != k, log w(b^(s)) for j == k.
-  swapped = jnp.where(eye[None], log_w_aux[:, None, None], log_w[None, None, :])
+  # swapped[s, k, j] = log w_j for j != k, log w(b^(s)) for j == k (tempered).
+  swapped = jnp.where(eye[None], beta * log_w_aux[:, None, None],
+                      beta * log_w[None, None, :])
   lse = jax.nn.logsumexp(swapped, axis=-1)                  # (S, K)
-  bound = lse - jnp.log(float(k))                           # L_K(b^(s), b_{-k})
-  v_k = jnp.exp(log_w_aux[:, None] - lse)                   # v_k(b^(s), b_{-k})
+  bound = (lse - jnp.log(float(k))) / beta                  # L_K(b^(s), b_{-k})
+  v_k = jnp.exp(beta * log_w_aux[:, None] - lse)            # v_k(b^(s), b_{-k})
   return jnp.mean(bound - v_k, axis=0)
 
 
@@ -210,7 +253,8 @@ def ovis_mc_baselines(log_w: Array, log_w_aux: Array) -> Array:
 # ----------------------------------------------------------------------------
 
 
-def score_surrogate(log_w: Array, log_q: Array, baselines: Array) -> Array:
+def score_surrogate(log_w: Array, log_q: Array, baselines: Array,
+                    alpha=0.0) -> Array:
   r"""loss = -( L_K + sum_k sg(L_K - c_k) log q_k ) for given baselines c_k.
 
   Gradient: -( sum_k v_k grad log w_k + sum_k (L_K - c_k) grad log q_k ), one
@@ -222,29 +266,32 @@ def score_surrogate(log_w: Array, log_q: Array, baselines: Array) -> Array:
     log_w: (K,) log-weights, differentiable in (theta, phi).
     log_q: (K,) log q(b_k | x), differentiable in phi.
     baselines: (K,) c_k (stop-gradiented here).
+    alpha: the Renyi alpha in [0, 1): L_K is then `renyi_bound`, whose phi
+      gradient sum_k (L_K^alpha - u_k) h_k has the same form (u the tempered
+      weights), so the same c_k rules keep it unbiased.
   Returns:
     A scalar loss.
   """
   _check(log_w, log_q)
   chex.assert_equal_shape([log_w, baselines])
-  bound = iw_bound(log_w)
+  bound = renyi_bound(log_w, alpha)
   signal = _sg(bound - baselines)
   return -(bound + jnp.sum(signal * log_q))
 
 
-def iwae_reinforce_surrogate(log_w: Array, log_q: Array) -> Array:
+def iwae_reinforce_surrogate(log_w: Array, log_q: Array, alpha=0.0) -> Array:
   r"""Plain score-function estimator of -grad E[L_K] (no control variate).
 
   g_phi = sum_k (L_K - v_k) h_k, g_theta = sum_k v_k grad_theta log p(x, b_k):
   unbiased for grad E[L_K], high variance (the signal L_K is shared by all k).
-  Shapes: log_w, log_q (K,); returns a scalar.
+  Shapes: log_w, log_q (K,); returns a scalar. alpha: `score_surrogate`.
   """
   _check(log_w, log_q)
-  return score_surrogate(log_w, log_q, jnp.zeros_like(log_w))
+  return score_surrogate(log_w, log_q, jnp.zeros_like(log_w), alpha)
 
 
 def vimco_surrogate(log_w: Array, log_q: Array,
-                    baseline: str = "arithmetic") -> Array:
+                    baseline: str = "arithmetic", alpha=0.0) -> Array:
   r"""VIMCO: unbiased estimator of -grad E[L_K] (Mnih & Rezende 2016, Sec. 3).
 
       g_phi = sum_k (L_K - L_K^{(-k)}) h_k + sum_k v_k grad_phi log w_k,
@@ -258,15 +305,20 @@ def vimco_surrogate(log_w: Array, log_q: Array,
     log_w: (K,) log-weights, differentiable in (theta, phi).
     log_q: (K,) log q(b_k | x), differentiable in phi.
     baseline: "arithmetic" (default) or "geometric" (the paper's main choice).
+    alpha: the Renyi alpha in [0, 1): the bound is L_K^alpha =
+      L_K((1 - alpha) log w) / (1 - alpha), and so are its baselines.
   Returns:
     A scalar loss.
   """
   _check(log_w, log_q, min_k=2)
-  return score_surrogate(log_w, log_q, vimco_baselines(log_w, baseline))
+  _check_alpha(alpha)
+  beta = 1.0 - alpha
+  return score_surrogate(log_w, log_q,
+                         vimco_baselines(beta * log_w, baseline) / beta, alpha)
 
 
 def ovis_gamma_surrogate(log_w: Array, log_q: Array,
-                         gamma: float = 1.0) -> Array:
+                         gamma: float = 1.0, alpha=0.0) -> Array:
   r"""OVIS-gamma (asymptotic OVIS, Lievin et al. 2020, Eq. 17).
 
       g_phi = sum_k (d_k - c_k) h_k,  d_k - c_k = gamma log(1 - 1/K)
@@ -281,14 +333,17 @@ def ovis_gamma_surrogate(log_w: Array, log_q: Array,
     log_w: (K,) log-weights, differentiable in (theta, phi).
     log_q: (K,) log q(b_k | x), differentiable in phi.
     gamma: in [0, 1].
+    alpha: the Renyi alpha in [0, 1) (`ovis_gamma_baselines`).
   Returns:
     A scalar loss.
   """
   _check(log_w, log_q, min_k=2)
-  return score_surrogate(log_w, log_q, ovis_gamma_baselines(log_w, gamma))
+  return score_surrogate(log_w, log_q,
+                         ovis_gamma_baselines(log_w, gamma, alpha), alpha)
 
 
-def ovis_mc_surrogate(log_w: Array, log_q: Array, log_w_aux: Array) -> Array:
+def ovis_mc_surrogate(log_w: Array, log_q: Array, log_w_aux: Array,
+                      alpha=0.0) -> Array:
   r"""OVIS-MC (Lievin et al. 2020, Eq. 12): unbiased estimator of -grad E[L_K].
 
   g_phi = sum_k (d_k - c_k) h_k with c_k = (1/S) sum_s d_k(b^(s), b_{-k})
@@ -300,11 +355,13 @@ def ovis_mc_surrogate(log_w: Array, log_q: Array, log_w_aux: Array) -> Array:
     log_w: (K,) log-weights, differentiable in (theta, phi), K >= 2.
     log_q: (K,) log q(b_k | x), differentiable in phi.
     log_w_aux: (S,) log-weights of the auxiliary samples.
+    alpha: the Renyi alpha in [0, 1) (`ovis_mc_baselines`).
   Returns:
     A scalar loss.
   """
   _check(log_w, log_q, min_k=2)
-  return score_surrogate(log_w, log_q, ovis_mc_baselines(log_w, log_w_aux))
+  return score_surrogate(log_w, log_q,
+                         ovis_mc_baselines(log_w, log_w_aux, alpha), alpha)
 
 
 def rws_surrogate(log_w: Array, log_q: Array) -> Array:
@@ -379,7 +436,7 @@ def vargrad_surrogate(log_w: Array, log_q: Array) -> Array:
 # ----------------------------------------------------------------------------
 
 
-def iwae_pathwise_surrogate(log_w: Array) -> Array:
+def iwae_pathwise_surrogate(log_w: Array, alpha=0.0) -> Array:
   r"""The pathwise IWAE gradient (Burda et al. 2016): loss = -L_K(log w).
 
   Here z_k = z(phi, eps_k) is reparameterised and log w_k = log p(x, z_k) -
@@ -393,11 +450,12 @@ def iwae_pathwise_surrogate(log_w: Array) -> Array:
 
   Args:
     log_w: (K,) log-weights, differentiable through the reparameterised z_k.
+    alpha: the Renyi alpha in [0, 1): the loss is -`renyi_bound`.
   Returns:
     A scalar loss.
   """
   chex.assert_rank(log_w, 1)
-  return -iw_bound(log_w)
+  return -renyi_bound(log_w, alpha)
 
 
 def dreg_surrogate(log_w_theta: Array, log_w_phi: Array) -> Array:
@@ -455,6 +513,12 @@ MULTISAMPLE: dict[str, Callable[..., Array]] = {
 take `log_w_aux` (S,) log-weights of independent auxiliary samples."""
 
 NEEDS_AUX: frozenset[str] = frozenset({"ovis_mc"})
+
+RENYI: frozenset[str] = frozenset(
+    {"iwae_reinforce", "vimco_arithmetic", "vimco_geometric", "ovis_gamma0",
+     "ovis_gamma0.5", "ovis_gamma1", "ovis_mc", "iwae_pathwise"})
+"""Objectives that take `alpha=`, the Renyi bound's alpha (`renyi_bound`);
+at alpha > 0 the unbiased ones are unbiased for grad E[L_K^alpha]."""
 
 UNBIASED_FOR_IW: frozenset[str] = frozenset(
     {"iwae_reinforce", "vimco_arithmetic", "vimco_geometric", "ovis_gamma0",

@@ -40,6 +40,8 @@ RESULT_FREE_FIELDS = frozenset({
 ADDED_FIELDS = {
     "activation": "tanh",  # the nonlinear SBN's hidden units
     "aux_samples": 0,  # OVIS-MC's auxiliary chains
+    "renyi_alpha": 0.0,  # the Renyi bound's alpha
+    "renyi_warmup_steps": 0,
 }
 
 
