@@ -37,7 +37,10 @@ PAPER_DATA = "$REBAR_JAX_DATA_DIR"
 STEP_FLAGS = ("--workdir=", "--config.num_steps=", "--config.eval_every=",
               "--config.checkpoint_every=")
 # The scripts' own step and draw counts.
-SCRIPT_SHORT = {"scripts/toy.py": "--num_steps=250 --num_variance_draws=8"}
+SCRIPT_SHORT = {"scripts/toy.py": "--num_steps=250 --num_variance_draws=8",
+                "scripts/snr_vs_k.py": "--dim=2 --ks=2,3 --num_draws=16 "
+                                       "--reference_draws=32 "
+                                       "--estimators=dreg,vimco_geometric"}
 # README commands that the tests here do not run, and what runs them instead.
 ELSEWHERE = {
     "make test": "the suite itself (.ci/run calls it)",
