@@ -55,6 +55,10 @@ def config() -> ml_collections.ConfigDict:
   # linearly to 0 over those steps (OVIS's Renyi warm-up).
   c.renyi_alpha = 0.0
   c.renyi_warmup_steps = 0
+  # The TVO's partition (estimator "tvo"): 0, then tvo_partitions points
+  # log-spaced from tvo_beta_min to 1.
+  c.tvo_partitions = 5
+  c.tvo_beta_min = 0.01
   # Optimisation.
   c.batch_size = 24
   c.learning_rate = 3e-4

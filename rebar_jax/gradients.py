@@ -92,6 +92,8 @@ class EstimatorSpec(protocol.Options):
       that a `multisample.RENYI` objective trains on instead of L_K; 0: L_K.
     renyi_warmup_steps: Renyi warm-up (OVIS, Fig. 3): alpha falls linearly
       from renyi_alpha at step 0 to 0 at this step; 0: constant alpha.
+    tvo_partitions, tvo_beta_min: the TVO's partition, N log-spaced points
+      from beta_min to 1 after 0 (`multisample.tvo_partition`).
   """
   name: str
   families: tuple[str, ...] = ("bernoulli",)
@@ -99,6 +101,8 @@ class EstimatorSpec(protocol.Options):
   aux_samples: int = 0
   renyi_alpha: float = 0.0
   renyi_warmup_steps: int = 0
+  tvo_partitions: int = 5
+  tvo_beta_min: float = 0.01
 
   def renyi_alpha_at(self, step) -> Any:
     """alpha at `step` (an int or a traced step; None: step 0)."""
@@ -141,6 +145,12 @@ class EstimatorSpec(protocol.Options):
           f"renyi_alpha/renyi_warmup_steps: {self.name!r} has no Renyi "
           f"bound; the objectives with one are {sorted(multisample.RENYI)} "
           "(set renyi_alpha=0 and renyi_warmup_steps=0 otherwise).")
+    multisample.tvo_partition(self.tvo_partitions, self.tvo_beta_min)
+    if self.name != "tvo" and (self.tvo_partitions, self.tvo_beta_min) != (
+        5, 0.01):
+      raise ValueError(
+          f"tvo_partitions/tvo_beta_min are the TVO's; {self.name!r} does "
+          "not read them (leave them at 5 and 0.01).")
     if self.is_reparameterised:
       if set(self.families) != {"gaussian"}:
         raise ValueError(
@@ -339,6 +349,9 @@ def _multisample_gradients(model, spec, params, est_state, x, key, step):
   surrogate = multisample.MULTISAMPLE[spec.name]
   if spec.renyi_alpha:
     surrogate = functools.partial(surrogate, alpha=spec.renyi_alpha_at(step))
+  if spec.name == "tvo":
+    surrogate = functools.partial(multisample.tvo_surrogate, betas=tuple(
+        multisample.tvo_partition(spec.tvo_partitions, spec.tvo_beta_min)))
   num = spec.iw_samples + spec.aux_samples
   keys = jax.random.split(key, x.shape[0] * num).reshape(
       (x.shape[0], num) + key.shape)

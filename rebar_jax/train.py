@@ -141,7 +141,7 @@ _INTS = {  # name: minimum
     "batch_size": 1, "num_steps": 1, "steps_per_call": 1, "eval_every": 1,
     "checkpoint_every": 1, "eval_num_samples": 1, "eval_batch_size": 1,
     "iw_samples": 1, "aux_samples": 0, "loo_samples": 1, "num_devices": 0,
-    "renyi_warmup_steps": 0,
+    "renyi_warmup_steps": 0, "tvo_partitions": 1,
 }
 _POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate", "temperature")
 _FINITE_FLOATS = ("eta", "alpha")
@@ -294,7 +294,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         relax_hidden=tuple(config.relax_hidden),
         iw_samples=config.iw_samples, aux_samples=config.aux_samples,
         renyi_alpha=float(config.renyi_alpha),
-        renyi_warmup_steps=config.renyi_warmup_steps)
+        renyi_warmup_steps=config.renyi_warmup_steps,
+        tvo_partitions=config.tvo_partitions,
+        tvo_beta_min=float(config.tvo_beta_min))
   except ValueError as e:
     raise ConfigError(f"config.estimator={config.estimator!r}: {e}") from e
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),

@@ -266,3 +266,11 @@ def test_renyi_warmup_anneals_alpha_to_the_iw_objective():
   with pytest.raises(ValueError, match=r"renyi_alpha must be in \[0, 1\)"):
     gradients.EstimatorSpec("vimco_arithmetic", families=("gaussian",),
                             iw_samples=4, renyi_alpha=1.0)
+
+
+def test_tvo_options_are_checked():
+  with pytest.raises(ValueError, match="does not read them"):
+    gradients.EstimatorSpec("vimco_arithmetic", iw_samples=4,
+                            tvo_partitions=3)
+  with pytest.raises(ValueError, match=r"beta_min in \(0, 1\)"):
+    gradients.EstimatorSpec("tvo", iw_samples=4, tvo_beta_min=2.0)

@@ -38,7 +38,7 @@ Cost: the leave-one-out baselines build a (K, K) matrix per data point
 (O(K^2) memory), like the reference implementations; fine for K <= ~1000.
 """
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import chex
 import jax
@@ -432,6 +432,89 @@ def vargrad_surrogate(log_w: Array, log_q: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------
+# The thermodynamic variational objective (TVO).
+# ----------------------------------------------------------------------------
+
+
+def tvo_partition(num_partitions: int, beta_min: float = 0.01) -> np.ndarray:
+  """0 = beta_0 < beta_1 < ... < beta_N = 1, log-spaced from beta_min.
+
+  N = num_partitions; N = 1 is [0, 1] (the left Riemann sum is then the
+  ELBO). The TVO paper's partitions are log-spaced with beta_1 tuned per K.
+  """
+  if num_partitions < 1 or not 0.0 < beta_min < 1.0:
+    raise ValueError(f"TVO needs num_partitions >= 1 and beta_min in (0, 1), "
+                     f"got {num_partitions} and {beta_min}.")
+  if num_partitions == 1:
+    return np.array([0.0, 1.0])
+  return np.concatenate([[0.0], np.logspace(np.log10(beta_min), 0.0,
+                                            num_partitions)])
+
+
+def tvo_integrand(log_w: Array, betas: Array) -> Array:
+  r"""E_{pi_beta}[log w] by self-normalised importance sampling, (N + 1,).
+
+  pi_beta(z) ~ q(z | x)^(1 - beta) p(x, z)^beta = q(z | x) w(z)^beta, the
+  path from q (beta = 0) to the posterior (beta = 1), and
+
+      E^_beta = sum_k softmax(beta log w)_k log w_k,
+
+  so E^_0 = (1/K) sum_k log w_k (the ELBO estimate) and E^_1 = sum_k v_k
+  log w_k (the posterior's, an upper bound in expectation as K grows).
+  d/dbeta E_{pi_beta}[log w] = Var_{pi_beta}[log w] >= 0, and
+  int_0^1 E_{pi_beta}[log w] dbeta = log p(x) (thermodynamic integration).
+  """
+  log_w = _sg(log_w)
+  snis = jax.nn.softmax(betas[:, None] * log_w[None, :], axis=-1)
+  return jnp.sum(snis * log_w[None, :], axis=-1)
+
+
+def tvo_bound(log_w: Array, betas: Any) -> Array:
+  """The left Riemann sum sum_j (beta_{j+1} - beta_j) E^_{beta_j}, a scalar.
+
+  A lower bound on log p(x) in expectation as K grows (the integrand rises
+  with beta), equal to the ELBO estimate for betas = [0, 1].
+  """
+  betas = jnp.asarray(betas, log_w.dtype)
+  return jnp.sum(jnp.diff(betas) * tvo_integrand(log_w, betas)[:-1])
+
+
+def tvo_surrogate(log_w: Array, log_q: Array, betas: Any = (0.0, 0.01, 1.0)
+                  ) -> Array:
+  r"""The TVO's covariance gradient estimator (Masrani, Le & Wood 2019, Eq. 11).
+
+      grad E_{pi_beta}[f] = E_pi[grad f] + Cov_pi(f, grad log pi~_beta),
+      f = log w,  log pi~_beta = beta log p(x, z) + (1 - beta) log q(z | x),
+
+  each expectation by self-normalised importance sampling over the K samples
+  (weights u_k = softmax(beta log w)_k, samples held fixed), the covariance
+  with the K / (K - 1) correction, and the left Riemann sum over `betas`:
+
+      loss = -sum_j Delta_j [ sum_k sg(u_k) log w_k
+               + K/(K-1) sum_k sg(u_k (f_k - f_bar)) (log pi~_k - sum_l sg(u_l) log pi~_l) ].
+
+  Biased (self-normalised importance sampling), consistent as K grows; at
+  betas = [0, 1] its expectation is -grad ELBO. K >= 2.
+
+  Args:
+    log_w: (K,) log-weights, differentiable in (theta, phi).
+    log_q: (K,) log q(b_k | x), differentiable in phi.
+    betas: the partition, increasing from 0 to 1 (`tvo_partition`).
+  """
+  k = _check(log_w, log_q, min_k=2)
+  betas = jnp.asarray(betas, log_w.dtype)
+  left = betas[:-1, None]                                    # (N, 1)
+  u = _sg(jax.nn.softmax(left * log_w[None, :], axis=-1))    # (N, K)
+  f = _sg(log_w)[None, :]
+  f_bar = jnp.sum(u * f, axis=-1, keepdims=True)
+  log_pi = left * log_w[None, :] + log_q[None, :]  # beta log p + (1-beta) log q
+  log_pi_bar = jnp.sum(u * log_pi, axis=-1, keepdims=True)
+  cov = k / (k - 1) * jnp.sum(u * (f - f_bar) * (log_pi - log_pi_bar), -1)
+  expectation = jnp.sum(u * log_w[None, :], axis=-1)
+  return -jnp.sum(jnp.diff(betas) * (expectation + cov))
+
+
+# ----------------------------------------------------------------------------
 # Reparameterised gradients of E[L_K] (Gaussian latents).
 # ----------------------------------------------------------------------------
 
@@ -508,6 +591,7 @@ MULTISAMPLE: dict[str, Callable[..., Array]] = {
     "rws": rws_surrogate,
     "elbo_loo": elbo_loo_surrogate,
     "vargrad": vargrad_surrogate,
+    "tvo": functools.partial(tvo_surrogate, betas=tuple(tvo_partition(5))),
 }
 """name -> surrogate(log_w, log_q) -> scalar loss; names in NEEDS_AUX also
 take `log_w_aux` (S,) log-weights of independent auxiliary samples."""

@@ -42,6 +42,8 @@ ADDED_FIELDS = {
     "aux_samples": 0,  # OVIS-MC's auxiliary chains
     "renyi_alpha": 0.0,  # the Renyi bound's alpha
     "renyi_warmup_steps": 0,
+    "tvo_partitions": 5,  # the TVO's partition
+    "tvo_beta_min": 0.01,
 }
 
 
