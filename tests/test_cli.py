@@ -52,6 +52,9 @@ ELSEWHERE = {
                              "runs it as typed, shortened",
     test_sweep.README_STATUS: "the same test runs it, before and after the "
                               "sweep is resumed",
+    "python scripts/gmm.py --output_dir=results/gmm":
+        "tests/test_scripts.py::test_gmm_command_writes_its_tables runs it "
+        "with 40 steps, two Ks and OVIS-MC, and checks its files",
     "python -m rebar_jax.data.prepare --data_dir=$REBAR_JAX_DATA_DIR":
         "tests/test_prepare.py::test_command_line_with_the_real_checksums runs "
         "it with --mirror= a local server (these machines have no internet)",

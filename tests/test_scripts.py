@@ -289,3 +289,26 @@ def test_snr_vs_k_command_and_its_snr(tmp_path):
   np.testing.assert_allclose(out["own"][0], 0.5, rtol=0.1)
   assert out["noise"][0] < 0.6 * out["raw"]  # raw: ~sqrt(2 / pi) / sqrt(n)
   np.testing.assert_allclose(out["slope"], -0.5, rtol=1e-6)
+
+
+def test_gmm_command_writes_its_tables(tmp_path):
+  """The README's scripts/gmm.py command with 40 steps, OVIS-MC, two Ks: every
+  (estimator, K) trained, its errors finite and tabulated, the plot drawn.
+  The figures at full size are in docs/results/gmm.md."""
+  proc = subprocess.run(
+      [sys.executable, "scripts/gmm.py", f"--output_dir={tmp_path}",
+       "--estimators=ovis_mc", "--ks=2,3", "--num_steps=40",
+       "--eval_every=20", "--num_eval=50", "--aux_samples=2"],
+      capture_output=True, text=True, cwd=ROOT, check=False, timeout=600,
+      env=FAST_COMPILE)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads((tmp_path / "gmm.json").read_text())
+  assert [(r["estimator"], r["k"]) for r in rows] == [
+      ("ovis_mc", 2), ("ovis_mc", 3)]
+  for r in rows:
+    assert [c["step"] for c in r["curve"]] == [20, 40]
+    assert 0 <= r["prior_error"] < 1.5 and 0 <= r["posterior_error"] < 1.5
+    assert 0 < r["ess"] <= 1 and np.isfinite(r["grad_log_variance"])
+  md = (tmp_path / "gmm.md").read_text()
+  assert "posterior_error:" in md and "| ovis_mc |" in md
+  assert (tmp_path / "gmm.png").stat().st_size > 0
