@@ -32,8 +32,12 @@ def _encoder_leaves(grads) -> Array:
 
 def gradient_statistics(model, spec: gradients.EstimatorSpec, params: Any,
                         est_state: gradients.EstimatorState, x: Array,
-                        key: Array, num_draws: int = 16) -> dict[str, Array]:
+                        key: Array, num_draws: int = 16,
+                        step: Any = None) -> dict[str, Array]:
   """Log-variance and SNR of the encoder gradient over `num_draws` draws.
+
+  `step` is the training step the estimator's schedules (the Renyi warm-up)
+  are evaluated at (`gradients.model_gradients`).
 
   The draws run one after another (`lax.map`): the program holds one model
   gradient, not a batch of them: the diagnostics program of the mixed example
@@ -42,7 +46,7 @@ def gradient_statistics(model, spec: gradients.EstimatorSpec, params: Any,
   """
   keys = jax.random.split(key, num_draws)
   draws = jax.lax.map(lambda k: _encoder_leaves(gradients.model_gradients(
-      model, spec, params, est_state, x, k)[0]), keys)  # (N, P)
+      model, spec, params, est_state, x, k, step)[0]), keys)  # (N, P)
   mean, std = jnp.mean(draws, 0), jnp.std(draws, 0, ddof=1)
   snr = jnp.where(std > 0, jnp.abs(mean) / jnp.where(std > 0, std, 1.0), 0.0)
   return {"grad_log_variance": jnp.log(jnp.mean(jnp.square(std))),
@@ -75,16 +79,16 @@ def active_units(model, params: Any, x: Array, threshold: float = 0.01
 
 def make_diagnostics(model, spec: gradients.EstimatorSpec,
                      num_draws: int = 16, num_iw_samples: int = 100):
-  """Jitted (params, est_state, x_batch, x_many, key) -> the diagnostics.
+  """Jitted (params, est_state, x_batch, x_many, key, step) -> diagnostics.
 
   Gradient statistics and ESS on `x_batch` (a training batch), active units
   over `x_many` (more data points, e.g. a validation subset).
   """
   @jax.jit
-  def run(params, est_state, x_batch, x_many, key):
+  def run(params, est_state, x_batch, x_many, key, step):
     k_grad, k_ess = jax.random.split(key)
     out = gradient_statistics(model, spec, params, est_state, x_batch, k_grad,
-                              num_draws)
+                              num_draws, step)
     out["ess"] = effective_sample_size(model, params, x_batch, k_ess,
                                        num_iw_samples)
     out["active_units"] = active_units(model, params, x_many)

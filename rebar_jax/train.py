@@ -610,7 +610,7 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
       if config.diagnostic_draws > 1:
         row.update({name: float(v) for name, v in diagnose(
             *parallel.local((state.params, state.estimator)), x_diag, x_many,
-            jax.random.key(config.eval_seed)).items()})
+            jax.random.key(config.eval_seed), step).items()})
       tic = time.perf_counter()
     metric_writer.write(row)
     bar.update(n)

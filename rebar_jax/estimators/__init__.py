@@ -10,6 +10,7 @@ from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates
 from rebar_jax.estimators import exact
+from rebar_jax.estimators import gaussian
 from rebar_jax.estimators import multisample
 from rebar_jax.estimators.bernoulli import arm
 from rebar_jax.estimators.bernoulli import arms
@@ -53,10 +54,15 @@ UNBIASED: frozenset[str] = frozenset(
 CATEGORICAL: dict[str, Callable] = dict(categorical.REGISTRY)
 UNBIASED_CATEGORICAL: frozenset[str] = categorical.UNBIASED
 
+# Gaussian estimators: parameters (..., H, 2) (mean, log std), real samples.
+GAUSSIAN: dict[str, Callable] = dict(gaussian.REGISTRY)
+UNBIASED_GAUSSIAN: frozenset[str] = gaussian.UNBIASED
+
 
 def get(name: str, family: str = "bernoulli") -> Callable:
   """The estimator registered under `name`; a ValueError lists the valid names."""
-  registries = {"bernoulli": BERNOULLI, "categorical": CATEGORICAL}
+  registries = {"bernoulli": BERNOULLI, "categorical": CATEGORICAL,
+                "gaussian": GAUSSIAN}
   if family not in registries:
     raise ValueError(
         f"Unknown estimator family {family!r}; choose one of {sorted(registries)}.")

@@ -12,16 +12,18 @@ import numpy as np
 
 from rebar_jax.models import categorical_vae
 from rebar_jax.models import gaussian
+from rebar_jax.models import gmm
 from rebar_jax.models import protocol
 from rebar_jax.models import sbn
 from rebar_jax.models.categorical_vae import CategoricalVAE
 from rebar_jax.models.gaussian import GaussianVAE
 from rebar_jax.models.gaussian import LinearGaussian
+from rebar_jax.models.gmm import GaussianMixture
 from rebar_jax.models.sbn import SBN
 
-__all__ = ["CategoricalVAE", "GaussianVAE", "LinearGaussian", "SBN",
-           "categorical_vae", "gaussian", "num_params", "protocol",
-           "sample_q", "sbn"]
+__all__ = ["CategoricalVAE", "GaussianMixture", "GaussianVAE",
+           "LinearGaussian", "SBN", "categorical_vae", "gaussian", "gmm",
+           "num_params", "protocol", "sample_q", "sbn"]
 
 
 def num_params(params: Any) -> int:
