@@ -146,11 +146,11 @@ class EstimatorSpec(protocol.Options):
           f"bound; the objectives with one are {sorted(multisample.RENYI)} "
           "(set renyi_alpha=0 and renyi_warmup_steps=0 otherwise).")
     multisample.tvo_partition(self.tvo_partitions, self.tvo_beta_min)
-    if self.name != "tvo" and (self.tvo_partitions, self.tvo_beta_min) != (
-        5, 0.01):
+    if (self.tvo_partitions, self.tvo_beta_min) != (5, 0.01) and (
+        self.name not in multisample.PARTITIONED):
       raise ValueError(
-          f"tvo_partitions/tvo_beta_min are the TVO's; {self.name!r} does "
-          "not read them (leave them at 5 and 0.01).")
+          f"tvo_partitions/tvo_beta_min set, but {self.name!r} has no "
+          "partition to read them (the TVO's); leave them at 5 and 0.01.")
     if self.is_reparameterised:
       if set(self.families) != {"gaussian"}:
         raise ValueError(
@@ -346,12 +346,7 @@ def _multisample_gradients(model, spec, params, est_state, x, key, step):
   if spec.is_reparameterised:
     return _reparameterised_gradients(model, spec, params, est_state, x, key,
                                       step)
-  surrogate = multisample.MULTISAMPLE[spec.name]
-  if spec.renyi_alpha:
-    surrogate = functools.partial(surrogate, alpha=spec.renyi_alpha_at(step))
-  if spec.name == "tvo":
-    surrogate = functools.partial(multisample.tvo_surrogate, betas=tuple(
-        multisample.tvo_partition(spec.tvo_partitions, spec.tvo_beta_min)))
+  surrogate = _objective(spec, step)
   num = spec.iw_samples + spec.aux_samples
   keys = jax.random.split(key, x.shape[0] * num).reshape(
       (x.shape[0], num) + key.shape)
@@ -389,29 +384,32 @@ def _reparameterised_gradients(model, spec, params, est_state, x, key, step):
   keys = jax.random.split(key, x.shape[0] * spec.iw_samples).reshape(
       (x.shape[0], spec.iw_samples) + key.shape)
   sg = jax.lax.stop_gradient
+  surrogate = _objective(spec, step)
 
   def loss(p):
     def chain(x_i, k):
       z = models_protocol.reparameterised_sample(model, p, x_i, k)
-      if spec.name == "iwae_pathwise":
-        log_p, log_q = model.apply(p, x_i, z, method="log_joint")
-        return log_p - log_q, log_p - log_q
-      log_p, log_q = model.apply(p, x_i, sg(z), method="log_joint")
+      log_p, log_q = model.apply(p, x_i, z, method="log_joint")
+      log_p_theta, log_q_fixed = model.apply(p, x_i, sg(z), method="log_joint")
       log_p_z, log_q_z = model.apply(sg(p), x_i, z, method="log_joint")
-      return log_p - sg(log_q), log_p_z - log_q_z
+      return multisample.LogWeightViews(
+          log_p - log_q, log_p_theta - sg(log_q_fixed), log_p_z - log_q_z)
 
-    first, second = jax.vmap(jax.vmap(chain, in_axes=(None, 0)))(x, keys)
-    if spec.name == "iwae_pathwise":
-      losses = jax.vmap(lambda lw: multisample.iwae_pathwise_surrogate(
-          lw, spec.renyi_alpha_at(step)))(first)
-    else:
-      losses = jax.vmap(multisample.dreg_surrogate)(first, second)
-    iw = jax.vmap(multisample.iw_bound)(first)
-    return jnp.mean(losses), (jnp.mean(first), jnp.mean(iw))
+    views = jax.vmap(jax.vmap(chain, in_axes=(None, 0)))(x, keys)
+    losses = jax.vmap(surrogate)(views)
+    iw = jax.vmap(multisample.iw_bound)(views.log_w)
+    return jnp.mean(losses), (jnp.mean(views.log_w), jnp.mean(iw))
 
   (_, (elbo, iw)), grads = jax.value_and_grad(loss, has_aux=True)(params)
   metrics = {"elbo": elbo, "estimator_loss": jnp.zeros(()), "iw_bound": iw}
   return grads, (), est_state.stats, metrics
+
+
+def _objective(spec: EstimatorSpec, step):
+  """The spec's K-sample surrogate with its options bound (at `step`)."""
+  return multisample.build(
+      spec.name, alpha=spec.renyi_alpha_at(step) if spec.renyi_alpha else 0.0,
+      tvo_partitions=spec.tvo_partitions, tvo_beta_min=spec.tvo_beta_min)
 
 
 def _mean(model):

@@ -155,7 +155,8 @@ PROBLEMS = [
 ]
 
 UNBIASED = ["reinforce", "reinforce_loo", "ars", "arsm", "ars_plus",
-            "arsm_plus", "disarm_stick_breaking", "indecater", "rebar", "relax"]
+            "arsm_plus", "disarm_stick_breaking", "indecater", "unordered_set",
+            "rebar", "relax"]
 STRAIGHT_THROUGH = ["straight_through_gumbel", "gumbel_rao", "reinmax",
                     "gapped_straight_through"]
 
@@ -174,6 +175,7 @@ OPTION_VARIANTS = {
     "reinforce_baseline": (0, "reinforce", {"baseline": 0.7}),
     "reinforce_loo_4": (4, "reinforce_loo", {"num_samples": 4}),
     "indecater_3": (2, "indecater", {"num_samples": 3}),
+    "unordered_set_3": (3, "unordered_set", {"num_samples": 3}),
     "disarm_stick_breaking_in_index_order": (3, "disarm_stick_breaking",
                                              {"order": "none"}),
     "rebar_eta_temperature": (1, "rebar", {"eta": 0.6, "temperature": 2.0}),
@@ -257,6 +259,20 @@ class BiasedTest(parameterized.TestCase):
     for name in ("straight_through_gumbel", "gapped_straight_through"):
       testing.assert_biased(_draws(name, logits, theta), target, min_z=10.0,
                             name=f"{name} on a quadratic")
+
+  def test_unordered_set_of_every_class_is_the_exact_gradient(self):
+    """One variable, k = C: the set is the whole domain, draw for draw."""
+    logits = jnp.array([1.0, -0.5, 2.0, 0.3, -3.0])
+    f = lambda b: jnp.sin(3.0 * b @ jnp.arange(5.0)) + (b @ logits)**2
+    want = exact.categorical_gradient(logits, f)
+    for seed in range(3):
+      np.testing.assert_allclose(
+          categorical.unordered_set(jax.random.key(seed), logits, f,
+                                    num_samples=5), want, atol=1e-5)
+    with self.assertRaisesRegex(ValueError, "num_samples"):
+      categorical.unordered_set(jax.random.key(0), logits, f, num_samples=1)
+    with self.assertRaisesRegex(ValueError, "exceeds the 5 classes"):
+      categorical.unordered_set(jax.random.key(0), logits, f, num_samples=6)
 
   def test_indecater_is_exact_for_a_linear_f(self):
     # Each variable is summed exactly; for f linear in b the other variables

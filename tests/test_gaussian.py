@@ -269,7 +269,7 @@ def test_renyi_warmup_anneals_alpha_to_the_iw_objective():
 
 
 def test_tvo_options_are_checked():
-  with pytest.raises(ValueError, match="does not read them"):
+  with pytest.raises(ValueError, match="has no partition"):
     gradients.EstimatorSpec("vimco_arithmetic", iw_samples=4,
                             tvo_partitions=3)
   with pytest.raises(ValueError, match=r"beta_min in \(0, 1\)"):

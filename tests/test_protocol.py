@@ -62,7 +62,8 @@ class ProtocolTest(absltest.TestCase):
   def test_composition_knows_no_estimator_and_no_model(self):
     strings, names = _code_strings_and_names(gradients)
     estimator_names = {n for family in protocol.REGISTRY.values()
-                       for n in family} | set(multisample.MULTISAMPLE)
+                       for n in family} | set(multisample.MULTISAMPLE) | set(
+                           multisample.REPARAMETERISED)
     self.assertEmpty(
         {s for s in strings for n in estimator_names if n in s.split()})
     self.assertEmpty(names & {"SBN", "CategoricalVAE", "sbn_lib", "cat_lib"})

@@ -40,6 +40,8 @@ Cost: the leave-one-out baselines build a (K, K) matrix per data point
 import functools
 from typing import Any, Callable
 
+from typing import NamedTuple
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -567,13 +569,36 @@ def dreg_surrogate(log_w_theta: Array, log_w_phi: Array) -> Array:
   return -(iw_bound(log_w_theta) + jnp.sum(v**2 * log_w_phi))
 
 
+class LogWeightViews(NamedTuple):
+  """The log-weights of K reparameterised chains, seen three ways, each (K,).
+
+  log_w: log p(x, z(phi)) - log q_phi(z(phi) | x), differentiable in
+    everything (through z too).
+  log_w_theta: the same values, differentiable in theta only (z and q held).
+  log_w_phi: the same values, differentiable through z(phi) only (the
+    model's parameters held), `dreg_surrogate`'s second argument.
+  """
+  log_w: Array
+  log_w_theta: Array
+  log_w_phi: Array
+
+
+def _iwae_pathwise_views(views: LogWeightViews, alpha=0.0) -> Array:
+  return iwae_pathwise_surrogate(views.log_w, alpha)
+
+
+def _dreg_views(views: LogWeightViews) -> Array:
+  return dreg_surrogate(views.log_w_theta, views.log_w_phi)
+
+
 REPARAMETERISED: dict[str, Callable[..., Array]] = {
-    "iwae_pathwise": iwae_pathwise_surrogate,
-    "dreg": dreg_surrogate,
+    "iwae_pathwise": _iwae_pathwise_views,
+    "dreg": _dreg_views,
 }
-"""name -> surrogate of reparameterised log-weights (every layer Gaussian):
-iwae_pathwise(log_w) and dreg(log_w_theta, log_w_phi); both unbiased for
--grad E[L_K]. `rebar_jax.gradients` builds their inputs from a model."""
+"""name -> surrogate(LogWeightViews) of reparameterised chains (every layer
+Gaussian): the pathwise IWAE gradient and DReG, both unbiased for
+-grad E[L_K]. `rebar_jax.gradients` builds the views from a model (a view a
+surrogate does not read is never computed: XLA drops it)."""
 
 
 # ----------------------------------------------------------------------------
@@ -597,6 +622,26 @@ MULTISAMPLE: dict[str, Callable[..., Array]] = {
 take `log_w_aux` (S,) log-weights of independent auxiliary samples."""
 
 NEEDS_AUX: frozenset[str] = frozenset({"ovis_mc"})
+
+
+PARTITIONED: frozenset[str] = frozenset({"tvo"})
+"""Objectives over a partition of [0, 1] (`tvo_partition`)."""
+
+
+def build(name: str, alpha: Any = 0.0, tvo_partitions: int = 5,
+          tvo_beta_min: float = 0.01) -> Callable[..., Array]:
+  """The objective `name` (MULTISAMPLE or REPARAMETERISED) with its options.
+
+  alpha: the Renyi alpha (RENYI names only; may be traced); tvo_partitions,
+  tvo_beta_min: the TVO's partition (`tvo_partition`).
+  """
+  if name in PARTITIONED:
+    return functools.partial(tvo_surrogate, betas=tuple(
+        tvo_partition(tvo_partitions, tvo_beta_min)))
+  fn = MULTISAMPLE.get(name) or REPARAMETERISED[name]
+  if name in RENYI and not (isinstance(alpha, (int, float)) and alpha == 0):
+    return functools.partial(fn, alpha=alpha)
+  return fn
 
 RENYI: frozenset[str] = frozenset(
     {"iwae_reinforce", "vimco_arithmetic", "vimco_geometric", "ovis_gamma0",

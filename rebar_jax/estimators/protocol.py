@@ -70,7 +70,8 @@ class Options:
     temperature: lambda of relaxed estimators (initial value when tuned).
     eta: REBAR's control-variate scale (initial value when tuned).
     loo_samples: n, the samples (f evaluations) per data point of the
-      leave-one-out estimators: reinforce_loo, arms, double_cv.
+      leave-one-out estimators: reinforce_loo, arms, double_cv; k, the
+      classes drawn without replacement of unordered_set.
     copula: ARMS's antithetic copula, "dirichlet" or "gaussian".
     alpha: double_cv's Taylor control-variate scale (initial value when
       tuned; 0 is leave-one-out, as the authors start).
@@ -483,6 +484,12 @@ def _reinforce_loo(family) -> Callable[[Options], Estimator]:
   return build
 
 
+def _unordered_set(options: Options) -> Estimator:
+  """The unordered set estimator with k = options.loo_samples classes."""
+  _check_loo_samples(options)
+  return stateless(categorical.unordered_set, num_samples=options.loo_samples)
+
+
 def _arms(options: Options) -> Estimator:
   """ARMS over K = options.loo_samples antithetic samples of options.copula."""
   _check_loo_samples(options)
@@ -555,6 +562,7 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
             "straight_through_gumbel", categorical, "temperature"),
         "gumbel_rao": _one_layer("gumbel_rao", categorical, "temperature"),
         "indecater": _one_layer("indecater", categorical),
+        "unordered_set": _unordered_set,
         "reinmax": _one_layer("reinmax", categorical, "temperature"),
         "gapped_straight_through": _one_layer(
             "gapped_straight_through", categorical, "temperature"),
