@@ -124,10 +124,10 @@ def test_two_processes_on_localhost_match_one_process(measured, tmp_path):
   env = dict(XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [user_shell.start(f"{command} --process_id={i}", clone, **env)
            for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, (out[-2000:], err[-3000:])
-  assert "on cpu (4 devices)" in outs[0][0]
+  outs = [user_shell.finish(p) for p in procs]
+  for code, out, err in outs:
+    assert code == 0, (out[-2000:], err[-3000:])
+  assert "on cpu (4 devices)" in outs[0][1]
   run = clone / "run"
   final = json.loads((run / "final_metrics.json").read_text())
   other = json.loads(

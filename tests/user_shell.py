@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -60,10 +61,32 @@ def run(command: str, cwd: pathlib.Path, timeout: float = 600,
 
 
 def start(command: str, cwd: pathlib.Path, **env: str) -> subprocess.Popen:
-  """Starts `command` (exec'd by bash, so signals reach python itself)."""
-  return subprocess.Popen(["bash", "-c", "exec " + command], cwd=cwd,
-                          env=environment(**env), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  """Starts `command` (exec'd by bash, so signals reach python itself).
+
+  Its stdout and stderr go to temporary files, not pipes: a child that
+  writes more than a pipe holds (XLA logs a long line for every program it
+  loads from a persistent cache) would block while the test polls it.
+  `finish` waits for it and reads them.
+  """
+  out = tempfile.TemporaryFile(mode="w+")
+  err = tempfile.TemporaryFile(mode="w+")
+  proc = subprocess.Popen(["bash", "-c", "exec " + command], cwd=cwd,
+                          env=environment(**env), stdout=out, stderr=err,
+                          text=True)
+  proc.output_files = (out, err)
+  return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600
+           ) -> tuple[int, str, str]:
+  """Waits for a `start`ed process; (exit status, stdout, stderr)."""
+  proc.wait(timeout=timeout)
+  texts = []
+  for f in proc.output_files:
+    f.seek(0)
+    texts.append(f.read())
+    f.close()
+  return proc.returncode, texts[0], texts[1]
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen,
@@ -72,8 +95,8 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen,
   deadline = time.monotonic() + timeout
   while not condition():
     if proc.poll() is not None:
-      out, err = proc.communicate()
-      raise AssertionError(f"process exited ({proc.returncode}) before the "
+      code, out, err = finish(proc)
+      raise AssertionError(f"process exited ({code}) before the "
                            f"condition held:\n{out}\n{err}")
     if time.monotonic() > deadline:
       proc.kill()
@@ -85,8 +108,7 @@ def stop(proc: subprocess.Popen, signum: int = signal.SIGKILL,
          timeout: float = 120) -> tuple[int, str, str]:
   """Sends `signum`, waits; (exit status, stdout, stderr)."""
   proc.send_signal(signum)
-  out, err = proc.communicate(timeout=timeout)
-  return proc.returncode, out, err
+  return finish(proc, timeout)
 
 
 def rows(path: pathlib.Path) -> list[dict]:
