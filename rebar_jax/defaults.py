@@ -39,9 +39,9 @@ def config() -> ml_collections.ConfigDict:
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)
-  c.loo_samples = 2             # n of reinforce_loo, arms, double_cv
+  c.loo_samples = 2             # n of reinforce_loo, arms, double_cv, rodeo
   c.copula = "dirichlet"        # ARMS's antithetic copula (or "gaussian")
-  c.alpha = 0.0                 # double_cv's Taylor scale (initial, tuned)
+  c.alpha = 0.0                 # double_cv and rodeo: initial CV scale (tuned)
   c.tune_estimator = True       # train eta/lambda, RELAX nets on the variance
   c.relax_hidden = (50,)
   # K chains per data point for the multi-sample objectives

@@ -119,7 +119,7 @@ def _model_and_params(family, x):
 # Noise draws per data point and layer beyond the chain's one: each costs
 # NOISE_WORDS words per latent (a categorical layer's latents are V x C).
 # The stick-breaking DisARM draws two arrays of V x (C - 1) = 2/3 of a draw.
-_EXTRA_DRAWS = {"reinforce_loo": 1, "double_cv": 1, "gumbel_rao": 10,
+_EXTRA_DRAWS = {"reinforce_loo": 1, "double_cv": 1, "rodeo": 1, "gumbel_rao": 10,
                 "disarm_stick_breaking": 4 / 3}
 
 

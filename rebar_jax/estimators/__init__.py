@@ -25,6 +25,7 @@ from rebar_jax.estimators.bernoulli import reinforce
 from rebar_jax.estimators.bernoulli import reinforce_loo
 from rebar_jax.estimators.bernoulli import reinmax
 from rebar_jax.estimators.bernoulli import relax
+from rebar_jax.estimators.bernoulli import rodeo
 from rebar_jax.estimators.bernoulli import straight_through
 from rebar_jax.estimators.bernoulli import straight_through_gumbel
 from rebar_jax.estimators.control_variates import variance_gradient
@@ -36,6 +37,7 @@ BERNOULLI: dict[str, Callable] = {
     "disarm": disarm,
     "arms": arms,
     "double_cv": double_cv,
+    "rodeo": rodeo,
     "indecater": indecater,
     "muprop": muprop,
     "concrete": concrete,
@@ -48,7 +50,7 @@ BERNOULLI: dict[str, Callable] = {
 
 UNBIASED: frozenset[str] = frozenset(
     {"reinforce", "reinforce_loo", "arm", "disarm", "arms", "double_cv",
-     "indecater", "muprop", "rebar", "relax"})
+     "rodeo", "indecater", "muprop", "rebar", "relax"})
 
 # Categorical estimators: logits (..., C), one-hot samples.
 CATEGORICAL: dict[str, Callable] = dict(categorical.REGISTRY)

@@ -37,7 +37,7 @@ reduction and a select, no host sync; under vmap per member of the batch).
 """
 import math
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 from jax.extend import random as jex_random
@@ -575,6 +575,122 @@ def double_cv(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
   p = jax.nn.sigmoid(logits)
   return (generic.leave_one_out(fs - taylor, s)
           + alpha * jnp.mean(grads, axis=0) * p * (1.0 - p))
+
+
+class RodeoParams(NamedTuple):
+  """RODEO's control-variate parameters.
+
+  alpha: scale of the scalar Stein control variate inside the baseline.
+  beta: scale of the vector Stein control variate.
+  net: the surrogate h_omega, a list of (w, b) of an MLP 2 -> hidden -> 2
+    (LeakyReLU(0.3)), or None for the Taylor surrogate h = (phi, 0).
+  """
+  alpha: Array
+  beta: Array
+  net: Optional[Sequence[tuple[Array, Array]]]
+
+
+def init_rodeo_params(key: PRNGKey, hidden: Sequence[int] = (100,),
+                      alpha: float = 0.0, beta: float = 0.0) -> RodeoParams:
+  """RodeoParams with a random MLP 2 -> hidden -> 2 (every layer random).
+
+  The output layer is random, not zero: at alpha = beta = 0 (leave-one-out,
+  as the authors start) a zero surrogate would make every variance gradient
+  zero. Weights N(0, 1/n_in), biases 0.
+  """
+  sizes = [2, *hidden, 2]
+  keys = jax.random.split(key, len(sizes) - 1)
+  net = [(jax.random.normal(k, (n_in, n_out)) / math.sqrt(n_in),
+          jnp.zeros((n_out,)))
+         for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])]
+  return RodeoParams(jnp.asarray(alpha, jnp.float32),
+                     jnp.asarray(beta, jnp.float32), net)
+
+
+def _stein_surrogate(net, phi: Array, f_other: Array) -> Array:
+  """h(y) = (h_0, h_1) from the features (phi(y), f(b_j)): shape (..., 2)."""
+  if net is None:
+    return jnp.stack([phi, jnp.zeros_like(phi)], axis=-1)
+  h = jnp.stack([phi, jnp.broadcast_to(f_other, phi.shape)], axis=-1)
+  for i, (w, bias) in enumerate(net):
+    h = h @ w + bias
+    if i < len(net) - 1:
+      h = jax.nn.leaky_relu(h, negative_slope=0.3)
+  return h
+
+
+@_checks.nan_if_nonfinite
+def rodeo(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
+          cv_params: Optional[RodeoParams] = None,
+          noise: Optional[Array] = None) -> Array:
+  r"""RODEO: leave-one-out REINFORCE with discrete Stein control variates.
+
+  With q(b) = prod_d Bernoulli(p_d), the random-scan Gibbs Stein operator
+
+      (A h)(x) = 1/D sum_d q_d(1 - x_d) (h(x^(d)) - h(x)),
+
+  x^(d) being x with coordinate d flipped, has E_q[(A h)(x)] = 0 for every
+  h: on each coordinate q_d(0) q_d(1) (h(x^0) - h(x^1)) and its mirror image
+  cancel. For K i.i.d. samples b_k, s(y) = y - p, f_k = f(b_k), g_k = f'(b_k):
+
+      h_k(y) = 1/(K-1) sum_{j != k} h_omega(g_j . (y - b_j), f_j),
+      a_k = (A h_k0)(b_k),   v_k = (A [h_k1 s])(b_k),
+      g^ = 1/K sum_k [(f_k - 1/(K-1) sum_{j != k} (f_j + alpha a_j)) s(b_k)
+                      + beta v_k],
+
+  unbiased for every (alpha, beta, omega): h_k does not depend on b_k, so
+  E[v_k | b_-k] = 0 and E[a_j | b_-j] = 0, and the baseline of sample k is
+  a function of b_-k. h_omega (`RodeoParams.net`) is a surrogate of f fed
+  with the first-order Taylor expansion of f around each other sample: with
+  the net None, h = (phi, 0), a parameter-free Stein control variate. The
+  authors start at alpha = beta = 0 (leave-one-out) and train (alpha, beta,
+  omega) on the variance loss (`protocol.rodeo`). Per draw: K evaluations and
+  K gradients of f (differentiable in b, evaluated at the hard samples) and
+  K (K - 1) (D + 1) evaluations of the small surrogate.
+
+  Args:
+    key: PRNG key.
+    logits: l, any shape (D = l.size).
+    f: b -> scalar, differentiable.
+    num_samples: K >= 2.
+    cv_params: RodeoParams; None is the Taylor surrogate with alpha = 1,
+      beta = 0.
+    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+
+  Reference: Shi, Zhou, Hwang, Titsias & Mackey (2022), "Gradient estimation
+  with discrete Stein operators", NeurIPS, Sec. 4 (the Gibbs operator; the
+  surrogate averaged over the other samples after the network, the authors'
+  choice for K > 2, which at K = 2 is their K = 2 choice).
+  """
+  logits, f = _prepare(key, logits, f)
+  _checks.check_int("num_samples", num_samples, 2)
+  if cv_params is None:
+    cv_params = RodeoParams(jnp.ones(()), jnp.zeros(()), None)
+  k = num_samples
+  b = generic.iid_samples(_family(), key, logits, k, noise)
+  fs, grads = jax.vmap(jax.value_and_grad(f))(b)
+  dim = logits.size
+  bf, gf = b.reshape(k, dim), grads.reshape(k, dim)
+  p = jax.nn.sigmoid(logits).reshape(dim)
+  s = bf - p
+  step = 1.0 - 2.0 * bf                  # x^(d)_d - x_d
+  w = p * (1.0 - bf) + (1.0 - p) * bf    # q_d(1 - x_d)
+  # phi[k, j] = g_j . (b_k - b_j); at the neighbours, + g_jd step_kd.
+  phi = bf @ gf.T - jnp.sum(gf * bf, axis=1)[None, :]
+  phi_nbr = phi[:, :, None] + gf[None, :, :] * step[:, None, :]
+  h_x = _stein_surrogate(cv_params.net, phi, fs[None, :])             # (K, K, 2)
+  h_nbr = _stein_surrogate(cv_params.net, phi_nbr, fs[None, :, None])  # (K, K, D, 2)
+  others = (1.0 - jnp.eye(k, dtype=fs.dtype)) / (k - 1)
+  h_x = jnp.einsum("kj,kjc->kc", others, h_x)
+  h_nbr = jnp.einsum("kj,kjdc->kdc", others, h_nbr)
+  delta = h_nbr - h_x[:, None, :]                                      # (K, D, 2)
+  a = jnp.mean(w * delta[..., 0], axis=1)
+  v = (s * jnp.mean(w * delta[..., 1], axis=1, keepdims=True)
+       + w * h_nbr[..., 1] * step / dim)
+  shifted = fs + cv_params.alpha * a
+  baseline = (jnp.sum(shifted) - shifted) / (k - 1)
+  g = jnp.mean((fs - baseline)[:, None] * s + cv_params.beta * v, axis=0)
+  return g.reshape(logits.shape)
 
 
 @_checks.nan_if_nonfinite

@@ -70,13 +70,16 @@ class Options:
     temperature: lambda of relaxed estimators (initial value when tuned).
     eta: REBAR's control-variate scale (initial value when tuned).
     loo_samples: n, the samples (f evaluations) per data point of the
-      leave-one-out estimators: reinforce_loo, arms, double_cv; k, the
+      leave-one-out estimators: reinforce_loo, arms, double_cv, rodeo; k, the
       classes drawn without replacement of unordered_set.
     copula: ARMS's antithetic copula, "dirichlet" or "gaussian".
-    alpha: double_cv's Taylor control-variate scale (initial value when
-      tuned; 0 is leave-one-out, as the authors start).
+    alpha: double_cv's Taylor control-variate scale, and RODEO's scalar
+      Stein control variate's (initial values when tuned; 0 is
+      leave-one-out, as the authors start).
     tune: train the control variate's parameters on the variance loss.
     relax_hidden: hidden widths of RELAX's network r_rho(z).
+    rodeo_hidden: hidden widths of RODEO's surrogate network (the authors'
+      100).
     nvil_decay: decay of NVIL's running mean and variance of the signal.
   """
   temperature: float = 0.5
@@ -86,6 +89,7 @@ class Options:
   alpha: float = 0.0
   tune: bool = True
   relax_hidden: tuple[int, ...] = (50,)
+  rodeo_hidden: tuple[int, ...] = (100,)
   nvil_decay: float = 0.8
 
 
@@ -526,6 +530,38 @@ def double_cv(options: Options) -> Estimator:
   return tuned(init, draw, options.tune, summary)
 
 
+def rodeo(options: Options) -> Estimator:
+  r"""RODEO with one (alpha, beta, surrogate network) per layer, tuned.
+
+  K = options.loo_samples samples; alpha starts at `options.alpha` and beta
+  at 0 (leave-one-out, as the authors start), the surrogate is an MLP
+  2 -> `options.rodeo_hidden` -> 2 with LeakyReLU(0.3), all trained on the
+  variance loss. Bernoulli layers.
+
+  Reference: Shi, Zhou, Hwang, Titsias & Mackey (2022), "Gradient estimation
+  with discrete Stein operators", NeurIPS.
+  """
+  _check_loo_samples(options)
+
+  def init(key, info):
+    keys = jax.random.split(key, len(info.layer_shapes))
+    return EstimatorState(
+        [bernoulli.init_rodeo_params(k, options.rodeo_hidden,
+                                     alpha=options.alpha)
+         for k in keys], ())
+
+  def draw(params, layer_index, family, key, logits, f, f_relaxed, noise):
+    del f_relaxed
+    return family.rodeo(key, logits, f, num_samples=options.loo_samples,
+                        cv_params=params[layer_index], noise=noise)
+
+  def summary(params):
+    return {"alpha": float(np.mean([q.alpha for q in params])),
+            "beta": float(np.mean([q.beta for q in params]))}
+
+  return tuned(init, draw, options.tune, summary)
+
+
 # The one map from names to training estimators, per distribution family.
 REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
     "bernoulli": {
@@ -536,6 +572,7 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
         "disarm": _one_layer("disarm", bernoulli),
         "arms": _arms,
         "double_cv": double_cv,
+        "rodeo": rodeo,
         "indecater": _one_layer("indecater", bernoulli),
         "muprop": _one_layer("muprop", bernoulli),
         "muprop_baseline": muprop_baseline,
