@@ -39,7 +39,7 @@ def config() -> ml_collections.ConfigDict:
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)
-  c.loo_samples = 2             # n of reinforce_loo, arms, double_cv, rodeo
+  c.loo_samples = 2   # K: reinforce_loo, arms, double_cv, rodeo, carms, unordered_set
   c.copula = "dirichlet"        # ARMS's antithetic copula (or "gaussian")
   c.alpha = 0.0                 # double_cv and rodeo: initial CV scale (tuned)
   c.tune_estimator = True       # train eta/lambda, RELAX nets on the variance

@@ -155,8 +155,8 @@ PROBLEMS = [
 ]
 
 UNBIASED = ["reinforce", "reinforce_loo", "ars", "arsm", "ars_plus",
-            "arsm_plus", "disarm_stick_breaking", "indecater", "unordered_set",
-            "rebar", "relax"]
+            "arsm_plus", "disarm_stick_breaking", "carms", "indecater",
+            "unordered_set", "rebar", "relax"]
 STRAIGHT_THROUGH = ["straight_through_gumbel", "gumbel_rao", "reinmax",
                     "gapped_straight_through"]
 
@@ -176,6 +176,8 @@ OPTION_VARIANTS = {
     "reinforce_loo_4": (4, "reinforce_loo", {"num_samples": 4}),
     "indecater_3": (2, "indecater", {"num_samples": 3}),
     "unordered_set_3": (3, "unordered_set", {"num_samples": 3}),
+    "carms_3": (1, "carms", {"num_samples": 3}),
+    "carms_4": (5, "carms", {"num_samples": 4}),
     "disarm_stick_breaking_in_index_order": (3, "disarm_stick_breaking",
                                              {"order": "none"}),
     "rebar_eta_temperature": (1, "rebar", {"eta": 0.6, "temperature": 2.0}),
@@ -440,6 +442,50 @@ class CrossCheckTest(parameterized.TestCase):
       )(jax.random.split(jax.random.key(1), 2**14)))
       np.testing.assert_allclose(np.unique(bern[bern != 0]), [value],
                                  rtol=1e-5)
+
+  def test_carms_at_two_classes_and_two_samples_is_bernoulli_disarm(self):
+    # K = 2 Dirichlet uniforms are antithetic (u, 1 - u), so the pair differs
+    # with probability 2 min(p_0, p_1), J_01 = min(p_0, p_1) and the weight
+    # p_0 p_1 / J_01 = sigmoid(|a|): DisARM's law (as the stick-breaking
+    # test above, whose values and rate are the same).
+    f = lambda b: jnp.sin(3.0 * b[0, 0]) + 2.0 * b[0, 1] ** 2
+    for logits in (jnp.array([[0.3, -0.4]]), jnp.array([[-2.0, 1.5]])):
+      a = float(logits[0, 0] - logits[0, 1])
+      draws = np.asarray(jax.vmap(lambda k: categorical.carms(k, logits, f))(
+          jax.random.split(jax.random.key(0), 2**14)))
+      value = 0.5 * (np.sin(3.0) - 2.0) / (1.0 + np.exp(-abs(a)))
+      nonzero = draws[:, 0, 0] != 0
+      np.testing.assert_allclose(draws[nonzero], np.broadcast_to(
+          [[value, -value]], draws[nonzero].shape), rtol=1e-5)
+      self.assertTrue(np.all(draws[~nonzero] == 0))
+      rate = 2.0 / (1.0 + np.exp(abs(a)))
+      se = np.sqrt(rate * (1 - rate) / draws.shape[0])
+      self.assertLess(abs(nonzero.mean() - rate), 4.5 * se)
+
+  def test_carms_coupling_has_its_stated_law(self):
+    # Sampled marginals equal softmax(l), the first sample is the Gumbel-max
+    # sample of the same key, and the pair frequencies of samples 1-2 and
+    # 2-3 match carms_joint (z <= 4.5, binomial standard errors).
+    logits = jnp.array([[1.0, -0.5, 0.3, 2.0], [0.0, -3.0, 1.0, 0.5]])
+    num_samples, n = 3, 2**16
+    keys = jax.random.split(jax.random.key(4), n)
+    b = np.asarray(jax.jit(jax.vmap(lambda k: categorical.carms_samples(
+        k, logits, num_samples)))(keys), np.float64)        # (n, K, V, C)
+    chain = np.asarray(jax.vmap(lambda k: categorical._sample(k, logits)[2])(
+        keys))
+    np.testing.assert_array_equal(b[:, 0], chain)
+    p = np.asarray(jax.nn.softmax(logits))
+    joint = np.asarray(categorical.carms_joint(logits, num_samples))
+    np.testing.assert_allclose(joint.sum(-1), p, rtol=1e-5)
+    for i, j in ((0, 1), (1, 2)):
+      freq = np.einsum("nva,nvb->vab", b[:, i], b[:, j]) / n
+      se = np.sqrt(np.maximum(joint * (1 - joint), 1e-12) / n)
+      self.assertLess(np.max(np.abs(freq - joint) / se), 4.5, (i, j))
+    for k in range(num_samples):
+      se = np.sqrt(p * (1 - p) / n)
+      self.assertLess(np.max(np.abs(b[:, k].mean(0) - p) / se), 4.5, k)
+    # antithetic: two samples agree less often than independent ones would
+    self.assertLess(np.trace(joint[0]), np.sum(p[0] ** 2))
 
   def test_partial_mean_matches_integration_over_the_segment(self):
     # E[pi_j | pi_-(j,o), pseudo actions] by brute force: pi_j = t on a fine

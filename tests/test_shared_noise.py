@@ -119,8 +119,11 @@ def _model_and_params(family, x):
 # Noise draws per data point and layer beyond the chain's one: each costs
 # NOISE_WORDS words per latent (a categorical layer's latents are V x C).
 # The stick-breaking DisARM draws two arrays of V x (C - 1) = 2/3 of a draw.
+# CARMS draws V orders (randint: a key split and two bit arrays) and (K - 1) V
+# exponentials, with their key splits: 24 words per data point here, 0.8 of a
+# draw of V x C = 6 latents.
 _EXTRA_DRAWS = {"reinforce_loo": 1, "double_cv": 1, "rodeo": 1, "gumbel_rao": 10,
-                "disarm_stick_breaking": 4 / 3}
+                "disarm_stick_breaking": 4 / 3, "carms": 0.8}
 
 
 class StepRandomnessTest(parameterized.TestCase):

@@ -70,8 +70,8 @@ class Options:
     temperature: lambda of relaxed estimators (initial value when tuned).
     eta: REBAR's control-variate scale (initial value when tuned).
     loo_samples: n, the samples (f evaluations) per data point of the
-      leave-one-out estimators: reinforce_loo, arms, double_cv, rodeo; k, the
-      classes drawn without replacement of unordered_set.
+      leave-one-out estimators: reinforce_loo, arms, double_cv, rodeo,
+      carms; k, the classes drawn without replacement of unordered_set.
     copula: ARMS's antithetic copula, "dirichlet" or "gaussian".
     alpha: double_cv's Taylor control-variate scale, and RODEO's scalar
       Stein control variate's (initial values when tuned; 0 is
@@ -494,6 +494,12 @@ def _unordered_set(options: Options) -> Estimator:
   return stateless(categorical.unordered_set, num_samples=options.loo_samples)
 
 
+def _carms(options: Options) -> Estimator:
+  """CARMS over K = options.loo_samples coupled categorical samples."""
+  _check_loo_samples(options)
+  return stateless(categorical.carms, num_samples=options.loo_samples)
+
+
 def _arms(options: Options) -> Estimator:
   """ARMS over K = options.loo_samples antithetic samples of options.copula."""
   _check_loo_samples(options)
@@ -594,6 +600,7 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
         "arsm_plus": _one_layer("arsm_plus", categorical),
         "disarm_stick_breaking": _one_layer("disarm_stick_breaking",
                                             categorical),
+        "carms": _carms,
         "gumbel_softmax": _relaxed_objective,
         "straight_through_gumbel": _one_layer(
             "straight_through_gumbel", categorical, "temperature"),
