@@ -21,7 +21,8 @@ Estimators: iwae_reinforce, vimco_arithmetic, vimco_geometric, ovis_gamma0,
 ovis_gamma0.5, ovis_gamma1 (biased for gamma > 0), ovis_mc (with
 --config.aux_samples=S), rws, elbo_loo (REINFORCE with the leave-one-out
 baseline over the K chains, for the ELBO), vargrad, tvo (biased, consistent
-in K). The IW ones also train on the Renyi bound: --config.renyi_alpha,
+in K), disarm_iw (local DisARM per chain and layer, Dong et al. 2020). The
+IW ones also train on the Renyi bound: --config.renyi_alpha,
 --config.renyi_warmup_steps.
 """
 from rebar_jax import defaults

@@ -34,8 +34,9 @@ def config() -> ml_collections.ConfigDict:
   c.activation = "tanh"         # nonlinear SBN: "tanh" | "leaky_relu" (0.3)
   # Estimator: a name of rebar_jax.estimators.BERNOULLI, "nvil",
   # "muprop_baseline", or a multi-sample objective of
-  # rebar_jax.estimators.multisample (with K below); for Gaussian latents
-  # (model "gaussian_vae") also "pathwise", "iwae_pathwise" and "dreg".
+  # rebar_jax.estimators.multisample (MULTISAMPLE or LOCAL, with K below);
+  # for Gaussian latents (model "gaussian_vae") also "pathwise",
+  # "iwae_pathwise" and "dreg".
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)

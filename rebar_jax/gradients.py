@@ -115,7 +115,8 @@ class EstimatorSpec(protocol.Options):
   def is_multisample(self) -> bool:
     """K-sample objective on K chains per data point (score or pathwise)."""
     return (self.name in multisample.MULTISAMPLE
-            or self.name in multisample.REPARAMETERISED)
+            or self.name in multisample.REPARAMETERISED
+            or self.name in multisample.LOCAL)
 
   @property
   def is_reparameterised(self) -> bool:
@@ -158,6 +159,15 @@ class EstimatorSpec(protocol.Options):
             f"must be Gaussian, the model's are {list(self.families)}; choose "
             f"a multi-sample objective {sorted(multisample.MULTISAMPLE)}.")
       return
+    if self.name in multisample.LOCAL:
+      one_layer = multisample.LOCAL[self.name]
+      lacking = [f for f in self.families
+                 if not hasattr(protocol.FAMILIES[f], one_layer)]
+      if lacking:
+        raise ValueError(
+            f"{self.name!r} applies {one_layer!r} to every layer, which "
+            f"{lacking} layers have not; choose a multi-sample objective "
+            f"{sorted(multisample.MULTISAMPLE)}.")
     if self.is_multisample:
       if self.iw_samples < 2:
         raise ValueError(
@@ -222,13 +232,16 @@ def _chain_noise(model, x: Array, key: PRNGKey):
   return keys, noise
 
 
-def _layers(model, params: Params, x: Array, key: PRNGKey):
+def _layers(model, params: Params, x: Array, key: PRNGKey,
+            with_log_q: bool = False):
   """The hard chain b_l = sample(logits_l(x, b_<l), noise_l), one Layer each.
 
   Returns log p(x, b) (B,), log q(b | x) (B,), the vjp of (logits, log p)
-  w.r.t. params, and the layers' estimation problems: f of layer l keeps the
-  layers above as sampled and continues the chain below from b_l with the
-  same noise (hard, or relaxed at the given temperature for f_soft).
+  w.r.t. params (of (logits, log p, log q) with `with_log_q`: the gradient
+  of log q at the fixed samples, which the ELBO's estimators need not), and
+  the layers' estimation problems: f of layer l keeps the layers above as
+  sampled and continues the chain below from b_l with the same noise (hard,
+  or relaxed at the given temperature for f_soft).
   """
   families = models_protocol.families(model)
   keys, noise = _chain_noise(model, x, key)
@@ -241,11 +254,15 @@ def _layers(model, params: Params, x: Array, key: PRNGKey):
       lg = logits_of(p, l, x, bs)  # gradients reach the encoder via the vjp
       bs.append(fam.sample_from_noise(jax.lax.stop_gradient(lg), noise[l]))
       logits.append(lg)
-    log_p, _ = model.apply(p, x, tuple(bs), method="log_joint")
+    log_p, log_q = model.apply(p, x, tuple(bs), method="log_joint")
+    if with_log_q:
+      return (tuple(logits), log_p, log_q), tuple(bs)
     return (tuple(logits), log_p), tuple(bs)
 
-  (logits, log_p), vjp_fn, bs = jax.vjp(forward, params, has_aux=True)
-  _, log_q = model.apply(params, x, bs, method="log_joint")
+  outputs, vjp_fn, bs = jax.vjp(forward, params, has_aux=True)
+  logits, log_p = outputs[:2]
+  log_q = (outputs[2] if with_log_q else
+           model.apply(params, x, bs, method="log_joint")[1])
 
   def chain(layer, b_l, ctx, temperature=None):
     """F at b_1..b_L: the layers above as sampled, then layer+1.. from b_l."""
@@ -346,6 +363,8 @@ def _multisample_gradients(model, spec, params, est_state, x, key, step):
   if spec.is_reparameterised:
     return _reparameterised_gradients(model, spec, params, est_state, x, key,
                                       step)
+  if spec.name in multisample.LOCAL:
+    return _local_gradients(model, spec, params, est_state, x, key)
   surrogate = _objective(spec, step)
   num = spec.iw_samples + spec.aux_samples
   keys = jax.random.split(key, x.shape[0] * num).reshape(
@@ -370,6 +389,46 @@ def _multisample_gradients(model, spec, params, est_state, x, key, step):
   (_, (elbo, iw)), grads = jax.value_and_grad(loss, has_aux=True)(params)
   metrics = {"elbo": elbo, "estimator_loss": jnp.zeros(()), "iw_bound": iw}
   return grads, (), est_state.stats, metrics
+
+
+def _local_gradients(model, spec, params, est_state, x, key):
+  r"""Gradients of -L_K with local learning signals (`multisample.LOCAL`).
+
+  The K chains of data point i are rows i K .. i K + K - 1 of a batch of
+  B K chains (`_layers`); layer l of chain k gets the one-layer estimate of
+  d/dl E[f_ikl], f_ikl(b) = L_K with chain k's log-weight continued from b
+  and the others as sampled; the pathwise part is sum_k v_ik
+  (d log p(x_i, b_ik) - d log q(b_ik | x_i)) at the fixed samples, v the
+  normalised weights.
+  """
+  k = spec.iw_samples
+  batch = x.shape[0]
+  rows = jnp.repeat(x, k, axis=0)                                 # (B K, D)
+  log_p, log_q, vjp_fn, layers = _layers(model, params, rows, key,
+                                         with_log_q=True)
+  log_w = jax.lax.stop_gradient(log_p - log_q).reshape(batch, k)
+  others = jnp.repeat(log_w, k, axis=0)                          # (B K, K)
+  which = jnp.tile(jnp.eye(k, dtype=log_w.dtype), (batch, 1))    # (B K, K)
+  one_layer = multisample.LOCAL[spec.name]
+
+  def local(layer):
+    def f_hard(b, ctx):
+      inner, log_w_row, onehot = ctx
+      log_w_k = layer.f_hard(b, inner)
+      return multisample.iw_bound(log_w_row + onehot * (log_w_k - log_w_row))
+    est = getattr(layer.family, one_layer)
+    return protocol.per_data_point(
+        layer._replace(f_hard=f_hard, ctx=(layer.ctx, others, which)),
+        lambda kk, lg, f, fr, nz: est(kk, lg, f, noise=nz))
+
+  grads = [local(layer) for layer in layers]
+  v = jax.nn.softmax(log_w, axis=-1).reshape(-1)                  # (B K,)
+  (model_grads,) = vjp_fn((tuple(-g / batch for g in grads), -v / batch,
+                           v / batch))
+  iw = jax.vmap(multisample.iw_bound)(log_w)
+  metrics = {"elbo": jnp.mean(log_w), "estimator_loss": jnp.zeros(()),
+             "iw_bound": jnp.mean(iw)}
+  return model_grads, (), est_state.stats, metrics
 
 
 def _reparameterised_gradients(model, spec, params, est_state, x, key, step):

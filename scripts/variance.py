@@ -57,7 +57,8 @@ _ESTIMATORS = flags.DEFINE_list(
     "estimators", ["reinforce", "nvil", "reinforce_loo", "arm", "disarm",
                    "muprop", "rebar", "relax", "concrete"],
     "Estimators; name@K sets K = loo_samples, the f evaluations per data "
-    "point of reinforce_loo, arms and double_cv (e.g. arms@4), for "
+    "point of reinforce_loo, arms, double_cv, rodeo, carms and "
+    "unordered_set (e.g. arms@4), for "
     "comparisons at equal cost.")
 _COPULA = flags.DEFINE_enum("copula", "dirichlet", ["dirichlet", "gaussian"],
                             "ARMS's copula.")

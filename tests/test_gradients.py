@@ -137,8 +137,8 @@ def exact_neg_iw_grad(params):
 class MultiSampleTrainingTest(parameterized.TestCase):
 
   @parameterized.parameters(("vimco_geometric", "iw"), ("ovis_gamma0", "iw"),
-                            ("iwae_reinforce", "iw"), ("vargrad", "elbo"),
-                            ("elbo_loo", "elbo"))
+                            ("iwae_reinforce", "iw"), ("disarm_iw", "iw"),
+                            ("vargrad", "elbo"), ("elbo_loo", "elbo"))
   def test_k_sample_gradients_are_unbiased(self, name, target_kind):
     params = _params()
     spec = gradients.EstimatorSpec(name, iw_samples=2)

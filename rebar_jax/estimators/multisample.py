@@ -624,6 +624,23 @@ take `log_w_aux` (S,) log-weights of independent auxiliary samples."""
 NEEDS_AUX: frozenset[str] = frozenset({"ovis_mc"})
 
 
+LOCAL: dict[str, str] = {"disarm_iw": "disarm"}
+r"""name -> a one-layer estimator of the layers' family, applied per chain.
+
+Local learning signals for L_K (Dong, Mnih & Tucker 2020, Sec. 5, their
+"local DisARM" for VIMCO's objective): for chain k and layer l, with the
+other K - 1 chains held as sampled,
+
+    f_kl(b) = L_K(log w_1, .., log w_k(b_<l, b, continued from b), .., log w_K),
+
+and the one-layer estimator (DisARM: its antithetic pair from chain k's noise
+at layer l) estimates d/dlogits_kl E[f_kl]; summed over chains with the
+pathwise sum_k v_k (grad log p(x, b_k) - grad log q(b_k | x)) at fixed
+samples, the gradient is unbiased for grad E[L_K]. Built by
+`rebar_jax.gradients` (it needs the chains, not only their log-weights): two
+evaluations of each chain's continuation per layer."""
+
+
 PARTITIONED: frozenset[str] = frozenset({"tvo"})
 """Objectives over a partition of [0, 1] (`tvo_partition`)."""
 
