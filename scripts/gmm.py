@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 matplotlib.use("Agg")
+import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 import optax
@@ -138,6 +139,8 @@ def plot(results: list[dict], ks: list[int], names: list[str], path: str):
     ax.set_yscale("log")
     if "end" in title:
       ax.set_xscale("log")
+      ax.set_xticks(ks, [str(k) for k in ks])
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3, which="both")
   axes[0].legend(fontsize=8)
   fig.tight_layout()
