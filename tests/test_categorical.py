@@ -187,6 +187,33 @@ OPTION_VARIANTS = {
 }
 
 
+_TWO_CLASS_F = lambda b: jnp.sin(3.0 * b[0, 0]) + 2.0 * b[0, 1] ** 2
+
+
+def _two_class_disarm_law(test, estimator):
+  """Asserts Bernoulli DisARM's law at C = 2 for two logit pairs.
+
+  DisARM's estimate is 1/2 (f(e_0) - f(e_1)) sigmoid(|a|) (1, -1),
+  a = l_0 - l_1, with probability 2 sigmoid(-|a|) (the antithetic pair
+  differs), else 0. Returns (logits, a, value) per pair.
+  """
+  out = []
+  for logits in (jnp.array([[0.3, -0.4]]), jnp.array([[-2.0, 1.5]])):
+    a = float(logits[0, 0] - logits[0, 1])
+    draws = np.asarray(jax.vmap(lambda k: estimator(k, logits, _TWO_CLASS_F))(
+        jax.random.split(jax.random.key(0), 2**14)))
+    value = 0.5 * (np.sin(3.0) - 2.0) / (1.0 + np.exp(-abs(a)))
+    nonzero = draws[:, 0, 0] != 0
+    np.testing.assert_allclose(draws[nonzero], np.broadcast_to(
+        [[value, -value]], draws[nonzero].shape), rtol=1e-5)
+    test.assertTrue(np.all(draws[~nonzero] == 0))
+    rate = 2.0 / (1.0 + np.exp(abs(a)))
+    se = np.sqrt(rate * (1 - rate) / draws.shape[0])
+    test.assertLess(abs(nonzero.mean() - rate), 4.5 * se)
+    out.append((logits, a, value))
+  return out
+
+
 # ----------------------------------------------------------------------------
 # Tests.
 # ----------------------------------------------------------------------------
@@ -422,23 +449,11 @@ class CrossCheckTest(parameterized.TestCase):
     # At C = 2 the chain is one Bernoulli(sigmoid(a)), a = l_0 - l_1, and
     # DisARM's estimate is 1/2 (f(e_0) - f(e_1)) sigmoid(|a|) (1, -1) with
     # probability 2 sigmoid(-|a|) (the antithetic pair differs), else 0.
-    f = lambda b: jnp.sin(3.0 * b[0, 0]) + 2.0 * b[0, 1] ** 2
-    for logits in (jnp.array([[0.3, -0.4]]), jnp.array([[-2.0, 1.5]])):
-      a = float(logits[0, 0] - logits[0, 1])
-      draws = np.asarray(jax.vmap(
-          lambda k: categorical.disarm_stick_breaking(k, logits, f))(
-              jax.random.split(jax.random.key(0), 2**14)))
-      value = 0.5 * (np.sin(3.0) - 2.0) / (1.0 + np.exp(-abs(a)))
-      nonzero = draws[:, 0, 0] != 0
-      np.testing.assert_allclose(draws[nonzero], np.broadcast_to(
-          [[value, -value]], draws[nonzero].shape), rtol=1e-5)
-      self.assertTrue(np.all(draws[~nonzero] == 0))
-      rate = 2.0 / (1.0 + np.exp(abs(a)))
-      se = np.sqrt(rate * (1 - rate) / draws.shape[0])
-      self.assertLess(abs(nonzero.mean() - rate), 4.5 * se)
+    for _, a, value in _two_class_disarm_law(
+        self, categorical.disarm_stick_breaking):
       # The same law as Bernoulli DisARM's on f(b_0) with logit a.
       bern = np.asarray(jax.vmap(lambda k: bernoulli.disarm(
-          k, jnp.array(a), lambda z: f(jnp.stack([z, 1.0 - z])[None]))
+          k, jnp.array(a), lambda z: _TWO_CLASS_F(jnp.stack([z, 1.0 - z])[None]))
       )(jax.random.split(jax.random.key(1), 2**14)))
       np.testing.assert_allclose(np.unique(bern[bern != 0]), [value],
                                  rtol=1e-5)
@@ -448,19 +463,7 @@ class CrossCheckTest(parameterized.TestCase):
     # with probability 2 min(p_0, p_1), J_01 = min(p_0, p_1) and the weight
     # p_0 p_1 / J_01 = sigmoid(|a|): DisARM's law (as the stick-breaking
     # test above, whose values and rate are the same).
-    f = lambda b: jnp.sin(3.0 * b[0, 0]) + 2.0 * b[0, 1] ** 2
-    for logits in (jnp.array([[0.3, -0.4]]), jnp.array([[-2.0, 1.5]])):
-      a = float(logits[0, 0] - logits[0, 1])
-      draws = np.asarray(jax.vmap(lambda k: categorical.carms(k, logits, f))(
-          jax.random.split(jax.random.key(0), 2**14)))
-      value = 0.5 * (np.sin(3.0) - 2.0) / (1.0 + np.exp(-abs(a)))
-      nonzero = draws[:, 0, 0] != 0
-      np.testing.assert_allclose(draws[nonzero], np.broadcast_to(
-          [[value, -value]], draws[nonzero].shape), rtol=1e-5)
-      self.assertTrue(np.all(draws[~nonzero] == 0))
-      rate = 2.0 / (1.0 + np.exp(abs(a)))
-      se = np.sqrt(rate * (1 - rate) / draws.shape[0])
-      self.assertLess(abs(nonzero.mean() - rate), 4.5 * se)
+    _two_class_disarm_law(self, categorical.carms)
 
   def test_carms_coupling_has_its_stated_law(self):
     # Sampled marginals equal softmax(l), the first sample is the Gumbel-max
