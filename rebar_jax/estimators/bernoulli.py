@@ -42,6 +42,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 from jax.extend import random as jex_random
 import jax.numpy as jnp
+import numpy as np
 
 from rebar_jax.estimators import _checks
 from rebar_jax.estimators import copulas
@@ -675,14 +676,16 @@ def rodeo(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
   s = bf - p
   step = 1.0 - 2.0 * bf                  # x^(d)_d - x_d
   w = p * (1.0 - bf) + (1.0 - p) * bf    # q_d(1 - x_d)
-  # phi[k, j] = g_j . (b_k - b_j); at the neighbours, + g_jd step_kd.
-  phi = bf @ gf.T - jnp.sum(gf * bf, axis=1)[None, :]
-  phi_nbr = phi[:, :, None] + gf[None, :, :] * step[:, None, :]
-  h_x = _stein_surrogate(cv_params.net, phi, fs[None, :])             # (K, K, 2)
-  h_nbr = _stein_surrogate(cv_params.net, phi_nbr, fs[None, :, None])  # (K, K, D, 2)
-  others = (1.0 - jnp.eye(k, dtype=fs.dtype)) / (k - 1)
-  h_x = jnp.einsum("kj,kjc->kc", others, h_x)
-  h_nbr = jnp.einsum("kj,kjdc->kdc", others, h_nbr)
+  # For each k the K - 1 others j: phi[k, j] = g_j . (b_k - b_j), and at
+  # the neighbours of b_k phi + g_jd step_kd.
+  others = np.array([[j for j in range(k) if j != i] for i in range(k)])
+  phi = (bf @ gf.T - jnp.sum(gf * bf, axis=1)[None, :])[
+      np.arange(k)[:, None], others]                                    # (K, K-1)
+  phi_nbr = phi[:, :, None] + gf[others] * step[:, None, :]             # (K, K-1, D)
+  f_other = fs[others]
+  h_x = jnp.mean(_stein_surrogate(cv_params.net, phi, f_other), axis=1)  # (K, 2)
+  h_nbr = jnp.mean(_stein_surrogate(cv_params.net, phi_nbr,
+                                    f_other[..., None]), axis=1)        # (K, D, 2)
   delta = h_nbr - h_x[:, None, :]                                      # (K, D, 2)
   a = jnp.mean(w * delta[..., 0], axis=1)
   v = (s * jnp.mean(w * delta[..., 1], axis=1, keepdims=True)
