@@ -407,18 +407,17 @@ def _local_gradients(model, spec, params, est_state, x, key):
   log_p, log_q, vjp_fn, layers = _layers(model, params, rows, key,
                                          with_log_q=True)
   log_w = jax.lax.stop_gradient(log_p - log_q).reshape(batch, k)
-  others = jnp.repeat(log_w, k, axis=0)                          # (B K, K)
-  which = jnp.tile(jnp.eye(k, dtype=log_w.dtype), (batch, 1))    # (B K, K)
+  row_log_w = jnp.repeat(log_w, k, axis=0)     # (B K, K): its data point's
+  chain = jnp.tile(jnp.arange(k), batch)       # (B K,): which of them it is
   one_layer = multisample.LOCAL[spec.name]
 
   def local(layer):
     def f_hard(b, ctx):
-      inner, log_w_row, onehot = ctx
-      log_w_k = layer.f_hard(b, inner)
-      return multisample.iw_bound(log_w_row + onehot * (log_w_k - log_w_row))
+      inner, log_w_i, k_i = ctx
+      return multisample.iw_bound(log_w_i.at[k_i].set(layer.f_hard(b, inner)))
     est = getattr(layer.family, one_layer)
     return protocol.per_data_point(
-        layer._replace(f_hard=f_hard, ctx=(layer.ctx, others, which)),
+        layer._replace(f_hard=f_hard, ctx=(layer.ctx, row_log_w, chain)),
         lambda kk, lg, f, fr, nz: est(kk, lg, f, noise=nz))
 
   grads = [local(layer) for layer in layers]

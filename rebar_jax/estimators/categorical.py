@@ -807,9 +807,8 @@ def carms(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
   # r(z_i, z_j) per variable: (K, K, ...)
   r = jnp.einsum("i...a,...ab,j...b->ij...", b, ratio, b)
   k = num_samples
-  diff = fs[:, None] - fs[None, :]
-  weights = (1.0 - jnp.eye(k, dtype=fs.dtype)) * diff    # (K, K)
-  weights = weights.reshape((k, k) + (1,) * (r.ndim - 2)) * r
+  diff = fs[:, None] - fs[None, :]                        # (K, K), 0 at j = i
+  weights = diff.reshape((k, k) + (1,) * (r.ndim - 2)) * r
   signal = jnp.sum(weights, axis=1) / (k - 1)             # (K, ...)
   return jnp.mean(signal[..., None] * score(logits, b), axis=0)
 

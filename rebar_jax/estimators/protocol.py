@@ -480,24 +480,17 @@ def _check_loo_samples(options: Options) -> None:
         f"baseline), got {options.loo_samples}: e.g. --config.loo_samples=2.")
 
 
-def _reinforce_loo(family) -> Callable[[Options], Estimator]:
-  """REINFORCE with the leave-one-out baseline of n = options.loo_samples."""
+def _k_samples(estimator: Callable[..., Array]
+               ) -> Callable[[Options], Estimator]:
+  """A stateless estimator with num_samples = options.loo_samples (>= 2).
+
+  Leave-one-out REINFORCE (n samples), CARMS (K coupled samples), the
+  unordered set estimator (k classes without replacement).
+  """
   def build(options: Options) -> Estimator:
     _check_loo_samples(options)
-    return stateless(family.reinforce_loo, num_samples=options.loo_samples)
+    return stateless(estimator, num_samples=options.loo_samples)
   return build
-
-
-def _unordered_set(options: Options) -> Estimator:
-  """The unordered set estimator with k = options.loo_samples classes."""
-  _check_loo_samples(options)
-  return stateless(categorical.unordered_set, num_samples=options.loo_samples)
-
-
-def _carms(options: Options) -> Estimator:
-  """CARMS over K = options.loo_samples coupled categorical samples."""
-  _check_loo_samples(options)
-  return stateless(categorical.carms, num_samples=options.loo_samples)
 
 
 def _arms(options: Options) -> Estimator:
@@ -573,7 +566,7 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
     "bernoulli": {
         "reinforce": reinforce,
         "nvil": nvil,
-        "reinforce_loo": _reinforce_loo(bernoulli),
+        "reinforce_loo": _k_samples(bernoulli.reinforce_loo),
         "arm": _one_layer("arm", bernoulli),
         "disarm": _one_layer("disarm", bernoulli),
         "arms": _arms,
@@ -593,20 +586,20 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
     "categorical": {
         "reinforce": reinforce,
         "nvil": nvil,
-        "reinforce_loo": _reinforce_loo(categorical),
+        "reinforce_loo": _k_samples(categorical.reinforce_loo),
         "ars": _one_layer("ars", categorical),
         "arsm": _one_layer("arsm", categorical),
         "ars_plus": _one_layer("ars_plus", categorical),
         "arsm_plus": _one_layer("arsm_plus", categorical),
         "disarm_stick_breaking": _one_layer("disarm_stick_breaking",
                                             categorical),
-        "carms": _carms,
+        "carms": _k_samples(categorical.carms),
         "gumbel_softmax": _relaxed_objective,
         "straight_through_gumbel": _one_layer(
             "straight_through_gumbel", categorical, "temperature"),
         "gumbel_rao": _one_layer("gumbel_rao", categorical, "temperature"),
         "indecater": _one_layer("indecater", categorical),
-        "unordered_set": _unordered_set,
+        "unordered_set": _k_samples(categorical.unordered_set),
         "reinmax": _one_layer("reinmax", categorical, "temperature"),
         "gapped_straight_through": _one_layer(
             "gapped_straight_through", categorical, "temperature"),
@@ -616,7 +609,7 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
     "gaussian": {
         "reinforce": reinforce,
         "nvil": nvil,
-        "reinforce_loo": _reinforce_loo(gaussian),
+        "reinforce_loo": _k_samples(gaussian.reinforce_loo),
         "pathwise": _one_layer("pathwise", gaussian),
     },
 }
