@@ -11,10 +11,11 @@ $REBAR_JAX_DATA_DIR (written once by `python -m rebar_jax.data.prepare`);
 docs/results/catvae_sbn3.md has the table made that way.
 
 Estimators: reinforce, reinforce_loo, ars, arsm, ars_plus, arsm_plus,
-disarm_stick_breaking, carms, indecater, unordered_set, gumbel_softmax,
-straight_through_gumbel, gumbel_rao, reinmax, gapped_straight_through, rebar,
-relax, nvil (K samples of reinforce_loo, carms, unordered_set:
---config.loo_samples=K).
+disarm_stick_breaking, disarm_stick_breaking_rb (Rao-Blackwellised),
+disarm_stick_breaking_iw (importance-weighted), carms, indecater,
+unordered_set, gumbel_softmax, straight_through_gumbel, gumbel_rao, reinmax,
+gapped_straight_through, rebar, relax, nvil (K samples of reinforce_loo,
+carms, unordered_set: --config.loo_samples=K).
 """
 from rebar_jax import defaults
 

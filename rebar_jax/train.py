@@ -414,8 +414,11 @@ def evaluate(exp: Experiment, params: Params, config, split: str
       exp.model, params, data, jax.random.key(config.eval_seed),
       num_samples=config.eval_num_samples, batch_size=config.eval_batch_size,
       dynamic_binarization=exp.dataset.dynamic_binarization)
+  # KL(q(z|x) || p(z|x)) = log p(x) - ELBO, with log p(x) estimated by the
+  # IW bound: an underestimate of the KL by log p(x) - IW_N >= 0.
   return {f"{split}_elbo": res["elbo"],
-          f"{split}_iw{config.eval_num_samples}": res["iw_bound"]}
+          f"{split}_iw{config.eval_num_samples}": res["iw_bound"],
+          f"{split}_kl": res["iw_bound"] - res["elbo"]}
 
 
 class _StopOnSignals:

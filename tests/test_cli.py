@@ -147,6 +147,9 @@ def check_run(clone: pathlib.Path, done, expected_workdir=None):
   for key in ("valid_elbo", "test_elbo"):
     assert printed[key] == f"{saved[key]:.3f}"
     assert -1000 < saved[key] < 0
+  for split in ("valid", "test"):  # the KL estimate is the logged bound gap
+    gap = saved[f"{split}_iw100"] - saved[f"{split}_elbo"]
+    assert abs(saved[f"{split}_kl"] - gap) < 1e-9 and gap > 0
   return workdir, printed
 
 

@@ -123,7 +123,9 @@ def _model_and_params(family, x):
 # exponentials, with their key splits: 24 words per data point here, 0.8 of a
 # draw of V x C = 6 latents.
 _EXTRA_DRAWS = {"reinforce_loo": 1, "double_cv": 1, "rodeo": 1, "gumbel_rao": 10,
-                "disarm_stick_breaking": 4 / 3, "carms": 0.8}
+                "disarm_stick_breaking": 4 / 3,
+                "disarm_stick_breaking_rb": 4 / 3,
+                "disarm_stick_breaking_iw": 4 / 3, "carms": 0.8}
 
 
 class StepRandomnessTest(parameterized.TestCase):

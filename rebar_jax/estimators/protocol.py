@@ -593,6 +593,10 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
         "arsm_plus": _one_layer("arsm_plus", categorical),
         "disarm_stick_breaking": _one_layer("disarm_stick_breaking",
                                             categorical),
+        "disarm_stick_breaking_rb": _one_layer("disarm_stick_breaking_rb",
+                                               categorical),
+        "disarm_stick_breaking_iw": _one_layer("disarm_stick_breaking_iw",
+                                               categorical),
         "carms": _k_samples(categorical.carms),
         "gumbel_softmax": _relaxed_objective,
         "straight_through_gumbel": _one_layer(
