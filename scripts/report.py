@@ -15,7 +15,8 @@ final_metrics.json) are listed but have no final metrics.
 
 Writes <output>.md (a Markdown table, with the command that made it and where
 each run came from), <output>.csv and <output>.png (the --curve column of
-metrics.jsonl against the step, one line per run, coloured by group).
+metrics.jsonl against the step, one line per run, coloured by group; one
+panel per column when --curve lists several).
 """
 import csv
 import glob
@@ -23,7 +24,7 @@ import json
 import os
 import statistics
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from absl import app
 from absl import flags
@@ -37,8 +38,9 @@ _METRICS = flags.DEFINE_list(
     "metrics", ["train_elbo_last_1000_steps", "test_elbo"],
     "final_metrics.json keys, or metrics.jsonl columns with :last, :max, "
     ":min, :mean or :median.")
-_CURVE = flags.DEFINE_string("curve", "train_elbo",
-                             "metrics.jsonl column plotted against the step.")
+_CURVE = flags.DEFINE_list(
+    "curve", ["train_elbo"], "metrics.jsonl columns plotted against the step, "
+    "one panel each (e.g. valid_iw100,valid_kl,grad_snr,ess,active_units).")
 _OUTPUT = flags.DEFINE_string("output", "results/report",
                               "Output path without extension.")
 
@@ -120,27 +122,38 @@ def markdown(table: list[dict[str, Any]], columns: list[str]) -> str:
   return "\n".join(lines)
 
 
-def plot_curves(runs: list[dict[str, Any]], keys: list[str], column: str,
-                path: str) -> None:
-  fig, ax = plt.subplots(figsize=(8, 5))
+def plot_curves(runs: list[dict[str, Any]], keys: list[str],
+                columns: Union[str, list[str]], path: str) -> None:
+  """One panel per metrics.jsonl column against the step, a line per run."""
+  columns = [columns] if isinstance(columns, str) else list(columns)
+  n = len(columns)
+  fig, axes = plt.subplots(1, n, squeeze=False,
+                           figsize=(8, 5) if n == 1 else (4.2 * n, 3.8))
   labels = sorted({", ".join(str(r["config"].get(k)) for k in keys)
                    for r in runs})
   colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
-  seen = set()
-  for run in runs:
-    points = [(r["step"], r[column]) for r in run["rows"] if column in r]
-    if not points:
-      continue
-    label = ", ".join(str(run["config"].get(k)) for k in keys)
-    steps, values = zip(*points)
-    ax.plot(steps, values, color=colours[label], lw=1,
-            label=None if label in seen else label)
-    seen.add(label)
-  ax.set(xlabel="step", ylabel=column, title=f"{column} by {', '.join(keys)}")
-  ax.grid(alpha=0.3)
-  if seen:
-    ax.legend(fontsize=8)
-  fig.tight_layout()
+  handles = {}
+  for ax, column in zip(axes[0], columns):
+    for run in runs:
+      points = [(r["step"], r[column]) for r in run["rows"] if column in r]
+      if not points:
+        continue
+      label = ", ".join(str(run["config"].get(k)) for k in keys)
+      steps, values = zip(*points)
+      (line,) = ax.plot(steps, values, color=colours[label], lw=1)
+      handles.setdefault(label, line)
+    ax.set(xlabel="step", ylabel=column,
+           title=column if n > 1 else f"{column} by {', '.join(keys)}")
+    ax.grid(alpha=0.3)
+  if handles:
+    names = sorted(handles)
+    if n == 1:
+      axes[0, 0].legend([handles[n] for n in names], names, fontsize=8)
+    else:
+      fig.legend([handles[n] for n in names], names, fontsize=8,
+                 loc="lower center", ncol=min(len(names), 6),
+                 title=", ".join(keys))
+  fig.tight_layout(rect=None if n == 1 else (0, 0.12, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

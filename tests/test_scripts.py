@@ -188,11 +188,14 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
                                      'valid_elbo:max', 'valid_elbo:last'])
       m.plot_curves(runs, ['estimator'], 'train_elbo',
                     {str(tmp_path / 'curves.png')!r})
+      m.plot_curves(runs, ['estimator'], ['train_elbo', 'valid_elbo'],
+                    {str(tmp_path / 'panels.png')!r})
   """)
   # rebar: test_elbo mean of -100 and -102; valid max = mean(-10, -9).
   assert "| rebar | 2 | -101.00 | -9.50 | -29.50 |" in out["md"]
   assert "| disarm | 1 | - | -10.00 | -30.00 |" in out["md"]
   assert (tmp_path / "curves.png").stat().st_size > 0
+  assert (tmp_path / "panels.png").stat().st_size > 0
 
 
 def test_bias_command_writes_its_table_and_figure(tmp_path):
