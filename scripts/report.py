@@ -151,9 +151,9 @@ def plot_curves(runs: list[dict[str, Any]], keys: list[str],
       axes[0, 0].legend([handles[n] for n in names], names, fontsize=8)
     else:
       fig.legend([handles[n] for n in names], names, fontsize=8,
-                 loc="lower center", ncol=min(len(names), 6),
+                 loc="lower center", ncol=min(len(names), 4),
                  title=", ".join(keys))
-  fig.tight_layout(rect=None if n == 1 else (0, 0.12, 1, 1))
+  fig.tight_layout(rect=None if n == 1 else (0, 0.22, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
