@@ -12,6 +12,7 @@ the objectives are one family f(b; theta) with theta a traced argument, and
 optimisations off): every problem of one shape reuses the same executable.
 """
 import functools
+import itertools
 
 from absl.testing import parameterized
 import jax
@@ -479,6 +480,34 @@ class CrossCheckTest(parameterized.TestCase):
       plain = _draws("disarm_stick_breaking", logits, theta)
       rb = _draws("disarm_stick_breaking_rb", logits, theta)
       self.assertLess(rb.var(0).sum(), 0.6 * plain.var(0).sum())
+
+  def test_coupled_importance_weights_are_q_q_over_the_coupling(self):
+    # The antithetic chain pair's joint law by enumeration of its C - 1 bit
+    # pairs: (1, 1) w.p. max(0, 2p - 1), (0, 0) max(0, 1 - 2p), each of
+    # (1, 0), (0, 1) min(p, 1 - p). In ascending order every pair of distinct
+    # classes has positive probability and weight q(b) q(b~) / P(b, b~).
+    logits = np.array([0.7, -1.2, 2.0, 0.1, -0.4])
+    c = logits.size
+    order = np.argsort(logits)
+    q = np.exp(logits[order]) / np.exp(logits).sum()   # in chain order
+    alpha = np.asarray(categorical.stick_breaking_logits(
+        jnp.asarray(logits[order], jnp.float32)), np.float64)
+    p = 1.0 / (1.0 + np.exp(-alpha))
+    law = {(1, 1): np.maximum(0, 2 * p - 1), (0, 0): np.maximum(0, 1 - 2 * p),
+           (1, 0): np.minimum(p, 1 - p), (0, 1): np.minimum(p, 1 - p)}
+    joint = np.zeros((c, c))
+    for pairs in itertools.product(law, repeat=c - 1):
+      prob = np.prod([law[pr][k] for k, pr in enumerate(pairs)])
+      stop = lambda bits: next((k for k, v in enumerate(bits) if v), c - 1)
+      joint[stop([a for a, _ in pairs]), stop([b for _, b in pairs])] += prob
+    np.testing.assert_allclose(joint.sum(0), q, rtol=1e-5)  # both marginals
+    np.testing.assert_allclose(joint.sum(1), q, rtol=1e-5)
+    log_w = np.asarray(categorical.coupled_importance_weights(
+        jnp.asarray(logits, jnp.float32)))
+    for n, m in itertools.permutations(range(c), 2):
+      self.assertGreater(joint[n, m], 0.0)
+      np.testing.assert_allclose(np.exp(log_w[min(n, m)]),
+                                 q[n] * q[m] / joint[n, m], rtol=1e-4)
 
   def test_stick_breaking_iw_is_biased_in_descending_order(self):
     # In descending order a first class of probability >= 1/2 stops one of
