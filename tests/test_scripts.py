@@ -270,6 +270,112 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
   assert (tmp_path / "panels.png").stat().st_size > 0
 
 
+def write_runs(root, runs):
+  """Run directories as rebar_jax.train writes them: config.json,
+  final_metrics.json and metrics.jsonl, one per (name, config, finals)."""
+  for name, config, finals in runs:
+    workdir = root / name
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(config))
+    (workdir / "final_metrics.json").write_text(json.dumps(finals))
+    with open(workdir / "metrics.jsonl", "w") as fh:
+      for step in (100, 200):
+        fh.write(json.dumps({"step": step, "train_elbo": -step}) + "\n")
+
+
+# Test ELBO by estimator and seed, with known answers: rebar is ahead of nvil
+# by 4.9-5.2 nats on every seed (a clear ordering); disarm and rebar swap
+# places from seed to seed (mean difference -0.1, a tie); relax ran one seed.
+RANKED_RUNS = {
+    "rebar": {0: -100.0, 1: -101.0, 2: -99.5},
+    "nvil": {0: -105.0, 1: -106.2, 2: -104.4},
+    "disarm": {0: -100.5, 1: -100.0, 2: -100.3},
+    "relax": {0: -98.0},
+}
+
+
+def test_report_intervals_and_paired_rankings_on_known_answers(tmp_path):
+  write_runs(tmp_path, [
+      (f"{est}-{seed}", {"estimator": est, "seed": seed, "iw_samples": 1},
+       {"test_elbo": value})
+      for est, by_seed in RANKED_RUNS.items()
+      for seed, value in by_seed.items()])
+  out = run_with_script("report", f"""
+      import pathlib
+      runs = [m.load_run(str(p)) for p in
+              sorted(pathlib.Path({str(tmp_path)!r}).iterdir())]
+      out['interval'] = m.interval([1.0, 2.0, 3.0])
+      out['one'] = m.interval([4.0])
+      out['table'] = m.group_table(runs, ['estimator'], ['test_elbo'])
+      out['md'] = m.markdown(out['table'], ['estimator', 'runs', 'test_elbo',
+                                            'test_elbo ±95%'])
+      out['higher'] = m.pairwise(runs, ['estimator'], 'test_elbo')
+      out['lower'] = m.pairwise(runs, ['estimator'], 'test_elbo',
+                                higher_is_better=False)
+      out['pairs_md'] = m.pairwise_markdown(out['higher'])
+  """)
+  # mean 2, sd 1: half-width t(0.975, 2) / sqrt(3) = 4.302653 / 1.732051.
+  np.testing.assert_allclose(out["interval"], [2.0, 2.484138], rtol=1e-6)
+  assert out["one"] == [4.0, None]
+  table = {r["estimator"]: r for r in out["table"]}
+  assert table["relax"]["test_elbo ±95%"] == "no interval (1 run)"
+  assert "| relax | 1 | -98.00 | no interval (1 run) |" in out["md"]
+  np.testing.assert_allclose(table["rebar"]["test_elbo"], -100.1666667)
+  verdicts = {(r["a"], r["b"]): r for r in out["higher"]}
+  assert len(verdicts) == 6  # every pair of the four groups, once
+  # Clear ordering: rebar - nvil = 5.0, 5.2, 4.9 on the three seeds.
+  clear = verdicts[("nvil", "rebar")]
+  assert clear["seeds"] == 3 and clear["verdict"] == "rebar ahead"
+  np.testing.assert_allclose(clear["difference"], -5.0333333)
+  assert clear["high"] < 0
+  # Tie: disarm - rebar = -0.5, +1.0, -0.8; the interval contains 0.
+  tie = verdicts[("disarm", "rebar")]
+  assert tie["verdict"] == "tie" and tie["low"] < 0 < tie["high"]
+  np.testing.assert_allclose(tie["difference"], -0.1)
+  # One seed: relax beats every group on seed 0, yet no ranking is given.
+  for pair in (("disarm", "relax"), ("nvil", "relax"), ("rebar", "relax")):
+    assert verdicts[pair]["seeds"] == 1
+    assert verdicts[pair]["verdict"] == "one seed; no interval"
+    assert verdicts[pair]["low"] is None
+  # Lower-is-better flips the winner, not the tie.
+  lower = {(r["a"], r["b"]): r["verdict"] for r in out["lower"]}
+  assert lower[("nvil", "rebar")] == "nvil ahead"
+  assert lower[("disarm", "rebar")] == "tie"
+  assert ("| test_elbo | nvil | rebar | 3 | -5.03 | [-5.41, -4.65] | rebar "
+          "ahead |") in out["pairs_md"]
+  # nvil - relax on seed 0 alone: -105.0 - (-98.0), and no interval.
+  assert ("| test_elbo | nvil | relax | 1 | -7.00 | - | one seed; no "
+          "interval |") in out["pairs_md"]
+
+
+def test_report_command_marks_ties_and_pairs_only_within_keys(tmp_path):
+  runs = tmp_path / "runs"
+  runs.mkdir()
+  # Two values of K; --pair_within=iw_samples compares estimators at equal K
+  # only (2 pairs, not 6).
+  write_runs(runs, [
+      (f"{est}-{k}-{seed}", {"estimator": est, "seed": seed, "iw_samples": k},
+       {"test_elbo": value + k})
+      for k in (5, 20) for est, by_seed in RANKED_RUNS.items()
+      if est in ("rebar", "disarm") for seed, value in by_seed.items()])
+  output = tmp_path / "out" / "report"
+  proc = subprocess.run(
+      [sys.executable, "scripts/report.py", f"--runs={runs}/*",
+       "--keys=estimator,iw_samples", "--metrics=test_elbo",
+       "--rank=test_elbo", "--pair_within=iw_samples", f"--output={output}"],
+      capture_output=True, text=True, cwd=ROOT, check=False, timeout=300,
+      env=FAST_COMPILE)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  md = (tmp_path / "out" / "report.md").read_text()
+  assert md.count("| test_elbo | disarm, ") == 2
+  assert "| test_elbo | disarm, 5 | rebar, 5 | 3 | -0.10 |" in md
+  assert "| test_elbo | disarm, 20 | rebar, 20 | 3 | -0.10 |" in md
+  assert md.count("| tie |") == 2 and "disarm, 5 | rebar, 20" not in md
+  assert "test_elbo ±95%" in md
+  assert (tmp_path / "out" / "report.csv").read_text().startswith(
+      "estimator,iw_samples,runs,test_elbo,test_elbo ±95%")
+
+
 def test_bias_command_writes_its_table_and_figure(tmp_path):
   # The command of scripts/bias.py's docstring, with fewer draws. What the
   # biases prove is asserted in test_bernoulli.py and test_categorical.py;
