@@ -38,6 +38,7 @@ What a run guarantees (README, "Runs and failures"):
     stops the run with the step, the estimator and the last checkpoint.
 """
 import dataclasses
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -114,7 +115,7 @@ class TrainingStopped(FloatingPointError):
 
 
 class Interrupted(Exception):
-  """SIGINT or SIGTERM stopped the run after saving a checkpoint."""
+  """SIGINT, SIGTERM or SIGHUP stopped the run after saving a checkpoint."""
 
   def __init__(self, signum: int, step: int, workdir: str):
     self.signum, self.step = signum, step
@@ -164,6 +165,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"{config[name]!r}.")
 
   model_factory(config.model)  # raises ConfigError naming the fix
+  for name, choices in (("dataset", data_lib.DATASETS),
+                        ("data_source", data_lib.SOURCES)):
+    if config[name] not in choices:
+      fail(name, f"one of {list(choices)}")
+  _check_estimator_name(config.estimator)
   ints = dict(_INTS, **_MODEL_INTS.get(config.model, {}))
   for name, minimum in ints.items():
     if not _is_int(config[name]) or config[name] < minimum:
@@ -189,6 +195,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(
           f"config.{name}={config[name]} must be a multiple of "
           f"config.steps_per_call={config.steps_per_call}.")
+
+
+def _check_estimator_name(name: Any) -> None:
+  """A "family:name,..." estimator names each family once."""
+  if not isinstance(name, str) or not name.strip():
+    raise ConfigError(f"config.estimator must be an estimator's name, got "
+                      f"{name!r}.")
+  if ":" not in name:
+    return
+  families = [p.split(":", 1)[0].strip() for p in name.split(",")]
+  twice = sorted({f for f in families if families.count(f) > 1})
+  if twice:
+    raise ConfigError(
+        f"config.estimator={name!r} names the {twice[0]} family "
+        f"{families.count(twice[0])} times; name one estimator per family "
+        f"(e.g. {twice[0]}:disarm).")
 
 
 def _sbn(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
@@ -274,16 +296,45 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       the data set cannot be loaded (the message says how to provide it).
   """
   check_config(config)
+  if config.data_dir and os.path.exists(config.data_dir) and not (
+      os.path.isdir(config.data_dir)):
+    raise ConfigError(f"config.data_dir={config.data_dir!r} is a file; give "
+                      "the directory that holds the data files.")
   dataset = data_lib.load_dataset(
       config.dataset, config.data_source, config.data_dir or None,
       seed=config.seed)
-  model = model_factory(config.model)(config, dataset)
+  num_train = dataset.train.shape[0]
+  if config.batch_size > num_train:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} exceeds the {num_train} "
+        f"training examples of {config.dataset} ({config.data_source}); "
+        f"choose at most {num_train}.")
+  factory = model_factory(config.model)
+  try:
+    model = factory(config, dataset)
+  except TypeError as e:
+    if config.model in MODELS:
+      raise
+    raise ConfigError(
+        f"config.model={config.model!r}: calling it as factory(config, "
+        f"dataset) failed ({e}); it must take those two arguments and return "
+        "a Flax module following rebar_jax/models/protocol.py.") from e
   missing = [a for a in _PROTOCOL if not hasattr(model, a)]
   if missing:
     raise ConfigError(
         f"config.model={config.model!r} made a {type(model).__name__}, "
         f"which lacks {missing} of the model protocol "
         "(rebar_jax/models/protocol.py).")
+  if model.data_dim != dataset.data_dim:
+    raise ConfigError(
+        f"config.model={config.model!r} made a model of data_dim="
+        f"{model.data_dim}, but {config.dataset} has {dataset.data_dim} "
+        "values per example; build the model with dataset.data_dim.")
+  if not tuple(model.stochastic_layers()):
+    raise ConfigError(
+        f"config.model={config.model!r} made a {type(model).__name__} with "
+        "no latent layers (stochastic_layers() is empty); the estimators "
+        "train discrete or Gaussian latent layers, so give it at least one.")
   try:
     spec = gradients.EstimatorSpec(
         name=config.estimator, families=gradients.layer_families(model),
@@ -299,6 +350,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         tvo_beta_min=float(config.tvo_beta_min))
   except ValueError as e:
     raise ConfigError(f"config.estimator={config.estimator!r}: {e}") from e
+  if not spec.is_multisample and config.iw_samples != 1:
+    raise ConfigError(
+        f"config.iw_samples={config.iw_samples}, but "
+        f"config.estimator={config.estimator!r} draws one sample per data "
+        "point and would ignore it; set iw_samples=1, or choose a "
+        "multi-sample objective (e.g. vimco_arithmetic, ovis_gamma0).")
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),
                     optax.adam(config.estimator_learning_rate))
 
@@ -421,11 +478,18 @@ def evaluate(exp: Experiment, params: Params, config, split: str
           f"{split}_kl": res["iw_bound"] - res["elbo"]}
 
 
-class _StopOnSignals:
-  """Turns SIGINT / SIGTERM into a request the loop honours between chunks.
+# The signals that stop a run cleanly: Ctrl-C, a scheduler's pre-emption, a
+# closed terminal or dropped ssh session.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-  A second SIGINT raises KeyboardInterrupt at once. Handlers are installed
-  only in the main thread (signal's rule) and restored on exit.
+
+class _StopOnSignals:
+  """Turns SIGINT / SIGTERM / SIGHUP into a request the loop honours between
+  chunks.
+
+  A second SIGINT raises KeyboardInterrupt at once (`main` prints how to
+  resume). Handlers are installed only in the main thread (signal's rule) and
+  restored on exit.
   """
 
   def __init__(self):
@@ -440,7 +504,7 @@ class _StopOnSignals:
 
   def __enter__(self) -> "_StopOnSignals":
     if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGINT, signal.SIGTERM):
+      for signum in STOP_SIGNALS:
         self._old[signum] = signal.signal(signum, self._handle)
     return self
 
@@ -468,17 +532,20 @@ def _check_identity(record: runs.RunRecord, checkpointed: bool,
 
   Raises:
     runs.WorkdirError: they differ (or the workdir has checkpoints but no
-      record) and `allow_change` is False.
+      record) and `allow_change` is False. A record without checkpoints
+      (no step was saved) describes no state: any config may start there.
   """
   ways_out = ("Either use a new --workdir for the new configuration, or "
               "rerun with --allow_config_change to continue this run with it "
               "(the change is recorded in run.json).")
   if not record.exists:
-    if checkpointed and not allow_change:
+    if checkpointed and jax.process_index() == 0 and not allow_change:
       raise runs.WorkdirError(
           f"{workdir} holds checkpoints but no {runs.RECORD_FILE} (written "
           "by an older rebar_jax?), so its configuration cannot be checked. "
           + ways_out)
+    return {}
+  if not checkpointed:
     return {}
   changes = record.changes(_config_dict(config), data_sha256)
   if changes and not allow_change:
@@ -527,27 +594,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   primary = jax.process_index() == 0
   files = workdir if primary else os.path.join(
       workdir, "processes", str(jax.process_index()))
-  checkpointed = primary and ckpt.latest_step() is not None
   # Refuse before writing anything; checked again under the lock.
-  _check_identity(runs.RunRecord(files), checkpointed, config, data_sha256,
-                  files, allow_config_change)
+  _check_identity(runs.RunRecord(files), ckpt.latest_step() is not None,
+                  config, data_sha256, files, allow_config_change)
+  fresh = _init_checked(exp, config)
   os.makedirs(files, exist_ok=True)
   with runs.WorkdirLock(files), _StopOnSignals() as stop:
     record = runs.RunRecord(files)
+    checkpointed = ckpt.latest_step() is not None
     changes = _check_identity(record, checkpointed, config, data_sha256,
                               files, allow_config_change)
+    if record.exists and not checkpointed:
+      record.data = None  # no step was saved: a new run starts here
     return _train(exp, config, files, ckpt, record, changes, data_sha256,
-                  stop, stop_after, mesh)
+                  stop, stop_after, mesh, fresh)
+
+
+def _init_checked(exp: Experiment, config: ml_collections.ConfigDict
+                  ) -> TrainState:
+  """`init_state`, with a user's model that cannot initialise on this data
+  reported as a ConfigError (before anything is written)."""
+  try:
+    return init_state(exp, config.seed)
+  except (TypeError, ValueError) as e:
+    if config.model in MODELS:
+      raise
+    raise ConfigError(
+        f"config.model={config.model!r} cannot initialise on {config.dataset} "
+        f"(data_dim {exp.dataset.data_dim}): {type(e).__name__}: "
+        f"{str(e).splitlines()[0][:300]}") from e
 
 
 def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
            ckpt: checkpoints.Checkpointer, record: runs.RunRecord,
            changes: dict[str, Any], data_sha256: str, stop: _StopOnSignals,
-           stop_after: Optional[int], mesh: Optional[jax.sharding.Mesh]
-           ) -> dict[str, Any]:
+           stop_after: Optional[int], mesh: Optional[jax.sharding.Mesh],
+           fresh: TrainState) -> dict[str, Any]:
   """The body of `train_and_evaluate`, with the workdir locked and checked."""
-  fresh = init_state(exp, config.seed)
   state, damaged = ckpt.restore_latest_intact(fresh)
+  for path in ckpt.adopted:
+    print(f"Warning: checkpoint {path} had no digest (the process stopped "
+          "after orbax finished it); orbax marks it complete and it "
+          "restores, so its digest was written and it is used.")
   for d in damaged:
     print(f"Warning: checkpoint {d.path} is damaged ({d.reason}); moved to "
           f"{d.moved_to}, never restored.")
@@ -559,6 +647,18 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
     print(f"Resuming from step {start} in {workdir}"
           + (f" (fell back past {len(damaged)} damaged checkpoint(s))"
              if damaged else ""))
+    versions = record.version_changes() if record.exists else {}
+    if versions:
+      print("Warning: this run was recorded under other software ("
+            + ", ".join(f"{k} {a} then, {b} now"
+                        for k, (a, b) in versions.items())
+            + "); the resumed numbers may differ from an uninterrupted "
+            "run's in the last digits.")
+  if start > config.num_steps:
+    print(f"Warning: the checkpoint is at step {start}, past "
+          f"config.num_steps={config.num_steps}; a run cannot be shortened, "
+          f"so nothing is trained and the final metrics are step {start}'s. "
+          "Use a new --workdir for a shorter run.")
   record.write(_config_dict(config), data_sha256, start,
                "resume" if start else "start", changes)
   with open(os.path.join(workdir, "config.json"), "w") as fh:
@@ -734,6 +834,24 @@ USER_ERRORS = (ConfigError, data_lib.DataError, FileNotFoundError,
                TrainingStopped)
 
 
+def os_error_message(e: OSError) -> str:
+  """One line naming the file and the fix for a failed read or write."""
+  if e.errno is None:  # raised with a message of its own
+    return str(e)
+  path = e.filename or "the workdir"
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return f"disk full writing {path}; free space and rerun."
+  if e.errno == errno.EROFS:
+    return (f"{path} is on a read-only file system; choose a --workdir on a "
+            "writable disk.")
+  if e.errno in (errno.EACCES, errno.EPERM):
+    return (f"no permission to write {path}; choose a --workdir you can "
+            "write.")
+  if e.errno == errno.ENOENT:
+    return f"{path} does not exist ({e.strerror})."
+  return f"{path}: {e.strerror or e}."
+
+
 def default_workdir(config_path: str, config: ml_collections.ConfigDict
                     ) -> str:
   """runs/<config file name>-<estimator>, relative to the current directory."""
@@ -762,6 +880,22 @@ def main(argv):
   except Interrupted as e:
     print(e)
     sys.exit(128 + e.signum)
+  except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step
+    last = checkpoints.Checkpointer(
+        os.path.join(workdir, "checkpoints")).latest_step()
+    kept = (f"the last checkpoint (step {last}) in {workdir}/checkpoints is "
+            "kept" if last is not None else "no checkpoint was written yet")
+    print(f"Stopped by a second SIGINT without saving; {kept}. Run the same "
+          "command to resume.")
+    sys.exit(128 + signal.SIGINT)
+  except OSError as e:
+    if not os.path.isdir(workdir):
+      message = (f"the workdir {workdir} is gone (deleted while the run "
+                 "was going); run the same command to start again.")
+    else:
+      message = os_error_message(e)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

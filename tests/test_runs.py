@@ -6,6 +6,7 @@ need a real process (SIGKILL, SIGINT, SIGTERM, two processes on one workdir)
 are in tests/test_faults.py.
 """
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import parameterized
 import jax
@@ -141,6 +143,83 @@ class IdentityTest(parameterized.TestCase):
       self.assertEqual(runs.identity_changes(recorded, config, "d", "d"),
                        changes)
 
+  def test_run_json_records_versions_warns_on_a_mismatch_and_keeps_fields(
+      self):
+    workdir = self.copy()
+    path = os.path.join(workdir, "run.json")
+    with open(path) as fh:
+      record = json.load(fh)
+    self.assertEqual(record["versions"], runs.software_versions())
+    self.assertEqual(set(record["versions"]), {"jax", "jaxlib", "rebar_jax"})
+    record["versions"]["jax"] = "0.0.1"
+    record["note"] = "kept"
+    with open(path, "w") as fh:
+      json.dump(record, fh)
+    _, out = printed(train.train_and_evaluate, tiny_config(num_steps=300),
+                     workdir)
+    self.assertIn("Warning: this run was recorded under other software (jax "
+                  f"0.0.1 then, {jax.__version__} now)", out)
+    with open(path) as fh:
+      record = json.load(fh)
+    self.assertEqual(record["note"], "kept")
+    self.assertEqual(record["versions"], runs.software_versions())
+    self.assertEqual(record["history"][-1]["versions"],
+                     runs.software_versions())
+
+  @parameterized.named_parameters(
+      ("config_a_string", lambda r: {**r, "config": "lr=1"}),
+      ("no_history", lambda r: {k: v for k, v in r.items()
+                                if k != "history"}),
+      ("a_list", lambda r: [r]),
+  )
+  def test_a_malformed_record_is_one_clear_error(self, damage):
+    workdir = self.copy()
+    path = os.path.join(workdir, "run.json")
+    with open(path) as fh:
+      record = damage(json.load(fh))
+    with open(path, "w") as fh:
+      json.dump(record, fh)
+    with self.assertRaisesRegex(runs.WorkdirError,
+                                "is unreadable .* Use a new --workdir"):
+      train.train_and_evaluate(tiny_config(num_steps=300), workdir)
+
+  def test_the_lock_holds_though_its_file_is_deleted(self):
+    workdir = self.copy()
+    with runs.WorkdirLock(workdir):
+      os.remove(os.path.join(workdir, "lock"))
+      self.assertTrue(runs.is_locked(workdir))
+      with self.assertRaisesRegex(runs.WorkdirError, "is in use by"):
+        train.train_and_evaluate(tiny_config(num_steps=300), workdir)
+    self.assertFalse(runs.is_locked(workdir))
+
+  def test_a_lock_that_is_a_directory_is_one_clear_error(self):
+    workdir = self.copy()
+    os.remove(os.path.join(workdir, "lock"))
+    os.mkdir(os.path.join(workdir, "lock"))
+    with self.assertRaisesRegex(runs.WorkdirError,
+                                "lock is a directory.*remove it"):
+      train.train_and_evaluate(tiny_config(num_steps=300), workdir)
+
+  def test_shortening_a_finished_run_warns(self):
+    workdir = self.copy()
+    final, out = printed(train.train_and_evaluate,
+                         tiny_config(num_steps=100), workdir)
+    self.assertEqual(final["step"], 200)
+    self.assertIn("Warning: the checkpoint is at step 200, past "
+                  "config.num_steps=100; a run cannot be shortened", out)
+
+  def test_a_workdir_without_checkpoints_takes_a_new_config(self):
+    workdir = self.copy()
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    final = train.train_and_evaluate(
+        tiny_config(num_steps=100, learning_rate=3e-4), workdir)
+    self.assertEqual(final["step"], 100)
+    self.assertNotIn("config_changed_at_steps", final)
+    with open(os.path.join(workdir, "run.json")) as fh:
+      record = json.load(fh)
+    self.assertEqual([h["event"] for h in record["history"]], ["start"])
+    self.assertEqual(record["config"]["learning_rate"], 3e-4)
+
   def test_checkpoints_without_a_record_are_refused(self):
     workdir = self.copy()
     os.remove(os.path.join(workdir, "run.json"))
@@ -181,8 +260,9 @@ def _random_bytes(step_dir):
   f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
 
 
-def _no_digest(step_dir):  # killed after orbax finished, before the digest
+def _no_digest(step_dir):  # killed while orbax was finishing it
   (step_dir / checkpoints.DIGEST_FILE).unlink()
+  (step_dir / checkpoints.ORBAX_METADATA).unlink()
 
 
 DAMAGE = [
@@ -226,6 +306,43 @@ class IntegrityTest(parameterized.TestCase):
     intact = checkpoints.Checkpointer(
         os.path.join(self.template, "checkpoints")).restore(self.like(), 200)
     jax.tree.map(np.testing.assert_array_equal, state, intact)
+
+  def test_killed_between_orbax_and_the_digest_continues(self):
+    """kill -9 after orbax finished a checkpoint, before its digest."""
+    workdir = self.copy()
+    step_dir = pathlib.Path(workdir) / "checkpoints" / "300"
+    (step_dir / checkpoints.DIGEST_FILE).unlink()
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+    state, damaged = ckpt.restore_latest_intact(self.like())
+    self.assertEqual((int(state.step), damaged), (300, []))
+    self.assertEqual(ckpt.adopted, [step_dir])
+    self.assertIsNone(checkpoints.verify(step_dir))
+    (step_dir / checkpoints.DIGEST_FILE).unlink()
+    final, out = printed(train.train_and_evaluate, tiny_config(), workdir)
+    self.assertIn(f"Warning: checkpoint {step_dir} had no digest", out)
+    self.assertEqual(final, self.final)
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 "damaged_checkpoints")))
+
+  def test_a_full_disk_while_saving_names_the_checkpoint_and_cleans_up(self):
+    workdir = self.copy()
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+    tmp = pathlib.Path(workdir) / "checkpoints" / "400.orbax-checkpoint-tmp-1"
+
+    def full(*args, **kwargs):
+      del args, kwargs
+      tmp.mkdir()
+      raise ValueError("Error writing: [OS error 28: No space left on device]")
+
+    state = ckpt.restore(self.like())
+    with mock.patch.object(ckpt.manager, "save", full):
+      with self.assertRaises(OSError) as e:
+        ckpt.save(400, state)
+    self.assertEqual(e.exception.errno, errno.ENOSPC)
+    self.assertEqual(train.os_error_message(e.exception),
+                     f"disk full writing {ckpt.directory / '400'}; free space "
+                     "and rerun.")
+    self.assertFalse(tmp.exists())
 
   def test_the_run_falls_back_and_resumes_exactly(self):
     workdir = self.copy()
@@ -327,10 +444,69 @@ class GuardsTest(parameterized.TestCase):
        "multiple of config.steps_per_call"),
       ("unknown_activation", dict(activation="relu"),
        r"config.activation must be one of \['leaky_relu', 'tanh'\]"),
+      ("iw_samples_for_one_sample", dict(iw_samples=5),
+       r"config.iw_samples=5, but config.estimator='disarm' draws one "
+       "sample per data point and would ignore it; set iw_samples=1"),
+      ("family_named_twice", dict(estimator="bernoulli:disarm,bernoulli:rebar"),
+       "names the bernoulli family 2 times; name one estimator per family"),
+      ("batch_over_the_data", dict(batch_size=4001),
+       "config.batch_size=4001 exceeds the 4000 training examples"),
+      ("unknown_dataset", dict(dataset="mnits"),
+       "config.dataset must be one of .*'mnist'"),
+      ("unknown_data_source", dict(data_source="web"),
+       "config.data_source must be one of .*'embedded'"),
+      ("model_not_a_factory", dict(model="os:getcwd"),
+       r"config.model='os:getcwd': calling it as factory\(config, dataset\) "
+       "failed"),
+      ("data_dir_a_file", dict(data_dir=__file__),
+       "config.data_dir=.* is a file; give the directory"),
   )
   def test_bad_values_name_the_field(self, overrides, message):
     with self.assertRaisesRegex(train.ConfigError, message):
       train.build(tiny_config(**overrides))
+
+  def test_a_config_refused_by_the_data_writes_nothing(self):
+    workdir = os.path.join(self.create_tempdir().full_path, "run")
+    with self.assertRaisesRegex(train.ConfigError, "exceeds the 4000"):
+      train.train_and_evaluate(tiny_config(batch_size=5000), workdir)
+    self.assertFalse(os.path.exists(workdir))
+
+  def _user_model(self, body: str) -> str:
+    path = os.path.join(self.create_tempdir().full_path, "model.py")
+    with open(path, "w") as fh:
+      fh.write("from rebar_jax.models import sbn\n"
+               "def factory(config, dataset):\n" + body)
+    return path + ":factory"
+
+  def test_a_model_of_the_wrong_data_size_is_refused_before_writing(self):
+    model = self._user_model(
+        "  return sbn.SBN(num_layers=1, num_latents=4, data_dim=10)\n")
+    workdir = os.path.join(self.create_tempdir().full_path, "run")
+    with self.assertRaisesRegex(
+        train.ConfigError, "made a model of data_dim=10, but "
+        "binarized_mnist has 784 values per example"):
+      train.train_and_evaluate(tiny_config(model=model), workdir)
+    self.assertFalse(os.path.exists(workdir))
+
+  def test_a_model_without_latent_layers_is_named(self):
+    model = self._user_model(
+        "  class NoLatents:\n"
+        "    data_dim, train_mean = 784, None\n"
+        "    stochastic_layers = lambda self: ()\n"
+        "    layer_logits = log_joint = lambda self, *args: None\n"
+        "  return NoLatents()\n")
+    with self.assertRaisesRegex(train.ConfigError, "no latent layers"):
+      train.build(tiny_config(model=model))
+
+  def test_the_estimator_api_refuses_non_finite_options_and_int_f(self):
+    from rebar_jax import estimators  # pylint: disable=g-import-not-at-top
+    key, logits = jax.random.key(0), np.zeros(3, np.float32)
+    for temperature in (math.inf, math.nan):
+      with self.assertRaisesRegex(ValueError,
+                                  "temperature must be > 0 and finite"):
+        estimators.concrete(key, logits, np.sum, temperature=temperature)
+    with self.assertRaisesRegex(TypeError, "f must return a float"):
+      estimators.rebar(key, logits, lambda b: (b.sum() > 1).astype(int))
 
   def test_categorical_sizes_are_checked(self):
     config = catvae_mnist.get_config()

@@ -6,8 +6,17 @@ verifies the digest first: a checkpoint whose files were truncated, deleted,
 flipped or replaced (or that has no digest because the process died while
 writing it) is reported by path, moved aside to `<workdir>/damaged_checkpoints/`
 and never restored; the newest intact checkpoint is used instead.
+
+One exception: a checkpoint with no digest that orbax marks complete (its
+commit timestamp written, the directory renamed from orbax's temporary name)
+and that restores is a process killed between orbax's last write and the
+digest's; its digest is written then and it is used (`Checkpointer.adopted`).
+
+A full disk while saving raises OSError(ENOSPC) naming the checkpoint, after
+removing orbax's temporary directories.
 """
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +31,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 DIGEST_FILE = "rebar_jax_digest.json"
+ORBAX_METADATA = "_CHECKPOINT_METADATA"
+NO_DIGEST = "it has no digest"
 
 
 class CheckpointError(RuntimeError):
@@ -54,11 +65,33 @@ def write_digest(step_dir: pathlib.Path) -> None:
   os.replace(tmp, step_dir / DIGEST_FILE)
 
 
+def orbax_complete(step_dir: pathlib.Path) -> bool:
+  """Whether orbax finished writing `step_dir` (its commit timestamp)."""
+  try:
+    meta = json.loads((step_dir / ORBAX_METADATA).read_text())
+    return bool(meta.get("commit_timestamp_nsecs"))
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """Whether `e` (or an exception it chains) says the disk is full."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
 def verify(step_dir: pathlib.Path) -> Optional[str]:
   """None if the checkpoint matches its digest, else what is wrong."""
   digest_path = step_dir / DIGEST_FILE
   if not digest_path.is_file():
-    return ("it has no digest: the process stopped while writing it, or it "
+    return (f"{NO_DIGEST}: the process stopped while writing it, or it "
             "was written by another program")
   try:
     recorded = json.loads(digest_path.read_text())["files"]
@@ -103,6 +136,9 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=False)
     self._manager = None
+    # Digest-less checkpoints that orbax had finished, given a digest by
+    # `restore_latest_intact`.
+    self.adopted: list[pathlib.Path] = []
 
   @property
   def manager(self) -> ocp.CheckpointManager:
@@ -125,10 +161,24 @@ class Checkpointer:
   def save(self, step: int, state: Any) -> None:
     """Saves (every process of a multi-process run calls it; process 0
     writes the digest)."""
-    self.manager.save(step, args=ocp.args.StandardSave(state))
-    self.manager.wait_until_finished()
-    if jax.process_index() == 0:
-      write_digest(self.directory / str(step))
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(state))
+      self.manager.wait_until_finished()
+      if jax.process_index() == 0:
+        write_digest(self.directory / str(step))
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_disk_full(e):
+        raise
+      self.remove_temporary()
+      raise OSError(errno.ENOSPC, "No space left on device",
+                    str(self.directory / str(step))) from None
+
+  def remove_temporary(self) -> None:
+    """Removes orbax's unfinished temporary checkpoint directories."""
+    if self.directory.is_dir():
+      for path in self.directory.iterdir():
+        if ".orbax-checkpoint-tmp" in path.name:
+          shutil.rmtree(path, ignore_errors=True)
 
   def _move_aside(self, step: int, reason: str) -> Damaged:
     path = self.directory / str(step)
@@ -158,7 +208,21 @@ class Checkpointer:
     damaged, chosen = [], -1
     if jax.process_index() == 0:  # in a multi-process run, process 0 decides
       for step in reversed(self.steps()):
-        reason = verify(self.directory / str(step))
+        step_dir = self.directory / str(step)
+        reason = verify(step_dir)
+        if reason is not None and reason.startswith(NO_DIGEST) and (
+            jax.process_count() == 1 and orbax_complete(step_dir)):
+          try:  # killed between orbax's last write and the digest's
+            state = self.manager.restore(
+                step, args=ocp.args.StandardRestore(like))
+          except Exception as e:  # pylint: disable=broad-except
+            reason += (f"; orbax marks it complete but it does not restore "
+                       f"({type(e).__name__})")
+          else:
+            write_digest(step_dir)
+            self.adopted.append(step_dir)
+            return state, damaged
+          self._manager = None
         if reason is None:
           chosen = step
           break

@@ -5,11 +5,14 @@
   accepted configuration changes. Resuming compares the new configuration and
   data with the record: a difference in anything that changes the results is
   refused (`identity_changes`), listing the fields, before anything is written.
-* `WorkdirLock` (`<workdir>/lock`): an OS file lock (fcntl.flock) held for the
-  life of the run, so two processes never write one workdir. The OS releases it
-  when the process dies, however it dies, so a stale lock never blocks.
+* `WorkdirLock`: an OS lock (fcntl.flock) on the workdir directory itself,
+  held for the life of the run, so two processes never write one workdir. The
+  OS releases it when the process dies, however it dies, so a stale lock never
+  blocks; deleting the `lock` file (which only names the holder) does not
+  release it.
 """
 import fcntl
+import importlib.metadata
 import json
 import os
 import socket
@@ -77,22 +80,53 @@ def identity_changes(recorded: dict[str, Any], config: dict[str, Any],
   return changes
 
 
+def software_versions() -> dict[str, str]:
+  """The versions that bit-exact results depend on: jax, jaxlib, rebar_jax."""
+  out = {}
+  for name in ("jax", "jaxlib", "rebar_jax"):
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      if name == "rebar_jax":
+        import rebar_jax  # pylint: disable=g-import-not-at-top
+        out[name] = rebar_jax.__version__
+      else:
+        out[name] = "unknown"
+  return out
+
+
 class RunRecord:
-  """`<workdir>/run.json`: config, data fingerprint and history of one run."""
+  """`<workdir>/run.json`: config, data fingerprint, software versions and
+  history of one run. Fields it does not know are kept on rewrite."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, RECORD_FILE)
     self.data: Optional[dict[str, Any]] = None
-    if os.path.exists(self.path):
+    if os.path.lexists(self.path):
       try:
         with open(self.path) as fh:
           self.data = json.load(fh)
-        self.data["config"], self.data["data_sha256"]  # pylint: disable=pointless-statement
-      except (ValueError, KeyError, TypeError) as e:
+        if not isinstance(self.data, dict):
+          raise TypeError(f"a {type(self.data).__name__}, not an object")
+        for key, kind in (("config", dict), ("data_sha256", str),
+                          ("history", list)):
+          if not isinstance(self.data[key], kind):
+            raise TypeError(f"{key!r} is a {type(self.data[key]).__name__}, "
+                            f"not a {kind.__name__}")
+      except (OSError, ValueError, KeyError, TypeError) as e:
         raise WorkdirError(
             f"{self.path} is unreadable ({type(e).__name__}: {e}): this "
             "workdir's identity is unknown, so it cannot be resumed. Use a "
             "new --workdir.") from e
+
+  def version_changes(self) -> dict[str, tuple[str, str]]:
+    """{package: (recorded, running)} where the software differs from the
+    record's (a record written before versions were recorded: {})."""
+    recorded = (self.data or {}).get("versions")
+    if not isinstance(recorded, dict):
+      return {}
+    return {k: (recorded.get(k, "<unrecorded>"), v)
+            for k, v in software_versions().items() if recorded.get(k) != v}
 
   @property
   def exists(self) -> bool:
@@ -113,8 +147,12 @@ class RunRecord:
     if changes:
       entry["changes"] = {k: {"from": a, "to": b} for k, (a, b)
                           in changes.items()}
+    versions = software_versions()
+    if self.data and self.data.get("versions") != versions:
+      entry["versions"] = versions
     history.append(entry)
-    self.data = {"config": _normalise(config), "data_sha256": data_sha256,
+    self.data = {**(self.data or {}), "config": _normalise(config),
+                 "data_sha256": data_sha256, "versions": versions,
                  "history": history}
     tmp = self.path + ".tmp"
     with open(tmp, "w") as fh:
@@ -122,53 +160,77 @@ class RunRecord:
     os.replace(tmp, self.path)
 
 
+def _holder(path: str) -> str:
+  try:
+    with open(path) as fh:
+      return fh.read().strip() or "an unknown process"
+  except OSError:
+    return "an unknown process"
+
+
+def _try_lock(workdir: str) -> Optional[int]:
+  """A descriptor of `workdir` holding its exclusive lock, or None if a live
+  process holds it."""
+  fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    return None
+  return fd
+
+
 def is_locked(workdir: str) -> bool:
-  """Whether a live process holds `<workdir>/lock` (nothing is written)."""
-  path = os.path.join(workdir, LOCK_FILE)
-  if not os.path.exists(path):
+  """Whether a live process holds `workdir`'s lock (nothing is written)."""
+  if not os.path.isdir(workdir):
     return False
-  with open(path) as fh:
-    try:
-      fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      return True
-    fcntl.flock(fh, fcntl.LOCK_UN)
+  fd = _try_lock(workdir)
+  if fd is None:
+    return True
+  fcntl.flock(fd, fcntl.LOCK_UN)
+  os.close(fd)
   return False
 
 
 class WorkdirLock:
-  """An exclusive, non-blocking OS lock on `<workdir>/lock` (a context manager).
+  """An exclusive, non-blocking OS lock on the workdir (a context manager).
 
-  The lock file holds the holder's pid and host, for the error message of a
-  second process. The OS drops the lock when the holder exits or is killed.
+  The lock is on the directory itself, which a user does not delete while
+  keeping the run; `<workdir>/lock` only holds the holder's pid and host, for
+  the error message of a second process. The OS drops the lock when the holder
+  exits or is killed.
   """
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, LOCK_FILE)
-    self._fh = None
+    self.workdir = workdir or "."
+    self.path = os.path.join(self.workdir, LOCK_FILE)
+    self._fd = None
 
   def __enter__(self) -> "WorkdirLock":
-    fh = open(self.path, "a+")  # pylint: disable=consider-using-with
-    try:
-      fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      fh.seek(0)
-      holder = fh.read().strip() or "an unknown process"
-      fh.close()
+    if os.path.isdir(self.path):
       raise WorkdirError(
-          f"{os.path.dirname(self.path) or '.'} is in use by {holder} (it "
-          f"holds {self.path}). Wait for that run to finish or stop it, or "
-          "use another --workdir.") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"process {os.getpid()} on {socket.gethostname()} since "
-             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    fh.flush()
-    self._fh = fh
+          f"{self.path} is a directory, where rebar_jax keeps a file naming "
+          "the run's process; remove it (rmdir) and rerun.")
+    fd = _try_lock(self.workdir)
+    if fd is None:
+      raise WorkdirError(
+          f"{self.workdir} is in use by {_holder(self.path)} (it holds the "
+          "workdir's lock). Wait for that run to finish or stop it, or use "
+          "another --workdir.")
+    try:
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as fh:
+        fh.write(f"process {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+      os.replace(tmp, self.path)
+    except BaseException:
+      os.close(fd)
+      raise
+    self._fd = fd
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._fh is not None:
-      fcntl.flock(self._fh, fcntl.LOCK_UN)
-      self._fh.close()
-      self._fh = None
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
