@@ -24,6 +24,13 @@ relaxed twin where the downstream layers are relaxed too, sigma((enc(s) +
 noise)/lambda) (the "soft" pass of the REBAR code); with one layer it is F on
 the relaxed sample.
 
+A pathwise layer (`protocol.PATHWISE`: a Gaussian layer's reparameterisation
+gradient) differentiates f_l along its sample z, but the discrete layers below
+it are step functions of z, so that derivative misses d/dz of their
+distribution; their own estimates g^_j are carried back along z
+(`_carry_back`), which makes every family order unbiased (tested against
+quadrature x enumeration for each order).
+
 The estimator is a `protocol.Estimator` (a pair of pure functions); its own
 parameters (REBAR's eta and log lambda, RELAX's networks, NVIL's baseline
 network) are trained by a separate optimiser on the loss it reports.
@@ -42,7 +49,7 @@ differentiated through. The reported ELBO is the hard one, same noise.
 """
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +130,14 @@ class EstimatorSpec(protocol.Options):
     """A pathwise K-sample gradient (`multisample.REPARAMETERISED`)."""
     return self.name in multisample.REPARAMETERISED
 
+  def pathwise_layers(self, model) -> tuple[bool, ...]:
+    """Per layer of `model`: is its estimate pathwise (`protocol.PATHWISE`)?"""
+    if self.is_multisample:
+      return tuple(False for _ in model.stochastic_layers())
+    names = protocol.names_by_family(self.name, self.families)
+    return tuple(names[layer.family] in protocol.PATHWISE.get(layer.family, ())
+                 for layer in model.stochastic_layers())
+
   @property
   def estimator(self) -> protocol.Estimator:
     """The training estimator (not for multi-sample objectives)."""
@@ -193,6 +208,16 @@ class EstimatorSpec(protocol.Options):
             f"Unknown estimator {name!r} for {family} layers; choose one of "
             f"{sorted(protocol.REGISTRY[family])}, or a multi-sample "
             f"objective {sorted(multisample.MULTISAMPLE)}.")
+    names = protocol.names_by_family(self.name, self.families)
+    pathwise = [f for f, n in names.items() if n in protocol.PATHWISE.get(f, ())]
+    rescaled = sorted({n for n in names.values() if n in protocol.RESCALED})
+    if pathwise and rescaled:
+      raise ValueError(
+          f"{rescaled} rescale their layers' estimates by a running variance, "
+          f"which the pathwise {pathwise} layers would carry back into their "
+          "own unscaled gradients (a biased mix); use a score-function "
+          "estimator for those layers (e.g. gaussian:reinforce_loo) or "
+          "another discrete estimator (e.g. bernoulli:disarm).")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}.")
     self.estimator  # pylint: disable=pointless-statement; checks the options
@@ -264,15 +289,22 @@ def _layers(model, params: Params, x: Array, key: PRNGKey,
   log_q = (outputs[2] if with_log_q else
            model.apply(params, x, bs, method="log_joint")[1])
 
-  def chain(layer, b_l, ctx, temperature=None):
-    """F at b_1..b_L: the layers above as sampled, then layer+1.. from b_l."""
+  def continuation(layer, b_l, ctx, temperature=None):
+    """b_1..b_L and the logits of layers layer+1..: the layers above as
+    sampled, then the chain continued from b_l with its noise."""
     x_i, above, after = ctx
-    out = list(above) + [b_l]
+    out, logits = list(above) + [b_l], []
     for k, nz in zip(range(layer + 1, len(families)), after):
       lg = logits_of(params, k, x_i, out)
+      logits.append(lg)
       out.append(families[k].sample_from_noise(lg, nz) if temperature is None
                  else families[k].relaxed_from_noise(lg, nz, temperature))
-    return _signal(model, params, x_i, tuple(out))
+    return tuple(out), logits
+
+  def chain(layer, b_l, ctx, temperature=None):
+    """F at b_1..b_L: the layers above as sampled, then layer+1.. from b_l."""
+    return _signal(model, params, ctx[0],
+                   continuation(layer, b_l, ctx, temperature)[0])
 
   layers = [
       Layer(keys[:, l], logits[l],
@@ -280,7 +312,45 @@ def _layers(model, params: Params, x: Array, key: PRNGKey,
             functools.partial(lambda l, s, t, ctx: chain(l, s, ctx, t), l),
             (x, bs[:l], noise[l + 1:]), bs[l], fam, noise[l])
       for l, fam in enumerate(families)]
-  return log_p, log_q, vjp_fn, layers
+  return log_p, log_q, vjp_fn, layers, continuation
+
+
+def _carry_back(pathwise: Sequence[bool], layers: Sequence[Layer],
+                grads: Sequence[Array], continuation) -> list[Array]:
+  r"""Adds, to each pathwise layer, the discrete layers' estimates below it.
+
+  A pathwise estimate of layer l differentiates f_l(z) = F(chain continued
+  from z) along z = z(params_l, eps_l); a discrete layer j > l in that
+  continuation is a step function of z, so the derivative misses
+
+      d/dz E[F | z] - E[dF/dz | b_j fixed]
+          = sum_j (d/dl_j E_{b_j}[f_j]) . dl_j(z)/dz,
+
+  l_j(z) the logits of layer j in the continuation (differentiable paths
+  only: through Gaussian samples, not discrete ones). With g^_j the layer's
+  own estimate, unbiased for d/dl_j E[f_j] given the layers above,
+
+      g^_l += d/dparams_l sum_j g^_j . l_j(z(params_l, eps_l)),
+
+  an unbiased estimate of the missing term, since l_j(z) depends only on the
+  layers above j.
+  """
+  out = list(grads)
+  for l, layer in enumerate(layers):
+    below = [j for j in range(l + 1, len(layers))
+             if not layers[j].family.REPARAMETERISABLE]
+    if not pathwise[l] or not below:
+      continue
+    cotangents = tuple(jax.lax.stop_gradient(grads[j]) for j in below)
+
+    def carried(logits, ctx, noise, cot, l=l, layer=layer, below=below):
+      z = layer.family.sample_from_noise(logits, noise)
+      lower = continuation(l, z, ctx)[1]
+      return sum(jnp.vdot(c, lower[j - l - 1]) for c, j in zip(cot, below))
+
+    out[l] = out[l] + jax.vmap(jax.grad(carried))(
+        layer.logits, layer.ctx, layer.noise, cotangents)
+  return out
 
 
 def _relaxed_gradients(model, spec, params, est_state, x, key):
@@ -341,12 +411,14 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
   estimator = spec.estimator
   if estimator.relaxed_objective:
     return _relaxed_gradients(model, spec, params, est_state, x, key)
-  log_p, log_q, vjp_fn, layers = _layers(model, params, x, key)
+  log_p, log_q, vjp_fn, layers, continuation = _layers(model, params, x, key)
   batch = x.shape[0]
   elbo = log_p - log_q  # (B,), the sampled chain's ELBO
   out = estimator.estimate(est_state, protocol.Problem(
       layers, jax.lax.stop_gradient(elbo), x - _mean(model)))
-  (model_grads,) = vjp_fn((tuple(-e / batch for e in out.grads),
+  grads = _carry_back(spec.pathwise_layers(model), layers, out.grads,
+                      continuation)
+  (model_grads,) = vjp_fn((tuple(-e / batch for e in grads),
                            -jnp.ones_like(log_p) / batch))
   metrics = {"elbo": jnp.mean(elbo), "estimator_loss": out.loss}
   return model_grads, out.param_grads, out.stats, metrics
@@ -404,8 +476,8 @@ def _local_gradients(model, spec, params, est_state, x, key):
   k = spec.iw_samples
   batch = x.shape[0]
   rows = jnp.repeat(x, k, axis=0)                                 # (B K, D)
-  log_p, log_q, vjp_fn, layers = _layers(model, params, rows, key,
-                                         with_log_q=True)
+  log_p, log_q, vjp_fn, layers, _ = _layers(model, params, rows, key,
+                                            with_log_q=True)
   log_w = jax.lax.stop_gradient(log_p - log_q).reshape(batch, k)
   row_log_w = jnp.repeat(log_w, k, axis=0)     # (B K, K): its data point's
   chain = jnp.tile(jnp.arange(k), batch)       # (B K,): which of them it is

@@ -619,6 +619,18 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
 }
 
 
+# The estimators that differentiate f along the layer's own sample (the
+# reparameterisation gradient). In a chain, the composition carries the
+# estimates of the discrete layers below such a layer back along its sample
+# (`rebar_jax.gradients`), which the derivative of the thresholded
+# continuation misses.
+PATHWISE: dict[str, frozenset[str]] = {"gaussian": frozenset({"pathwise"})}
+# Estimators whose estimate is rescaled by a running statistic (NVIL's
+# variance normalisation): unbiased up to a positive factor per layer, which a
+# pathwise layer above would mix with its own unscaled terms.
+RESCALED: frozenset[str] = frozenset({"nvil", "muprop_baseline"})
+
+
 def get(family: str, name: str, options: Options = Options()) -> Estimator:
   """The training estimator `name` of `family`, built with `options`."""
   if family not in REGISTRY:
@@ -639,7 +651,20 @@ def names_by_family(name: str, families: Sequence[str]) -> dict[str, str]:
   families = tuple(dict.fromkeys(families))
   if ":" not in name:
     return {f: name for f in families}
-  pairs = dict(p.split(":", 1) for p in name.replace(" ", "").split(","))
+  parts = [p.split(":", 1) for p in name.replace(" ", "").split(",")]
+  if any(len(p) != 2 for p in parts):
+    raise ValueError(
+        f"Estimator {name!r}: write one estimator for every family, or "
+        "family:name pairs separated by commas, e.g. "
+        + ",".join(f"{f}:reinforce" for f in families) + ".")
+  named = [f for f, _ in parts]
+  twice = sorted({f for f in named if named.count(f) > 1})
+  if twice:
+    raise ValueError(
+        f"Estimator {name!r} names {twice} more than once; name one "
+        "estimator per family, e.g. "
+        + ",".join(f"{f}:reinforce" for f in families) + ".")
+  pairs = dict(parts)
   if set(pairs) != set(families):
     raise ValueError(
         f"Estimator {name!r} names the families {sorted(pairs)}; the model's "
