@@ -49,7 +49,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from absl import app
 from absl import flags
@@ -287,8 +287,23 @@ _PROTOCOL = ("stochastic_layers", "layer_logits", "log_joint", "data_dim",
              "train_mean")
 
 
-def build(config: ml_collections.ConfigDict) -> Experiment:
+def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+  """The config's data set (`config.data_dir` checked to be a directory)."""
+  if config.data_dir and os.path.exists(config.data_dir) and not (
+      os.path.isdir(config.data_dir)):
+    raise ConfigError(f"config.data_dir={config.data_dir!r} is a file; give "
+                      "the directory that holds the data files.")
+  return data_lib.load_dataset(
+      config.dataset, config.data_source, config.data_dir or None,
+      seed=config.seed)
+
+
+def build(config: ml_collections.ConfigDict,
+          dataset: Optional[data_lib.Dataset] = None) -> Experiment:
   """Data, model, estimator and optimisers from a config (validated).
+
+  `dataset`: the config's data, already loaded (`load_data`), e.g. to check
+  many configs on the same data.
 
   Raises:
     ConfigError: a config value that cannot work (the message names it).
@@ -296,13 +311,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       the data set cannot be loaded (the message says how to provide it).
   """
   check_config(config)
-  if config.data_dir and os.path.exists(config.data_dir) and not (
-      os.path.isdir(config.data_dir)):
-    raise ConfigError(f"config.data_dir={config.data_dir!r} is a file; give "
-                      "the directory that holds the data files.")
-  dataset = data_lib.load_dataset(
-      config.dataset, config.data_source, config.data_dir or None,
-      seed=config.seed)
+  if dataset is None:
+    dataset = load_data(config)
   num_train = dataset.train.shape[0]
   if config.batch_size > num_train:
     raise ConfigError(
@@ -492,9 +502,15 @@ class _StopOnSignals:
   restored on exit.
   """
 
-  def __init__(self):
+  def __init__(self, requested: Optional[Callable[[], bool]] = None):
     self.signum: Optional[int] = None
+    self._requested = requested
     self._old = {}
+
+  def requested(self) -> bool:
+    """A signal arrived, or the caller's `requested()` says stop."""
+    return self.signum is not None or bool(
+        self._requested and self._requested())
 
   def _handle(self, signum, frame):
     del frame
@@ -560,7 +576,9 @@ def _check_identity(record: runs.RunRecord, checkpointed: bool,
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop_after: Optional[int] = None,
-                       allow_config_change: bool = False) -> dict[str, Any]:
+                       allow_config_change: bool = False,
+                       stop_requested: Optional[Callable[[], bool]] = None
+                       ) -> dict[str, Any]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if possible.
 
   Args:
@@ -570,6 +588,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       used to test exact resumption.
     allow_config_change: resume even if result-changing fields of the config
       (or the data) differ from the run's record; the change is recorded.
+    stop_requested: polled between chunks; True stops the run as SIGTERM
+      does (a sweep's trials stop this way when the sweep is interrupted).
 
   Returns:
     The final metrics (also written to workdir/final_metrics.json), or
@@ -599,15 +619,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   config, data_sha256, files, allow_config_change)
   fresh = _init_checked(exp, config)
   os.makedirs(files, exist_ok=True)
-  with runs.WorkdirLock(files), _StopOnSignals() as stop:
+  with runs.WorkdirLock(files) as lock, _StopOnSignals(
+      stop_requested) as stop:
     record = runs.RunRecord(files)
     checkpointed = ckpt.latest_step() is not None
     changes = _check_identity(record, checkpointed, config, data_sha256,
                               files, allow_config_change)
-    if record.exists and not checkpointed:
-      record.data = None  # no step was saved: a new run starts here
     return _train(exp, config, files, ckpt, record, changes, data_sha256,
-                  stop, stop_after, mesh, fresh)
+                  stop, stop_after, mesh, fresh, lock.check)
 
 
 def _init_checked(exp: Experiment, config: ml_collections.ConfigDict
@@ -629,7 +648,7 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
            ckpt: checkpoints.Checkpointer, record: runs.RunRecord,
            changes: dict[str, Any], data_sha256: str, stop: _StopOnSignals,
            stop_after: Optional[int], mesh: Optional[jax.sharding.Mesh],
-           fresh: TrainState) -> dict[str, Any]:
+           fresh: TrainState, check_workdir) -> dict[str, Any]:
   """The body of `train_and_evaluate`, with the workdir locked and checked."""
   state, damaged = ckpt.restore_latest_intact(fresh)
   for path in ckpt.adopted:
@@ -661,8 +680,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
           "Use a new --workdir for a shorter run.")
   record.write(_config_dict(config), data_sha256, start,
                "resume" if start else "start", changes)
-  with open(os.path.join(workdir, "config.json"), "w") as fh:
-    fh.write(config.to_json_best_effort(indent=2))
+  runs.write_atomic(os.path.join(workdir, "config.json"),
+                    config.to_json_best_effort(indent=2))
 
   train_chunk = make_train_chunk(exp, config.seed, mesh=mesh)
   train_x = parallel.replicate(jnp.asarray(exp.dataset.train), mesh)
@@ -685,7 +704,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
   tic, step, saved = time.perf_counter(), start, start
   stopping = False  # a signal reached this process (or another one)
   while step < end:
-    stopping = parallel.any_process(stop.signum is not None)
+    check_workdir()  # raises if it was deleted
+    stopping = parallel.any_process(stop.requested())
     if stopping:
       break
     n = min(k, end - step)
@@ -694,7 +714,7 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
     state, metrics = train_chunk(
         state, parallel.replicate(indices, mesh), train_x)
     metrics = jax.device_get(metrics)
-    stopping = parallel.any_process(stop.signum is not None)
+    stopping = parallel.any_process(stop.requested())
     _check_progress(metrics, float(state.monitor.initial_elbo), step, config,
                     ckpt, workdir)
     step += n
@@ -720,6 +740,7 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
     bar.set_postfix(elbo=f"{row['train_elbo']:.2f}")
     if (step % config.checkpoint_every == 0 or step == end
         or stopping):
+      check_workdir()
       ckpt.save(step, state)
       metric_writer.flush()
       saved = step
@@ -749,8 +770,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
                   if h.get("changes")]
     if changed_at:
       final["config_changed_at_steps"] = changed_at
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as fh:
-      json.dump(final, fh, indent=2)
+    runs.write_atomic(os.path.join(workdir, "final_metrics.json"),
+                      json.dumps(final, indent=2))
     plots.plot_curves(rows, os.path.join(workdir, "curves.png"))
   metric_writer.close()
   return final
@@ -852,6 +873,21 @@ def os_error_message(e: OSError) -> str:
   return f"{path}: {e.strerror or e}."
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a `--config.field` the config lacks reported
+  as one line (ml_collections raises it as an AttributeError)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], (AttributeError, KeyError)):
+      e = e.args[0]  # ml_collections wraps the KeyError
+    lines = str(e.args[0] if e.args else e).splitlines() or [""]
+    field = lines[0].strip("'\"")
+    print(f"error: the config has no field {field!r}."
+          + "".join(f" {l.strip()}" for l in lines[1:]), file=sys.stderr)
+    sys.exit(1)
+
+
 def default_workdir(config_path: str, config: ml_collections.ConfigDict
                     ) -> str:
   """runs/<config file name>-<estimator>, relative to the current directory."""
@@ -889,7 +925,7 @@ def main(argv):
           "command to resume.")
     sys.exit(128 + signal.SIGINT)
   except OSError as e:
-    if not os.path.isdir(workdir):
+    if e.errno == errno.ENOENT and not os.path.isdir(workdir):
       message = (f"the workdir {workdir} is gone (deleted while the run "
                  "was going); run the same command to start again.")
     else:
@@ -906,4 +942,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -217,7 +217,8 @@ class IdentityTest(parameterized.TestCase):
     self.assertNotIn("config_changed_at_steps", final)
     with open(os.path.join(workdir, "run.json")) as fh:
       record = json.load(fh)
-    self.assertEqual([h["event"] for h in record["history"]], ["start"])
+    self.assertEqual([h["event"] for h in record["history"]],
+                     ["start", "start"])
     self.assertEqual(record["config"]["learning_rate"], 3e-4)
 
   def test_checkpoints_without_a_record_are_refused(self):

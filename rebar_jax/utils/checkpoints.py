@@ -25,6 +25,7 @@ import shutil
 import time
 from typing import Any, Optional
 
+from absl import logging as absl_logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -161,6 +162,11 @@ class Checkpointer:
   def save(self, step: int, state: Any) -> None:
     """Saves (every process of a multi-process run calls it; process 0
     writes the digest)."""
+    # orbax's writer threads log each failure with a traceback before the
+    # save raises it; the raised error is enough (and a full disk is turned
+    # into one line below).
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.FATAL)
     try:
       self.manager.save(step, args=ocp.args.StandardSave(state))
       self.manager.wait_until_finished()
@@ -172,6 +178,8 @@ class Checkpointer:
       self.remove_temporary()
       raise OSError(errno.ENOSPC, "No space left on device",
                     str(self.directory / str(step))) from None
+    finally:
+      absl_logging.set_verbosity(verbosity)
 
   def remove_temporary(self) -> None:
     """Removes orbax's unfinished temporary checkpoint directories."""

@@ -54,6 +54,26 @@ class WorkdirError(RuntimeError):
   """The workdir cannot be used as asked: locked, or another run's."""
 
 
+def write_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename.
+
+  Raises:
+    OSError: naming `path` (a full disk's write error names no file); the
+      temporary file is removed.
+  """
+  tmp = path + ".tmp"
+  try:
+    with open(tmp, "w") as fh:
+      fh.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
+    raise OSError(e.errno, e.strerror, path) from e
+
+
 def _normalise(value: Any) -> Any:
   """JSON round trip: tuples become lists, so records compare with configs."""
   return json.loads(json.dumps(value))
@@ -154,10 +174,7 @@ class RunRecord:
     self.data = {**(self.data or {}), "config": _normalise(config),
                  "data_sha256": data_sha256, "versions": versions,
                  "history": history}
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as fh:
-      json.dump(self.data, fh, indent=2)
-    os.replace(tmp, self.path)
+    write_atomic(self.path, json.dumps(self.data, indent=2))
 
 
 def _holder(path: str) -> str:
@@ -218,16 +235,29 @@ class WorkdirLock:
           "workdir's lock). Wait for that run to finish or stop it, or use "
           "another --workdir.")
     try:
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as fh:
-        fh.write(f"process {os.getpid()} on {socket.gethostname()} since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-      os.replace(tmp, self.path)
+      write_atomic(self.path, f"process {os.getpid()} on "
+                   f"{socket.gethostname()} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     except BaseException:
       os.close(fd)
       raise
     self._fd = fd
     return self
+
+  def check(self) -> None:
+    """Raises WorkdirError if the locked workdir was deleted or replaced."""
+    if self._fd is None:
+      return
+    held = os.fstat(self._fd)
+    try:
+      now = os.stat(self.workdir)
+      same = (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev)
+    except FileNotFoundError:
+      same = False
+    if not same or held.st_nlink == 0:
+      raise WorkdirError(
+          f"the workdir {self.workdir} is gone (deleted while the run was "
+          "going); run the same command to start again.")
 
   def __exit__(self, *exc) -> None:
     if self._fd is not None:

@@ -67,8 +67,11 @@ class MetricWriter:
 
   def write(self, row: dict[str, Any]) -> None:
     self._rows.append(row)
-    with open(self._path, "a") as fh:
-      fh.write(json.dumps(row) + "\n")
+    try:
+      with open(self._path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    except OSError as e:  # a full disk's write error names no file
+      raise OSError(e.errno, e.strerror, self._path) from e
     for key, value in row.items():
       if key != "step":
         self._tb.add_scalar(key, value, row["step"])
