@@ -17,7 +17,9 @@ What Ray Tune does (https://docs.ray.io/en/latest/tune/): it queues the
 trials and places them, `--cpus_per_trial` cores each (one per core by
 default) on the local machine or on the cluster named by `--address`; it
 retries a trial whose worker dies (`--max_failures` times), and the retry
-resumes from the trial's own checkpoint; it records the sweep's state in
+resumes from the trial's own checkpoint (a trial that diverged or whose
+config or data are bad is not run again: its retries report the failure at
+once); on Ctrl-C the running trials save a checkpoint and stop; it records the sweep's state in
 `<sweep_dir>/tune`, so the same command after an interruption resumes the
 sweep without repeating finished trials. `--requeue_failed` runs the trials
 that failed for good again (each resumes from its checkpoint).
@@ -41,6 +43,9 @@ import itertools
 import json
 import logging
 import os
+import signal
+import threading
+import time
 from typing import Any, Optional, Sequence
 
 import ml_collections
@@ -52,6 +57,12 @@ from rebar_jax.utils import runs
 MANIFEST = "sweep.json"
 TRIALS = "trials"
 TUNE = "tune"
+# Written by the driver on Ctrl-C: the running trials save a checkpoint and
+# stop; removed when the sweep runs again.
+STOP_FILE = "STOP"
+# Written in a trial's workdir when it failed in a way a retry cannot fix
+# (divergence, a bad config or data): Tune's retries report it at once.
+FAILED_FILE = "failed.json"
 # Per-trial XLA CPU threading: a trial that owns one core runs XLA on one
 # thread, so concurrent trials do not fight over the cores (Eigen's pool and
 # XLA's intra-op pool default to every core of the machine).
@@ -111,6 +122,15 @@ def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict
               for v in values.split(",")]
     if len(set(map(repr, parsed))) != len(parsed):
       raise SweepError(f"--grid={spec!r} repeats a value.")
+    names = {}
+    for value in parsed:  # each trial's workdir is named by its values
+      name = trial_name({field: value})
+      if name in names:
+        raise SweepError(
+            f"--grid={spec!r}: {names[name]!r} and {value!r} both name the "
+            f"trial {name!r} (6 significant digits), so they would share one "
+            "workdir; use values that differ in their first 6 digits.")
+      names[name] = value
     grid[field] = parsed
   return grid
 
@@ -168,8 +188,7 @@ class Sweep:
     path = os.path.join(self.sweep_dir, MANIFEST)
     new = self.manifest()
     if os.path.exists(path):
-      with open(path) as fh:
-        old = json.load(fh)
+      old = _read_manifest(path)
       diffs = [f"  grid: {old.get('grid')!r} there, {new['grid']!r} now"] if (
           old.get("grid") != new["grid"]) else []
       old_base = old.get("base_config", {})
@@ -185,8 +204,7 @@ class Sweep:
             "\nUse a new --sweep_dir, or the command that started this one.")
       return
     os.makedirs(self.sweep_dir, exist_ok=True)
-    with open(path, "w") as fh:
-      json.dump(new, fh, indent=2)
+    runs.write_atomic(path, json.dumps(new, indent=2))
 
 
 def load(sweep_dir: str) -> Sweep:
@@ -195,10 +213,48 @@ def load(sweep_dir: str) -> Sweep:
   if not os.path.exists(path):
     raise SweepError(f"{sweep_dir} holds no sweep ({MANIFEST} is missing); "
                      "start one with --config and --grid.")
-  with open(path) as fh:
-    manifest = json.load(fh)
+  manifest = _read_manifest(path)
   return Sweep(sweep_dir, ml_collections.ConfigDict(manifest["base_config"]),
                manifest["grid"])
+
+
+def _read_manifest(path: str) -> dict[str, Any]:
+  """sweep.json, checked; SweepError naming the file if it is damaged."""
+  try:
+    with open(path) as fh:
+      manifest = json.load(fh)
+    if not (isinstance(manifest, dict)
+            and isinstance(manifest.get("base_config"), dict)
+            and isinstance(manifest.get("grid"), dict)):
+      raise ValueError("no base_config and grid objects")
+  except (OSError, ValueError) as e:
+    raise SweepError(
+        f"{path} is unreadable ({type(e).__name__}: {e}); it defines the "
+        "sweep, so rerun the command that started the sweep to write it "
+        "again (the trials' workdirs are kept).") from e
+  return manifest
+
+
+def check_trials(sweep: Sweep) -> None:
+  """Builds every trial's data, model and estimator, as its run would, so a
+  bad value fails here, before Ray starts (each data set is loaded once).
+
+  Raises:
+    rebar_jax.train.ConfigError (naming the trial), or the data's errors.
+  """
+  from rebar_jax import train  # pylint: disable=g-import-not-at-top
+  datasets = {}
+  for params in sweep.trials:
+    config = trial_config(sweep.base, params)
+    try:
+      train.check_config(config)
+      key = (config.dataset, config.data_source, config.data_dir,
+             config.seed)
+      if key not in datasets:
+        datasets[key] = train.load_data(config)
+      train.build(config, datasets[key])
+    except train.ConfigError as e:
+      raise train.ConfigError(f"trial {trial_name(params)}: {e}") from e
 
 
 # --- running it on Ray Tune -----------------------------------------------
@@ -209,14 +265,50 @@ def _trainable(params: dict[str, Any], sweep: Sweep) -> None:
   from ray import tune  # pylint: disable=g-import-not-at-top
   from rebar_jax import train  # pylint: disable=g-import-not-at-top
   params = {k: params[k] for k in sweep.grid}  # the grid's order
+  config, workdir = trial_config(sweep.base, params), sweep.workdir(params)
+  stop_file = os.path.join(sweep.sweep_dir, STOP_FILE)
+  _raise_if_failed_for_good(workdir, train.config_digest(config))
   # A trial can finish its files and be stopped before Tune hears of it (an
   # interrupted sweep); its retry only reports them, running nothing.
   final = finished_metrics(sweep, params)
   if final is None:
-    final = train.train_and_evaluate(trial_config(sweep.base, params),
-                                     sweep.workdir(params))
+    if os.path.exists(stop_file):
+      _wait_to_be_stopped()
+    try:
+      final = train.train_and_evaluate(
+          config, workdir, stop_requested=lambda: os.path.exists(stop_file))
+    except train.Interrupted:
+      _wait_to_be_stopped()  # checkpointed; Tune stops it unfinished
+    except (train.TrainingStopped, train.ConfigError,
+            train.data_lib.DataError) as e:
+      os.makedirs(workdir, exist_ok=True)
+      runs.write_atomic(os.path.join(workdir, FAILED_FILE), json.dumps(
+          {"error": f"{type(e).__name__}: {e}",
+           "config_sha256": train.config_digest(config)}))
+      raise
   tune.report({k: v for k, v in final.items()
                if isinstance(v, (int, float, str))})
+
+
+class FailedForGood(RuntimeError):
+  """A retry of a trial that failed in a way a retry cannot fix."""
+
+
+def _raise_if_failed_for_good(workdir: str, digest: str) -> None:
+  try:
+    with open(os.path.join(workdir, FAILED_FILE)) as fh:
+      failed = json.load(fh)
+  except (OSError, ValueError):
+    return
+  if failed.get("config_sha256") == digest:
+    raise FailedForGood(f"not retried, a retry would fail the same way: "
+                        f"{failed.get('error')}")
+
+
+def _wait_to_be_stopped() -> None:
+  """Blocks the trial's thread until Tune stops (kills) its worker."""
+  while True:
+    time.sleep(1.0)
 
 
 def _import_tune():
@@ -252,7 +344,8 @@ def run(sweep: Sweep, *, address: Optional[str] = None,
   Returns:
     {"finished": n, "failed": n, "unfinished": n} over the sweep's trials
     (`status`): trials stay unfinished when the sweep is interrupted (on
-    SIGINT Tune stops the trials, saves its state and returns).
+    SIGINT the running trials save a checkpoint and stop, then Tune saves
+    its state and returns: `_StopTrialsOnSigint`).
   """
   ray, tune = _import_tune()
   # Trials write absolute paths, and keep the driver's working directory
@@ -271,31 +364,104 @@ def run(sweep: Sweep, *, address: Optional[str] = None,
       env[name] = os.environ[name]
   # Tune's notes on trials it stopped (no result file yet) are not errors.
   logging.getLogger("ray.tune").setLevel(logging.ERROR)
+  stop_file = os.path.join(sweep.sweep_dir, STOP_FILE)
+  if os.path.exists(stop_file):
+    os.remove(stop_file)
+  if requeue_failed:
+    for params in sweep.trials:
+      failed = os.path.join(sweep.workdir(params), FAILED_FILE)
+      if os.path.exists(failed):
+        os.remove(failed)
   ray.init(address=address or "local", num_cpus=None if address else num_cpus,
            include_dashboard=False, log_to_driver=verbose > 1,
            runtime_env={"env_vars": env})
+  fitted = threading.Event()
   try:
-    path = os.path.join(sweep.sweep_dir, TUNE)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, sweep=sweep), {"cpu": cpus_per_trial})
-    if tune.Tuner.can_restore(path):
-      tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
-                                 restart_errored=requeue_failed)
-    else:
-      tuner = tune.Tuner(
-          trainable,
-          param_space={k: tune.grid_search(v) for k, v in sweep.grid.items()},
-          tune_config=tune.TuneConfig(reuse_actors=False),
-          run_config=tune.RunConfig(
-              name=TUNE, storage_path=sweep.sweep_dir, verbose=verbose,
-              failure_config=tune.FailureConfig(max_failures=max_failures)))
-    tuner.fit()
+    with _StopTrialsOnSigint(sweep, fitted):
+      _fit(sweep, tune, cpus_per_trial, max_failures, requeue_failed,
+           verbose)
   finally:
+    fitted.set()
     ray.shutdown()
   states = [row["state"] for row in status(sweep)]
   finished, failed = states.count("finished"), states.count("failed")
   return {"finished": finished, "failed": failed,
           "unfinished": len(states) - finished - failed}
+
+
+class _StopTrialsOnSigint:
+  """The driver's Ctrl-C: the running trials checkpoint and stop, then Tune.
+
+  The first SIGINT writes `<sweep_dir>/STOP`, which every trial polls between
+  chunks of steps (it saves a checkpoint and stops, as on SIGTERM); once no
+  trial holds its workdir, Tune is told to stop (SIGUSR1, its own signal for
+  it) and records the stopped trials as unfinished, so the same command
+  resumes them. A second SIGINT tells Tune at once (the trials lose their
+  steps since their last checkpoint). Installed only in the main thread.
+  """
+
+  def __init__(self, sweep: Sweep, fitted: threading.Event):
+    self.sweep, self.fitted = sweep, fitted
+    self.stopping = False
+    self._old = {}
+    self._saved = threading.Event()
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if self.stopping:
+      self._saved.set()
+      os.kill(os.getpid(), signal.SIGUSR1)
+      return
+    self.stopping = True
+    print("Stopping the sweep: each running trial saves a checkpoint and "
+          "stops (Ctrl-C again to stop at once, losing each trial's steps "
+          "since its last checkpoint).", flush=True)
+    with open(os.path.join(self.sweep.sweep_dir, STOP_FILE), "w"):
+      pass
+    threading.Thread(target=self._stop_tune, daemon=True).start()
+
+  def _stop_tune(self):
+    deadline = time.monotonic() + 600
+    while not self.fitted.is_set():
+      if self._saved.is_set() or time.monotonic() > deadline or not any(
+          runs.is_locked(self.sweep.workdir(p)) for p in self.sweep.trials):
+        self._saved.set()
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's stop, once installed
+      time.sleep(1.0)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+      self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
+      # Until Tune installs its handler, SIGUSR1 must not kill the driver.
+      self._old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1,
+                                                lambda *_: None)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._old.items():
+      signal.signal(signum, handler)
+    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+
+
+def _fit(sweep: Sweep, tune, cpus_per_trial: int, max_failures: int,
+         requeue_failed: bool, verbose: int) -> None:
+  """Creates or restores the Tune experiment and runs it."""
+  path = os.path.join(sweep.sweep_dir, TUNE)
+  trainable = tune.with_resources(
+      tune.with_parameters(_trainable, sweep=sweep), {"cpu": cpus_per_trial})
+  if tune.Tuner.can_restore(path):
+    tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                               restart_errored=requeue_failed)
+  else:
+    tuner = tune.Tuner(
+        trainable,
+        param_space={k: tune.grid_search(v) for k, v in sweep.grid.items()},
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=TUNE, storage_path=sweep.sweep_dir, verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=max_failures)))
+  tuner.fit()
 
 
 # --- status and tables, from the files -------------------------------------

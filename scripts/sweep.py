@@ -8,9 +8,11 @@ r"""Sweeps over config fields on Ray Tune; each trial a normal training run.
   # where it stands (queued, running, interrupted, failed, finished)
   python scripts/sweep.py --sweep_dir=sweeps/lr --status
 
-The same command again resumes an interrupted sweep (finished trials are not
-repeated; running ones resume from their checkpoints); `--requeue_failed`
-also runs the trials that failed for good again. `--address=HEAD:6379` joins
+Ctrl-C stops the sweep: the running trials save a checkpoint and stop (a
+second Ctrl-C stops them at once). The same command again resumes an
+interrupted sweep (finished trials are not repeated; running ones resume from
+their checkpoints); `--requeue_failed` also runs the trials that failed for
+good again. `--address=HEAD:6379` joins
 a Ray cluster (README, "Sweeps"). Outputs in --sweep_dir: sweep.json (the
 definition), trials/<field=value,...>/ (each trial's workdir, as
 `python -m rebar_jax.train` writes it), tune/ (Ray Tune's state), and
@@ -68,8 +70,7 @@ def main(argv):
                            "(or --status).")
     grid = sweep_lib.parse_grid(_GRID.value, config)
     sweep = sweep_lib.Sweep(_SWEEP_DIR.value, config, grid)
-    for params in sweep.trials:  # every trial's config, before anything runs
-      train.check_config(sweep_lib.trial_config(config, params))
+    sweep_lib.check_trials(sweep)  # every trial's model and estimator
     sweep.write_or_check_manifest()
     print(f"Sweep {_SWEEP_DIR.value}: {len(sweep.trials)} trials ("
           + " x ".join(f"{len(v)} {k}" for k, v in grid.items()) + ")")
@@ -79,7 +80,7 @@ def main(argv):
         requeue_failed=_REQUEUE_FAILED.value)
     print(sweep_lib.status_table(sweep_lib.status(sweep)))
     print(sweep_lib.write_tables(sweep))
-  except (sweep_lib.SweepError, train.ConfigError, ImportError) as e:
+  except (sweep_lib.SweepError,) + train.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   if counts["unfinished"]:
@@ -95,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=train.parse_flags)

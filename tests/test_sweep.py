@@ -56,6 +56,8 @@ def test_grid_values_take_the_fields_types():
     (["seed=0", "seed=1"], "given twice"),
     (["seed=0,0"], "repeats a value"),
     (["relax_hidden=1,2"], "only int, float, bool and str"),
+    (["learning_rate=1e-4,1.0000001e-4"],
+     "0.0001 and 0.00010000001 both name the trial 'learning_rate=0.0001'"),
 ])
 def test_bad_grids_are_refused_naming_the_fix(spec, message):
   with pytest.raises(sweep_lib.SweepError, match=message):
@@ -142,11 +144,37 @@ def test_status_and_tables_come_from_the_trials_files(tmp_path):
     sweep_lib.results(sweep)
 
 
+def test_a_torn_manifest_is_one_clear_error(tmp_path):
+  sweep = sweep_lib.Sweep(str(tmp_path / "s"), _base(), {"seed": [0, 1]})
+  sweep.write_or_check_manifest()
+  path = tmp_path / "s" / sweep_lib.MANIFEST
+  path.write_text(path.read_text()[:40])  # killed mid-write, or edited
+  for use in (lambda: sweep_lib.load(sweep.sweep_dir),
+              sweep.write_or_check_manifest):
+    with pytest.raises(sweep_lib.SweepError,
+                       match="sweep.json is unreadable .*rerun the command"):
+      use()
+
+
+def test_every_trial_is_built_before_anything_runs(tmp_path):
+  base = _base()
+  for grid, message in [
+      ({"estimator": ["disarm", "nope"]},
+       "trial estimator=nope: config.estimator='nope': Unknown estimator"),
+      ({"iw_samples": [1, 5]}, "trial iw_samples=5: config.iw_samples=5"),
+  ]:
+    sweep = sweep_lib.Sweep(str(tmp_path / "s"), base, grid)
+    with pytest.raises(train.ConfigError, match=message):
+      sweep_lib.check_trials(sweep)
+  assert not (tmp_path / "s").exists()
+
+
 def test_bad_sweep_commands_fail_before_ray_starts(tmp_path):
   clone = user_shell.user_dir(tmp_path)
   for extra, message in [
       ("--grid=learning_rat=1e-3", "no field 'learning_rat'"),
       ("--grid=learning_rate=-1", "learning_rate must be a finite number > 0"),
+      ("--grid=estimator=nope", "Unknown estimator 'nope'"),
   ]:
     done = user_shell.run(
         f"python scripts/sweep.py --config=configs/sbn_linear.py "
@@ -189,7 +217,14 @@ def test_the_readme_sweep_survives_a_killed_worker_and_an_interruption(
   user_shell.wait_for(lambda: finished(), proc)
   rc, out, err = user_shell.stop(proc, signal.SIGINT)
   assert rc == 130, (out[-3000:], err[-3000:])
+  assert "Stopping the sweep: each running trial saves a checkpoint" in out
   assert "run the same command to resume" in out
+  # The running trials saved and stopped: no trial process is left.
+  for workdir in trials.glob("*"):
+    assert not runs.is_locked(str(workdir)), workdir
+    pid = int((workdir / runs.LOCK_FILE).read_text().split()[1])
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
 
   done = user_shell.run(README_STATUS, clone)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -255,12 +290,13 @@ def test_the_slurm_script_joins_the_ray_cluster_it_starts(tmp_path):
 
 
 def test_a_failing_trial_is_reported_failed_and_can_be_requeued(tmp_path):
-  """A trial that diverges (a learning rate of 1e30) fails for good with
-  --max_failures=0: the sweep exits 1 naming the way out, --status shows it
-  failed with its error, and --requeue_failed runs it again."""
+  """A trial that diverges (a learning rate of 1e30) fails for good: its
+  retries (--max_failures=1) do not train it again, the sweep exits 1 naming
+  the way out, --status shows it failed with its error, and --requeue_failed
+  runs it again."""
   clone = user_shell.user_dir(tmp_path)
   command = ("python scripts/sweep.py --config=configs/sbn_linear.py "
-             "--sweep_dir=s --grid=learning_rate=1e30 --max_failures=0 "
+             "--sweep_dir=s --grid=learning_rate=1e30 --max_failures=1 "
              "--config.num_steps=100 --config.eval_every=100")
   done = user_shell.run(command, clone)
   assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-2000:])
@@ -271,6 +307,8 @@ def test_a_failing_trial_is_reported_failed_and_can_be_requeued(tmp_path):
   assert "0 finished" in status.stdout and "1 failed" in status.stdout
   assert "| learning_rate=1e+30 | failed | 0/100 |" in status.stdout
   assert "TrainingStopped: Diverged" in status.stdout, status.stdout
+  history = _history(clone / "s" / "trials" / "learning_rate=1e+30")
+  assert history == ["start"], history  # the retry trained nothing
   again = user_shell.run(f"{command} --requeue_failed", clone)
   assert again.returncode == 1
   history = _history(clone / "s" / "trials" / "learning_rate=1e+30")
