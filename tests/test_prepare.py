@@ -437,6 +437,38 @@ def test_file_mirror(fixtures, tmp_path):
                         published_sizes=False, progress=False)
 
 
+def test_mirror_mistakes_name_the_fix(fixtures, tmp_path):
+  mirror = tmp_path / "mirror"
+  mirror.mkdir()
+  table = remote_files("https://example.invalid", fixtures)
+  kwargs = dict(remote_files=table, published_sizes=False, progress=False)
+  with pytest.raises(prepare_lib.PrepareError, match=(
+      f"--mirror='{mirror}' is not a URL; for this directory of downloaded "
+      f"files pass --mirror={mirror.as_uri()}")):
+    prepare_lib.prepare(["omniglot"], tmp_path / "out", mirror=str(mirror),
+                        **kwargs)
+  assert not (tmp_path / "out").exists()
+  (mirror / "images_background.zip").mkdir()  # a directory, not the file
+  with pytest.raises(prepare_lib.PrepareError) as e:
+    prepare_lib.prepare(["omniglot"], tmp_path / "out",
+                        mirror=mirror.as_uri(), **kwargs)
+  message = str(e.value)
+  assert "images_background.zip ([Errno 21] Is a directory" in message, (
+      message)
+  assert "images_background.zip'; 1 attempt" in message, message
+  assert "put the file images_background.zip" in message, message
+  assert "internet" not in message
+
+
+def test_a_data_dir_that_is_a_file_is_named(fixtures, tmp_path):
+  (tmp_path / "f").write_text("")
+  with pytest.raises(prepare_lib.PrepareError,
+                     match="--data_dir='.*/f' is a file; give a directory"):
+    prepare_lib.prepare(["omniglot"], tmp_path / "f", progress=False,
+                        remote_files=remote_files("https://x.invalid",
+                                                  fixtures))
+
+
 def test_part_file_is_resumed(server, fixtures, tmp_path):
   out = tmp_path / "data"
   downloads = out / "downloads" / "omniglot"

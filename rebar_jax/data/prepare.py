@@ -311,8 +311,10 @@ def _fetch_once(url: str, part: pathlib.Path, remote: RemoteFile,
     error = _Transient if e.code in _TRANSIENT_HTTP else _Permanent
     raise error(f"HTTP error {e.code}: {e.reason}") from e
   except urllib.error.URLError as e:
-    # A str reason: "unknown url type", "no host given", ...
-    permanent = isinstance(e.reason, (str, FileNotFoundError))
+    # A str reason: "unknown url type", "no host given", ...; a file://
+    # path that is missing, a directory or unreadable.
+    permanent = isinstance(e.reason, (str, FileNotFoundError,
+                                      IsADirectoryError, PermissionError))
     raise (_Permanent if permanent else _Transient)(str(e.reason)) from e
   except ValueError as e:  # e.g. a URL without a scheme
     raise _Permanent(str(e)) from e
@@ -423,6 +425,12 @@ def _corrupt(bad: pathlib.Path, remote: RemoteFile, url: str, problem: str,
 
 def _network_error(url: str, path: pathlib.Path, cause: str,
                    attempts: int) -> PrepareError:
+  if url.startswith("file:"):
+    return PrepareError(
+        f"Could not read {url} ({cause}; {attempts} attempt"
+        f"{'s' if attempts > 1 else ''}). Fix: put the file {path.name} "
+        "(the file itself, not a directory) in the --mirror directory; or "
+        f"download it by hand to exactly {path} and run the command again.")
   return PrepareError(
       f"Could not download {url} ({cause}; {attempts} attempt"
       f"{'s' if attempts > 1 else ''}). Fix: check the internet connection "
@@ -656,6 +664,18 @@ def prepare(datasets: Sequence[str], data_dir: PathLike, *,
     raise ValueError(f"Unknown data set(s) {unknown}; choose among "
                      f"{', '.join(datasets_lib.DATASETS)}.")
   data_dir = pathlib.Path(data_dir).expanduser()
+  if data_dir.exists() and not data_dir.is_dir():
+    raise PrepareError(f"--data_dir={str(data_dir)!r} is a file; give a "
+                       "directory to write the data files into (it is "
+                       "created if absent).")
+  if mirror and "://" not in mirror:
+    where = pathlib.Path(mirror).expanduser().absolute()
+    raise PrepareError(
+        f"--mirror={mirror!r} is not a URL; "
+        + (f"for this directory of downloaded files pass "
+           f"--mirror={where.as_uri()}" if where.is_dir() else
+           "pass an http(s):// URL, or file:///path/to/dir for a directory "
+           "of downloaded files") + ".")
   data_dir.mkdir(parents=True, exist_ok=True)
   progress = progress and sys.stderr.isatty()
   written: dict[str, list[pathlib.Path]] = {}
