@@ -30,7 +30,7 @@ RESULT_FREE_FIELDS = frozenset({
     "steps_per_call",     # keys and batches are functions of the step alone
     "num_devices",        # data parallelism: the same numbers to rounding
     "eval_every",         # evaluation never touches the training state
-    "eval_batch_size",    # evaluation results do not depend on it
+    "eval_batch_size",    # evaluation results equal to float rounding
     "checkpoint_every",
     "diagnostic_draws",   # logged diagnostics only
     "divergence_threshold",  # a guard; the trajectory is the same
