@@ -23,16 +23,22 @@ evaluation in final_metrics.json.
 
 What a run guarantees (README, "Runs and failures"):
   * Exact resume: rerunning the same command continues from the newest intact
-    checkpoint and gives the numbers of an uninterrupted run.
+    checkpoint and gives the numbers of an uninterrupted run (on the same
+    software: run.json records the versions, a resume under others warns).
   * One run per workdir: resuming with a configuration (or data) that differs
     in anything that changes results is refused before anything is written,
     listing the fields (`--allow_config_change` continues and records the
-    change in run.json); a second process on the same workdir is refused (OS
-    file lock).
+    change in run.json); a workdir with no checkpoint yet takes any config;
+    a second process on the same workdir is refused (an OS lock on the
+    workdir directory).
   * Integrity: a damaged checkpoint is reported, moved aside and never
     restored; the run falls back to the newest intact one.
-  * SIGINT / SIGTERM finish the current chunk, save a checkpoint, flush the
-    metrics and TensorBoard and exit with one line saying how to resume.
+  * SIGINT / SIGTERM / SIGHUP finish the current chunk, save a checkpoint,
+    flush the metrics and TensorBoard and exit with one line saying how to
+    resume (a second SIGINT exits at once, with the same line).
+  * Bad input and faults are one line naming the fix, before anything is
+    written where the input is at fault (config, data, model), and for a
+    full or read-only disk or a deleted workdir.
   * A non-finite ELBO or gradient, or a training ELBO more than
     `config.divergence_threshold` nats below its value at initialisation,
     stops the run with the step, the estimator and the last checkpoint.
