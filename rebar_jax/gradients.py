@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rebar_jax.estimators import continuity
 from rebar_jax.estimators import multisample
 from rebar_jax.estimators import protocol
 from rebar_jax.models import protocol as models_protocol
@@ -214,10 +215,10 @@ class EstimatorSpec(protocol.Options):
     if pathwise and rescaled:
       raise ValueError(
           f"{rescaled} rescale their layers' estimates by a running variance, "
-          f"which the pathwise {pathwise} layers would carry back into their "
+          f"which the reparameterised {pathwise} layers carry back into their "
           "own unscaled gradients (a biased mix); use a score-function "
-          "estimator for those layers (e.g. gaussian:reinforce_loo) or "
-          "another discrete estimator (e.g. bernoulli:disarm).")
+          f"estimator for the {pathwise} layers, or a discrete estimator "
+          "without that normalisation.")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}.")
     self.estimator  # pylint: disable=pointless-statement; checks the options
@@ -353,6 +354,38 @@ def _carry_back(pathwise: Sequence[bool], layers: Sequence[Layer],
   return out
 
 
+def relaxed_signal_jump(model, spec: EstimatorSpec, params: Params, x: Array,
+                        key: PRNGKey) -> continuity.Jump | None:
+  """The largest jump of the relaxed learning signal, or None if not relaxed.
+
+  For every layer whose estimator evaluates f on relaxed samples
+  (`protocol.RELAXED`: REBAR, RELAX, Concrete, Gumbel-softmax), the relaxed
+  signal f_soft of that layer (the chain continued relaxed from s, as REBAR's
+  control variate sees it) is probed between pairs of relaxed samples for each
+  data point of x (`continuity.find_jump`); returns the worst relative jump.
+  """
+  if spec.is_multisample:
+    return None
+  names = protocol.names_by_family(spec.name, spec.families)
+  relaxed = [l for l, layer in enumerate(model.stochastic_layers())
+             if names[layer.family] in protocol.RELAXED.get(layer.family, ())]
+  if not relaxed:
+    return None
+
+  def probe(params, x, key):
+    layers = _layers(model, params, x, key)[3]
+    return [jax.vmap(lambda k, lg, ctx, layer=layers[l]: continuity.largest_jump(
+        k, lg, lambda s: layer.f_soft(s, spec.temperature, ctx),
+        layer.family, spec.temperature, num_segments=8))(
+            layers[l].keys, layers[l].logits, layers[l].ctx)
+            for l in relaxed]
+
+  jumps = jax.device_get(jax.jit(probe)(params, x, key))
+  j = max(jumps, key=lambda j: float(np.max(j.size / j.scale)))
+  i = int(np.argmax(j.size / j.scale))
+  return continuity.Jump(j.size[i], j.scale[i], j.at[i])
+
+
 def _relaxed_gradients(model, spec, params, est_state, x, key):
   """Pathwise gradient of the relaxed ELBO; the hard ELBO with the same noise.
 
@@ -400,6 +433,9 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
     loss (NVIL: the baseline's squared error) for the estimator parameters;
     metrics hold the batch-mean ELBO of the sampled chain and that loss.
   """
+  models_protocol.check(model, jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
+      params), batch=x.shape[0] if x.shape[0] > 1 else 3)
   if set(layer_families(model)) != set(spec.families):
     raise ValueError(
         f"The estimator was built for {list(spec.families)} layers; "

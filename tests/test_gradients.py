@@ -281,8 +281,8 @@ class MixedFamiliesTest(parameterized.TestCase):
           jax.random.key(0), MIXED), X, jax.random.key(1))
 
 
-# Every order of a Gaussian layer (1 unit) and a discrete layer, integrated
-# exactly (quadrature x enumeration). The pairs cover each kind of estimator
+# Every order of two families, integrated exactly (quadrature over a one-unit
+# Gaussian layer x enumeration of the discrete ones). The pairs cover each kind of estimator
 # the composition treats differently: pathwise (the Gaussian layer's estimate
 # carries the discrete layers' estimates below back along z), f values only,
 # relaxed control variates (REBAR, RELAX), MuProp's Taylor term, the chain's
@@ -303,6 +303,10 @@ FAMILY_ORDERS = {
     ("categorical", "gaussian"): (
         "gaussian:pathwise,categorical:relax", "reinforce",
         "gaussian:pathwise,categorical:disarm_stick_breaking"),
+    # (categorical, bernoulli) is MixedFamiliesTest's model.
+    ("bernoulli", "categorical"): (
+        "bernoulli:rebar,categorical:carms", "bernoulli:disarm,categorical:relax",
+        "bernoulli:muprop,categorical:reinforce_loo"),
 }
 
 

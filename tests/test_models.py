@@ -9,10 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rebar_jax import gradients
 from rebar_jax import models
 from rebar_jax.models import categorical_vae
+from rebar_jax.models import protocol
 from rebar_jax.models import sbn
 from tiny_models import all_latents
+
+from examples import custom_model
 
 D_TINY = 6
 X_ALL = jnp.asarray(
@@ -435,6 +439,97 @@ class ActivationTest(parameterized.TestCase):
     np.testing.assert_allclose(module.apply(variables, x), expected,
                                rtol=1e-5, atol=1e-6)
 
+
+
+class _OneArray(custom_model.MixedVAE):
+  """log_joint returns log p - log q (one array) instead of the pair."""
+
+  def log_joint(self, x, bs):
+    log_p, log_q = super().log_joint(x, bs)
+    return log_p - log_q
+
+
+class _Summed(custom_model.MixedVAE):
+  """log_joint summed over the batch."""
+
+  def log_joint(self, x, bs):
+    return tuple(jnp.sum(a) for a in super().log_joint(x, bs))
+
+
+class _FlatLogits(custom_model.MixedVAE):
+  """The categorical layer's logits flattened to (..., V C)."""
+
+  def layer_logits(self, layer, x, above):
+    out = super().layer_logits(layer, x, above)
+    return out.reshape(out.shape[:-2] + (-1,)) if layer == 0 else out
+
+
+class _TrailingOne(custom_model.MixedVAE):
+  """The Bernoulli layer's logits shaped (..., H, 1)."""
+
+  def layer_logits(self, layer, x, above):
+    out = super().layer_logits(layer, x, above)
+    return out[..., None] if layer == 1 else out
+
+
+class _IntLogits(custom_model.MixedVAE):
+  """Integer logits."""
+
+  def layer_logits(self, layer, x, above):
+    return super().layer_logits(layer, x, above).astype(jnp.int32)
+
+
+class ModelProtocolCheckTest(parameterized.TestCase):
+  """`models.protocol.check` names the method, what it returned, the fix."""
+
+  def test_the_library_models_pass(self):
+    for model in (models.SBN(num_layers=2, num_latents=3, data_dim=5),
+                  categorical_vae.CategoricalVAE(num_vars=2, num_classes=3,
+                                                 hidden=(4,), data_dim=5),
+                  models.GaussianVAE(latent_dim=2, hidden=(4,), data_dim=5),
+                  custom_model.MixedVAE(data_dim=5, num_units=2, num_vars=1,
+                                        num_classes=3)):
+      protocol.check(model)
+
+  @parameterized.parameters(
+      (_OneArray, r"log_joint\(x, bs\) returned an array of shape \(3,\)"),
+      (_Summed, r"log_joint.*shape \(\).*not summed over the batch"),
+      (_FlatLogits, r"layer_logits\(0, x, above\) returned an array of "
+       r"shape \(3, 3\).*expected float logits of shape \(3, 1, 3\)"),
+      (_TrailingOne, r"layer_logits\(1, x, above\).*\(3, 2, 1\).*\(3, 2\)"),
+      (_IntLogits, r"layer_logits\(0.*dtype int32"))
+  def test_violations_are_named(self, cls, message):
+    model = cls(data_dim=5, num_units=2, num_vars=1, num_classes=3)
+    with self.assertRaisesRegex(protocol.ModelError, message):
+      protocol.check(model)
+
+  def test_a_violation_is_refused_before_any_gradient(self):
+    """At batch size 2, one array of log-weights would unpack as the pair."""
+    model = _OneArray(data_dim=3, num_units=2, num_vars=1, num_classes=3)
+    good = custom_model.MixedVAE(data_dim=3, num_units=2, num_vars=1,
+                                 num_classes=3)
+    x = jnp.ones((2, 3))
+    params = good.init(jax.random.key(0), x, (
+        jnp.zeros((2, 1, 3)), jnp.zeros((2, 2))), method="log_joint")
+    spec = gradients.EstimatorSpec("reinforce",
+                                   families=("categorical", "bernoulli"))
+    with self.assertRaisesRegex(protocol.ModelError, "log_joint"):
+      gradients.model_gradients(model, spec, params, spec.init(
+          jax.random.key(1), model), x, jax.random.key(2))
+
+  def test_bad_layers_are_named(self):
+    class NoLayers(custom_model.MixedVAE):
+      def stochastic_layers(self):
+        return ()
+
+    class BadShape(custom_model.MixedVAE):
+      def stochastic_layers(self):
+        return (protocol.StochasticLayer("bernoulli", [2]),)
+
+    for cls, message in ((NoLayers, "is empty"),
+                         (BadShape, "tuple of positive ints")):
+      with self.assertRaisesRegex(protocol.ModelError, message):
+        protocol.check(cls(data_dim=5))
 
 if __name__ == "__main__":
   absltest.main()

@@ -625,6 +625,12 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
 # (`rebar_jax.gradients`), which the derivative of the thresholded
 # continuation misses.
 PATHWISE: dict[str, frozenset[str]] = {"gaussian": frozenset({"pathwise"})}
+# The estimators that evaluate f on relaxed samples and differentiate it there
+# (REBAR's and RELAX's control variates, the Concrete / Gumbel-softmax
+# objective): f must be continuous on the relaxed domain (`continuity`).
+RELAXED: dict[str, frozenset[str]] = {
+    "bernoulli": frozenset({"rebar", "relax", "concrete"}),
+    "categorical": frozenset({"rebar", "relax", "gumbel_softmax"})}
 # Estimators whose estimate is rescaled by a running statistic (NVIL's
 # variance normalisation): unbiased up to a positive factor per layer, which a
 # pathwise layer above would mix with its own unscaled terms.

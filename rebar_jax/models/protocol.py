@@ -31,6 +31,7 @@ model, a categorical layer above a Bernoulli layer.
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from rebar_jax.estimators.protocol import FAMILIES
 
@@ -53,6 +54,119 @@ def families(model) -> tuple[Any, ...]:
           f"the families are {sorted(FAMILIES)}.")
     out.append(FAMILIES[layer.family])
   return tuple(out)
+
+
+class ModelError(ValueError):
+  """A model that does not follow the protocol (the message names the method)."""
+
+
+def _describe(out: Any) -> str:
+  if isinstance(out, (tuple, list)):
+    return (f"a {type(out).__name__} of {len(out)}: ("
+            + ", ".join(_describe(o) for o in out) + ")")
+  shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+  if shape is None:
+    return f"a {type(out).__name__}"
+  return f"an array of shape {tuple(shape)} and dtype {dtype}"
+
+
+def check(model, params: Any = None, batch: int = 3) -> None:
+  r"""Checks `model` against the protocol on abstract values (no compute).
+
+  Calls stochastic_layers(), then layer_logits and log_joint under
+  `jax.eval_shape` on a batch of `batch` data points and on one unbatched
+  data point (the multi-sample objectives call the model per data point), and
+  checks what they return:
+
+    layer_logits(l, x, above): a float array (..., *event_shape_l), with a
+      last axis of 2 more for a Gaussian layer (mean, log std);
+    log_joint(x, bs): a tuple (log p, log q) of two float arrays (...), one
+      value per data point (not summed over the batch).
+
+  Args:
+    model: the module; params: its variables, or None to create them with
+      model.init(key, x, bs, method="log_joint") (abstractly).
+    batch: the batch size checked (3: no axis of the model is likely 3 by
+      accident).
+  Raises:
+    ModelError: naming the method, what it returned and what was expected.
+  """
+  name = type(model).__name__
+  missing = [a for a in ("stochastic_layers", "layer_logits", "log_joint",
+                         "data_dim") if not hasattr(model, a)]
+  if missing:
+    raise ModelError(f"{name} lacks {missing} of the model protocol "
+                     "(rebar_jax/models/protocol.py).")
+  layers = tuple(model.stochastic_layers())
+  if not layers:
+    raise ModelError(f"{name}.stochastic_layers() is empty: a model needs at "
+                     "least one latent layer for the estimators to estimate.")
+  for l, layer in enumerate(layers):
+    shape = getattr(layer, "event_shape", None)
+    if (not isinstance(layer, StochasticLayer) or not isinstance(shape, tuple)
+        or not all(isinstance(n, int) and n > 0 for n in shape)):
+      raise ModelError(
+          f"{name}.stochastic_layers()[{l}] is {layer!r}; expected "
+          "StochasticLayer(family, event_shape) with a tuple of positive "
+          "ints, e.g. StochasticLayer('bernoulli', (200,)).")
+    if layer.family == "categorical" and (not shape or shape[-1] < 2):
+      raise ModelError(
+          f"{name}.stochastic_layers()[{l}]: a categorical layer's event "
+          f"shape ends with its classes (>= 2), got {shape}.")
+  fams = families(model)
+  dim = model.data_dim
+  if params is None:
+    try:
+      params = jax.eval_shape(lambda k: model.init(
+          k, jnp.zeros((1, dim)), tuple(
+              jnp.zeros((1,) + layer.event_shape) for layer in layers),
+          method="log_joint"), jax.random.key(0))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ModelError(f"{name}.init(key, x, bs, method='log_joint') failed "
+                       f"on x of shape (1, {dim}): {e}") from e
+  for lead in ((batch,), ()):
+    _check_calls(model, params, fams, layers, lead)
+
+
+def _check_calls(model, params, fams, layers, lead) -> None:
+  """`check` at one leading shape of x (a batch, or one data point)."""
+  name = type(model).__name__
+  x = jax.ShapeDtypeStruct(lead + (model.data_dim,), jnp.float32)
+  bs = tuple(jax.ShapeDtypeStruct(lead + layer.event_shape, jnp.float32)
+             for layer in layers)
+  where = f"x of shape {x.shape}"
+  for l, (fam, layer) in enumerate(zip(fams, layers)):
+    expected = lead + layer.event_shape + (
+        (2,) if fam.REPARAMETERISABLE else ())
+    call = f"{name}.layer_logits({l}, x, above)"
+    try:
+      out = jax.eval_shape(lambda p, x, above, l=l: model.apply(
+          p, l, x, tuple(above), method="layer_logits"), params, x, bs[:l])
+    except Exception as e:  # pylint: disable=broad-except
+      raise ModelError(f"{call} failed on {where}: {type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    if (getattr(out, "shape", None) != expected
+        or not jnp.issubdtype(out.dtype, jnp.floating)):
+      raise ModelError(
+          f"{call} returned {_describe(out)} on {where}; expected float "
+          f"logits of shape {expected} (the leading shape of x, then the "
+          f"{layer.family} layer's event shape {layer.event_shape}"
+          + (", then 2: mean and log std" if fam.REPARAMETERISABLE else "")
+          + ").")
+  call = f"{name}.log_joint(x, bs)"
+  try:
+    out = jax.eval_shape(lambda p, x, bs: model.apply(
+        p, x, tuple(bs), method="log_joint"), params, x, bs)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelError(f"{call} failed on {where}: {type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''}") from e
+  if (not isinstance(out, (tuple, list)) or len(out) != 2
+      or any(getattr(o, "shape", None) != lead
+             or not jnp.issubdtype(o.dtype, jnp.floating) for o in out)):
+    raise ModelError(
+        f"{call} returned {_describe(out)} on {where}; expected a tuple "
+        f"(log p(x, b), log q(b | x)) of two float arrays of shape {lead}, "
+        "one value per data point (not summed over the batch).")
 
 
 def sample(model, params: Any, x: Array, key: Array) -> tuple[Array, ...]:
