@@ -74,8 +74,10 @@ from rebar_jax import diagnostics
 from rebar_jax import gradients
 from rebar_jax import objectives
 from rebar_jax import parallel
+from rebar_jax.estimators import continuity
 from rebar_jax.models import categorical_vae as cat_lib
 from rebar_jax.models import gaussian as gaussian_lib
+from rebar_jax.models import protocol as models_protocol
 from rebar_jax.models import sbn as sbn_lib
 from rebar_jax.utils import checkpoints
 from rebar_jax.utils import plots
@@ -352,6 +354,10 @@ def build(config: ml_collections.ConfigDict,
         "no latent layers (stochastic_layers() is empty); the estimators "
         "train discrete or Gaussian latent layers, so give it at least one.")
   try:
+    models_protocol.check(model)
+  except models_protocol.ModelError as e:
+    raise ConfigError(f"config.model={config.model!r}: {e}") from e
+  try:
     spec = gradients.EstimatorSpec(
         name=config.estimator, families=gradients.layer_families(model),
         temperature=config.temperature, eta=config.eta,
@@ -366,6 +372,8 @@ def build(config: ml_collections.ConfigDict,
         tvo_beta_min=float(config.tvo_beta_min))
   except ValueError as e:
     raise ConfigError(f"config.estimator={config.estimator!r}: {e}") from e
+  if config.model not in MODELS:  # the library's models are continuous
+    _check_relaxed_signal(config, dataset, model, spec)
   if not spec.is_multisample and config.iw_samples != 1:
     raise ConfigError(
         f"config.iw_samples={config.iw_samples}, but "
@@ -374,6 +382,25 @@ def build(config: ml_collections.ConfigDict,
         "multi-sample objective (e.g. vimco_arithmetic, ovis_gamma0).")
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),
                     optax.adam(config.estimator_learning_rate))
+
+
+def _check_relaxed_signal(config, dataset, model, spec) -> None:
+  """Refuses a user's model whose relaxed learning signal jumps (REBAR, RELAX,
+  Concrete differentiate it on relaxed samples: `continuity`), probed at
+  its initial parameters on the first training examples."""
+  x = jnp.asarray(dataset.train[:4], jnp.float32)
+  params = model.init(jax.random.key(config.seed), x, tuple(
+      jnp.zeros((x.shape[0],) + tuple(layer.event_shape))
+      for layer in model.stochastic_layers()), method="log_joint")
+  jump = gradients.relaxed_signal_jump(model, spec, params, x,
+                                       jax.random.key(config.seed))
+  if jump is None:
+    return
+  try:
+    continuity.report(jump, 1e-4, "log p(x, b) - log q(b | x)")
+  except ValueError as e:
+    raise ConfigError(f"config.model={config.model!r} with "
+                      f"config.estimator={config.estimator!r}: {e}") from e
 
 
 def init_state(exp: Experiment, seed: int) -> TrainState:

@@ -38,6 +38,49 @@ def improvement(config, workdir, metric):
   return before, train.train_and_evaluate(config, workdir)
 
 
+# A user's one-layer Bernoulli model, in two faulty forms: its log p reads b
+# through a threshold (continuous on {0, 1}, not on relaxed samples), or its
+# log_joint returns log p - log q instead of the pair.
+_USER_MODEL = """
+import flax.linen as nn
+import jax.numpy as jnp
+from rebar_jax.models import protocol
+
+
+class Model(nn.Module):
+  data_dim: int
+  pair: bool = True
+  train_mean: None = None
+
+  def setup(self):
+    self.encoder = nn.Dense(8)
+    self.decoder = nn.Dense(self.data_dim)
+
+  def stochastic_layers(self):
+    return (protocol.StochasticLayer("bernoulli", (8,)),)
+
+  def layer_logits(self, layer, x, above):
+    return self.encoder(x)
+
+  def log_joint(self, x, bs):
+    (b,) = bs
+    hard = jnp.where(b > 0.5, 1.0, 0.0)
+    lx = self.decoder(hard)
+    log_p = jnp.sum(x * lx - jnp.logaddexp(0.0, lx), -1)
+    lq = self.encoder(x)
+    log_q = jnp.sum(b * lq - jnp.logaddexp(0.0, lq), -1)
+    return (log_p, log_q) if self.pair else log_p - log_q
+
+
+def thresholded(config, dataset):
+  return Model(dataset.data_dim)
+
+
+def one_array(config, dataset):
+  return Model(dataset.data_dim, pair=False)
+"""
+
+
 class TrainTest(parameterized.TestCase):
 
   # One estimator per kind of training path: a learned baseline (NVIL), tuned
@@ -132,6 +175,19 @@ class TrainTest(parameterized.TestCase):
       train.build(small_config(estimator="rebbar"))
     with self.assertRaisesRegex(ValueError, "multiple of config.steps_per_call"):
       train.build(small_config(eval_every=150))
+
+  def test_a_users_model_is_checked_before_training(self):
+    """A relaxed signal that jumps (REBAR) and a protocol violation are
+    refused by `build`, naming the fix; a sound estimator builds."""
+    path = os.path.join(self.create_tempdir().full_path, "user_model.py")
+    with open(path, "w") as f:
+      f.write(_USER_MODEL)
+    for model, estimator, message in (
+        ("thresholded", "rebar", "must be continuous in b"),
+        ("one_array", "disarm", r"log_joint\(x, bs\) returned an array")):
+      with self.assertRaisesRegex(train.ConfigError, message):
+        train.build(small_config(model=f"{path}:{model}", estimator=estimator))
+    train.build(small_config(model=f"{path}:thresholded", estimator="disarm"))
 
   def test_batch_indices_are_epoch_permutations(self):
     idx = train.batch_indices(0, 100, 10, 0, 10)
