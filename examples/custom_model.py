@@ -18,6 +18,13 @@ against them. Train it with one estimator per family of layers:
 
 or with one estimator for every layer (--config.estimator=relax). H is
 config.num_latents; V and C are the module's fields.
+
+REBAR, RELAX and Concrete call `log_joint` on relaxed samples (points of
+[0, 1] or of the simplex) and differentiate it there, so it must be
+continuous in b: no floor, round, comparison or `where` on b. The trainer
+checks the protocol's shapes (`rebar_jax.models.protocol.check`) and, for
+those estimators, probes the relaxed learning signal for jumps
+(`rebar_jax.estimators.continuity`) before it trains a model of yours.
 """
 from typing import Any, Optional, Sequence
 
