@@ -19,7 +19,9 @@ $REBAR_JAX_DATA_DIR.
 Estimators: iwae_pathwise, dreg (reparameterised); vimco_arithmetic,
 vimco_geometric, ovis_gamma0, ovis_gamma0.5, ovis_gamma1, ovis_mc (with
 aux_samples S >= 1), iwae_reinforce, rws, elbo_loo, vargrad (K-sample, score
-function); pathwise, reinforce, reinforce_loo, nvil (K = 1).
+function); pathwise, reinforce, reinforce_loo, nvil (one sample per data
+point: they need --config.iw_samples=1 beside --config.estimator, since K = 5
+here would be ignored and is refused).
 """
 from rebar_jax import defaults
 
