@@ -206,19 +206,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_estimator_name(name: Any) -> None:
-  """A "family:name,..." estimator names each family once."""
+  """config.estimator is a non-empty name (its parts are checked by
+  `gradients.EstimatorSpec`: each family named once)."""
   if not isinstance(name, str) or not name.strip():
     raise ConfigError(f"config.estimator must be an estimator's name, got "
                       f"{name!r}.")
-  if ":" not in name:
-    return
-  families = [p.split(":", 1)[0].strip() for p in name.split(",")]
-  twice = sorted({f for f in families if families.count(f) > 1})
-  if twice:
-    raise ConfigError(
-        f"config.estimator={name!r} names the {twice[0]} family "
-        f"{families.count(twice[0])} times; name one estimator per family "
-        f"(e.g. {twice[0]}:disarm).")
 
 
 def _sbn(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):

@@ -449,7 +449,7 @@ class GuardsTest(parameterized.TestCase):
        r"config.iw_samples=5, but config.estimator='disarm' draws one "
        "sample per data point and would ignore it; set iw_samples=1"),
       ("family_named_twice", dict(estimator="bernoulli:disarm,bernoulli:rebar"),
-       "names the bernoulli family 2 times; name one estimator per family"),
+       r"names \['bernoulli'\] more than once; name one estimator per family"),
       ("batch_over_the_data", dict(batch_size=4001),
        "config.batch_size=4001 exceeds the 4000 training examples"),
       ("unknown_dataset", dict(dataset="mnits"),
