@@ -49,7 +49,7 @@ differentiated through. The reported ELBO is the hard one, same noise.
 """
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -240,14 +240,28 @@ def _signal(model, params, x, bs):
   return log_p - log_q
 
 
-def _chain_noise(model, x: Array, key: PRNGKey):
-  """Per data point and layer keys (B, L) and each layer's noise (B, *event).
+class ChainNoise(NamedTuple):
+  """The randomness of one step's chains (`chain_noise`).
 
-  The noise of layer l is the family's `noise` of key (i, l), the noise its
-  estimators draw from that key, so their b_l is the chain's b_l.
+  keys: (B, L) keys, one per data point and layer, from which the layer's
+    estimator draws (its sample's noise is `noise`, any more from the key).
+  noise: per layer l, (B, *event_l) the family's noise of keys[:, l].
+  """
+  keys: Array
+  noise: tuple[Array, ...]
+
+
+def chain_noise(model, batch: int, key: PRNGKey) -> ChainNoise:
+  """The noise of a batch's chains: per data point and layer, a key and the
+  family's `noise` of that key, the noise its estimators draw from it, so
+  their b_l is the chain's b_l.
+
+  A pure function of `key`: a trainer may draw it for many steps at once
+  (vmapped over their keys, outside its loop) and hand each step its slice
+  (`model_gradients(..., noise=)`), with the same values.
   """
   layers = model.stochastic_layers()
-  batch, num_layers = x.shape[0], len(layers)
+  num_layers = len(layers)
   keys = jax.random.split(key, batch * num_layers).reshape(
       (batch, num_layers) + key.shape)
   noise = tuple(
@@ -255,11 +269,11 @@ def _chain_noise(model, x: Array, key: PRNGKey):
           k, tuple(layer.event_shape)))(keys[:, l])
       for l, (fam, layer) in enumerate(zip(models_protocol.families(model),
                                            layers)))
-  return keys, noise
+  return ChainNoise(keys, noise)
 
 
 def _layers(model, params: Params, x: Array, key: PRNGKey,
-            with_log_q: bool = False):
+            with_log_q: bool = False, noise: ChainNoise | None = None):
   """The hard chain b_l = sample(logits_l(x, b_<l), noise_l), one Layer each.
 
   Returns log p(x, b) (B,), log q(b | x) (B,), the vjp of (logits, log p)
@@ -270,7 +284,7 @@ def _layers(model, params: Params, x: Array, key: PRNGKey,
   or relaxed at the given temperature for f_soft).
   """
   families = models_protocol.families(model)
-  keys, noise = _chain_noise(model, x, key)
+  keys, noise = noise or chain_noise(model, x.shape[0], key)
   logits_of = lambda p, l, x, above: model.apply(
       p, l, x, tuple(above), method="layer_logits")
 
@@ -386,14 +400,14 @@ def relaxed_signal_jump(model, spec: EstimatorSpec, params: Params, x: Array,
   return continuity.Jump(j.size[i], j.scale[i], j.at[i])
 
 
-def _relaxed_gradients(model, spec, params, est_state, x, key):
+def _relaxed_gradients(model, spec, params, est_state, x, key, chain):
   """Pathwise gradient of the relaxed ELBO; the hard ELBO with the same noise.
 
   The noise is the chain noise of `_layers`, every layer relaxed at
   spec.temperature (Concrete / Gumbel-softmax).
   """
   families = models_protocol.families(model)
-  _, noise = _chain_noise(model, x, key)
+  _, noise = chain or chain_noise(model, x.shape[0], key)
 
   def signal(p, hard):
     bs = []
@@ -412,7 +426,7 @@ def _relaxed_gradients(model, spec, params, est_state, x, key):
 
 def model_gradients(model, spec: EstimatorSpec, params: Params,
                     est_state: EstimatorState, x: Array, key: PRNGKey,
-                    step: Any = None
+                    step: Any = None, noise: ChainNoise | None = None
                     ) -> tuple[Params, Any, Any, dict[str, Array]]:
   """Gradients of the negative mean ELBO and of the estimator's own loss.
 
@@ -426,6 +440,9 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
     key: one key for this step.
     step: the training step (may be traced), for schedules (the Renyi
       warm-up); None is step 0.
+    noise: `chain_noise(model, B, key)` when the caller drew it already
+      (for many steps at once); the same values, so the same gradients.
+      Single-sample estimators only (K-sample objectives draw from key).
 
   Returns:
     (model_grads, estimator_param_grads, new_estimator_stats, metrics): the
@@ -442,12 +459,16 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
         f"{type(model).__name__}'s layers are {list(layer_families(model))}: "
         "build the EstimatorSpec with families=layer_families(model).")
   if spec.is_multisample:
+    if noise is not None:
+      raise ValueError("noise= is for single-sample estimators; a K-sample "
+                       "objective draws its chains from key.")
     return _multisample_gradients(model, spec, params, est_state, x, key,
                                   step)
   estimator = spec.estimator
   if estimator.relaxed_objective:
-    return _relaxed_gradients(model, spec, params, est_state, x, key)
-  log_p, log_q, vjp_fn, layers, continuation = _layers(model, params, x, key)
+    return _relaxed_gradients(model, spec, params, est_state, x, key, noise)
+  log_p, log_q, vjp_fn, layers, continuation = _layers(model, params, x, key,
+                                                       noise=noise)
   batch = x.shape[0]
   elbo = log_p - log_q  # (B,), the sampled chain's ELBO
   out = estimator.estimate(est_state, protocol.Problem(

@@ -409,6 +409,11 @@ def init_state(exp: Experiment, seed: int) -> TrainState:
                     exp.estimator_optimizer.init(est.params), monitor)
 
 
+# The most noise (bytes) a chunk of steps draws before its loop; a larger
+# chunk (a large batch) draws it step by step instead.
+CHUNK_NOISE_BYTES = 256 * 2**20
+
+
 def make_train_chunk(exp: Experiment, seed: int,
                      max_traces: Optional[int] = None,
                      mesh: Optional[jax.sharding.Mesh] = None):
@@ -429,14 +434,17 @@ def make_train_chunk(exp: Experiment, seed: int,
   dynamic = exp.dataset.dynamic_binarization
 
   def train_step(state: TrainState, batch_index: Array, step_keys: Array,
-                 train_x: Array):
+                 train_x: Array, drawn: Any = None):
     key_bin, key_est = step_keys
     x = parallel.shard_batch(train_x[batch_index], mesh)
+    chain, u = drawn if drawn is not None else (None, None)
     if dynamic:
-      x = (jax.random.uniform(key_bin, x.shape) < x).astype(jnp.float32)
+      if u is None:
+        u = jax.random.uniform(key_bin, x.shape)
+      x = (u < x).astype(jnp.float32)
     grads, est_grads, stats, metrics = gradients.model_gradients(
         exp.model, exp.spec, state.params, state.estimator, x, key_est,
-        state.step)
+        state.step, noise=chain)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state,
                                               state.params)
     params = optax.apply_updates(state.params, updates)
@@ -461,8 +469,31 @@ def make_train_chunk(exp: Experiment, seed: int,
     steps = state.step + jnp.arange(indices.shape[0], dtype=state.step.dtype)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.fold_in(root, s)))(
         steps)
-    return jax.lax.scan(lambda s, ik: train_step(s, *ik, train_x), state,
-                        (indices, keys))
+    if not draw_per_chunk(indices.shape):
+      return jax.lax.scan(lambda s, ik: train_step(s, *ik, train_x), state,
+                          (indices, keys))
+    # The chunk's randomness in one vectorised draw before the loop (the same
+    # values as drawn step by step): on XLA's CPU backend a draw inside the
+    # loop body costs per-op overhead at every step, not arithmetic.
+    batch = indices.shape[1]
+    chain = jax.vmap(lambda k: gradients.chain_noise(exp.model, batch, k))(
+        keys[:, 1])
+    u = (jax.vmap(lambda k: jax.random.uniform(
+        k, (batch,) + train_x.shape[1:]))(keys[:, 0]) if dynamic else None)
+    return jax.lax.scan(
+        lambda s, ikd: train_step(s, ikd[0], ikd[1], train_x, ikd[2]), state,
+        (indices, keys, (chain, u)))
+
+  def draw_per_chunk(shape) -> bool:
+    """Draw the chunk's noise before its loop: one-sample estimators, one
+    device, and at most CHUNK_NOISE_BYTES of noise (else step by step)."""
+    if exp.spec.is_multisample or mesh is not None:
+      return False
+    steps, batch = shape
+    values = sum(int(np.prod(layer.event_shape))
+                 for layer in exp.model.stochastic_layers())
+    values += exp.model.data_dim if dynamic else 0
+    return steps * batch * values * 4 <= CHUNK_NOISE_BYTES
 
   if max_traces is not None:
     train_chunk = chex.assert_max_traces(train_chunk, n=max_traces)

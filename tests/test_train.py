@@ -1,14 +1,17 @@
 """Training on the embedded digits: learning, exact resumption, no retracing."""
 import json
 import os
+from unittest import mock
 
 from absl.testing import parameterized
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from configs import catvae_mnist
 from configs import sbn3_mnist_iw
 from configs import sbn_mnist
+from rebar_jax import gradients
 from rebar_jax import train
 
 
@@ -150,6 +153,31 @@ class TrainTest(parameterized.TestCase):
     idx = train.batch_indices(0, x.shape[0], config.batch_size, 300, 50)
     with self.assertRaisesRegex(AssertionError, "traced > 1 times"):
       chunk(state, jnp.asarray(idx), x)
+
+  @parameterized.parameters("disarm", "rebar")
+  def test_noise_drawn_per_chunk_is_the_noise_drawn_per_step(self, estimator):
+    """A chunk's noise drawn before its loop has the per-step values: the
+    same gradients for a given key, and (to float rounding of XLA's other
+    fusion) the same steps; dynamic binarisation included."""
+    config = small_config(estimator=estimator, dataset="mnist")
+    exp = train.build(config)
+    state = train.init_state(exp, 0)
+    x = jnp.asarray(exp.dataset.train[:24] > 0.5, jnp.float32)
+    key = jax.random.key(3)
+    drawn = gradients.chain_noise(exp.model, 24, key)
+    a, b = (gradients.model_gradients(exp.model, exp.spec, state.params,
+                                      state.estimator, x, key, noise=n)[0]
+            for n in (None, drawn))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    idx = jnp.asarray(train.batch_indices(0, x.shape[0], 24, 0, 10))
+    train_x = jnp.asarray(exp.dataset.train)
+    ends = []
+    for budget in (train.CHUNK_NOISE_BYTES, 0):  # per chunk, per step
+      with mock.patch.object(train, "CHUNK_NOISE_BYTES", budget):
+        ends.append(train.make_train_chunk(exp, 0)(  # donates its state
+            train.init_state(exp, 0), idx, train_x))
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-5),
+                 ends[0][1]["elbo"], ends[1][1]["elbo"])
 
   def test_non_finite_loss_stops_and_keeps_checkpoint(self):
     workdir = self.create_tempdir().full_path
