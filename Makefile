@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.10):
 #   make test   -- virtual environment in .venv, package + test extras, whole suite
 #   make run    -- the main job: train configs/sbn_mnist.py on the embedded digits
+#   make docs   -- the documentation site, into docs/_build/html
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 
-.PHONY: test run toy benchmark peers install clean
+.PHONY: test run toy benchmark peers install clean docs
 
 $(BASE): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +17,27 @@ $(BASE): setup.py
 	touch $(BASE)
 
 # The test extras include TensorFlow + tensorflow-datasets (the TFDS loading
-# path is tested for real, offline, from a manual directory) and Ray Tune (the
-# sweeps are tested on a real local Ray instance and a `ray start` cluster).
+# path is tested for real, offline, from a manual directory), Ray Tune (the
+# sweeps are tested on a real local Ray instance and a `ray start` cluster)
+# and the docs extra (tests/test_docs.py builds the site).
 $(TESTS): $(BASE) setup.py
-	$(PY) -m pip install --quiet -e ".[test,tfds,sweep]"
+	$(PY) -m pip install --quiet -e ".[test,tfds,sweep,docs]"
 	touch $(TESTS)
+
+DOCS := $(VENV)/.installed-docs
+$(DOCS): $(BASE) setup.py
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS)
 
 install: $(BASE)
 
 test: $(TESTS)
 	$(PY) -m pytest -n 2 --dist worksteal -q -rs tests
+
+# The site, into docs/_build/html: the notebooks executed, the estimator
+# catalogue generated from the registries, warnings as errors.
+docs: $(DOCS)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 run: $(BASE)
 	$(PY) -m rebar_jax.train --config=configs/sbn_mnist.py
@@ -52,4 +64,4 @@ benchmark: $(BASE) $(PEERS)/.installed
 	$(PY) scripts/benchmark.py --output_dir=results/benchmark --peer_python=$(PEERS)/bin/python
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache docs/_build docs/catalogue.md

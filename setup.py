@@ -38,5 +38,8 @@ setuptools.setup(
         "tfds": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
         # scripts/sweep.py: grids of runs on Ray Tune (local or a cluster).
         "sweep": ["ray[tune]>=2.40"],
+        # `make docs`: the site in docs/ (Sphinx, MyST-NB runs the notebooks).
+        "docs": ["sphinx>=7", "myst-nb>=1.4", "sphinx-book-theme>=1.1",
+                 "ipykernel", "matplotlib"],
     },
 )
