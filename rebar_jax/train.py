@@ -452,17 +452,30 @@ def make_train_chunk(exp: Experiment, seed: int,
         est_grads, state.estimator_opt_state, state.estimator.params)
     est = gradients.EstimatorState(
         optax.apply_updates(state.estimator.params, est_updates), stats)
-    finite = jnp.isfinite(metrics["elbo"]) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    metrics = dict(metrics, finite=finite)
-    elbo = metrics["elbo"]
-    monitor = Monitor(
-        jnp.where(state.step == 0, elbo, state.monitor.initial_elbo),
-        state.monitor.recent_elbo.at[state.step % RECENT].set(elbo))
+    # One scalar per step: a non-finite gradient makes the updated
+    # parameters, hence the next step's ELBO, non-finite (Adam propagates
+    # NaN and inf); the chunk's last parameters are checked after the loop.
+    metrics = dict(metrics, finite=jnp.isfinite(metrics["elbo"]))
     return TrainState(state.step + 1, params, opt_state, est,
-                      est_opt_state, monitor), metrics
+                      est_opt_state, state.monitor), metrics
+
+  def finish(start, state, metrics):
+    """The chunk's guards and Monitor, once per chunk instead of per step."""
+    elbo = metrics["elbo"]
+    steps = start + jnp.arange(elbo.shape[0], dtype=start.dtype)
+    params_ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in
+                                     jax.tree.leaves(state.params)]))
+    finite = metrics["finite"].at[-1].set(metrics["finite"][-1] & params_ok)
+    monitor = Monitor(  # the last RECENT steps: no index written twice
+        jnp.where(start == 0, elbo[0], state.monitor.initial_elbo),
+        state.monitor.recent_elbo.at[steps[-RECENT:] % RECENT].set(
+            elbo[-RECENT:]))
+    return state._replace(monitor=monitor), dict(metrics, finite=finite)
 
   def train_chunk(state, indices, train_x):
+    return finish(state.step, *loop(state, indices, train_x))
+
+  def loop(state, indices, train_x):
     # split(fold_in(root, step)) for every step of the chunk in one batched
     # call: on CPU each threefry call is a rolled loop, so a per-step call
     # costs ~tens of microseconds of loop overhead per step at batch 24.
@@ -858,7 +871,9 @@ def _check_progress(metrics: dict[str, np.ndarray], initial_elbo: float,
   if not np.all(metrics["finite"]):
     bad = step + int(np.argmin(metrics["finite"]))
     raise TrainingStopped(
-        f"Non-finite ELBO or gradient at step {bad} with estimator "
+        f"Non-finite ELBO or gradient at step {bad} (a step's non-finite "
+        "gradient shows in the next step's ELBO, or in the parameters at a "
+        f"chunk's end) with estimator "
         f"{config.estimator!r}; {keep}. Try a lower learning_rate or "
         "another estimator.")
   chunk_elbo = float(np.mean(metrics["elbo"]))

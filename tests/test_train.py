@@ -188,7 +188,8 @@ class TrainTest(parameterized.TestCase):
     config = small_config(estimator="reinforce", learning_rate=1e38,
                           num_steps=400)
     with self.assertRaisesRegex(train.TrainingStopped,
-                                r"at step 20\d with estimator 'reinforce'.*"
+                                r"at step 20\d \(.*\) with estimator "
+                                r"'reinforce'.*"
                                 r"step 200"):
       train.train_and_evaluate(config, workdir, allow_config_change=True)
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
