@@ -1,6 +1,6 @@
-"""Numerical precision: a large offset in f, extreme logit gaps.
+"""Numerical precision: a large offset in f, extreme logit gaps, half precision.
 
-Two proofs, each against the exact gradient (enumeration in float64,
+Three proofs, each against the exact gradient (enumeration in float64,
 `estimators.exact`, or the Gaussian closed form of tests/test_gaussian.py):
 
 * Offset: d/dl E[f + c] = d/dl E[f], and every unbiased estimator must keep
@@ -15,11 +15,14 @@ Two proofs, each against the exact gradient (enumeration in float64,
   exact gradient; it must stay so, to float32 precision, for logit gaps up to
   20 and with the offset (the log set probability once cancelled in
   1 - p(A)).
+* Half precision: every registered estimator, given float16 or bfloat16
+  logits, computes in float32 and returns the logits' dtype
+  (`_checks.float32_inside`); the unbiased ones keep their mean.
 
 Compiles are grouped: the categorical offset draws reuse tests/
 test_categorical.py's compiled draws (the offset is the traced theta["const"]
 of its f family); every other group is one jitted program for all the
-estimators of a family.
+estimators of a family (and both half dtypes).
 """
 import functools
 
@@ -39,6 +42,7 @@ import test_categorical
 import test_gaussian
 
 OFFSET = 1e4
+HALF = (jnp.float16, jnp.bfloat16)
 
 # ----------------------------------------------------------------------------
 # Shared: every variant of a family's estimators, drawn in one program.
@@ -48,9 +52,27 @@ OFFSET = 1e4
 # every unbiased estimator at least once.
 BERNOULLI_UNBIASED = {**test_bernoulli.UNBIASED_VARIANTS,
                       **test_bernoulli.FRONTIER_VARIANTS}
+# Every registered estimator with its defaults, plus the options that once
+# failed in half precision (the Gaussian copula's ndtri, CARMS at K = 4).
+BERNOULLI_ALL = {**{name: (est, {}) for name, est in estimators.BERNOULLI.items()},
+                 "arms_gaussian_4": (estimators.arms, {"num_samples": 4,
+                                                       "copula": "gaussian"})}
+CATEGORICAL_ALL = {**{name: (est, {}) for name, est in
+                      estimators.CATEGORICAL.items()},
+                   "carms_4": (categorical.carms, {"num_samples": 4})}
 GAUSSIAN_ALL = {"reinforce": (gaussian.reinforce, {}),
                 "reinforce_loo_3": (gaussian.reinforce_loo, {"num_samples": 3}),
                 "pathwise": (gaussian.pathwise, {})}
+
+
+def _unbiased(family: str, variant: str, est) -> bool:
+  names = {"bernoulli": estimators.UNBIASED,
+           "categorical": estimators.UNBIASED_CATEGORICAL,
+           "gaussian": estimators.UNBIASED_GAUSSIAN}[family]
+  registry = {"bernoulli": estimators.BERNOULLI,
+              "categorical": estimators.CATEGORICAL,
+              "gaussian": estimators.GAUSSIAN}[family]
+  return any(registry[name] is est for name in names)
 
 
 def _draw_all(variants, f, keys, logits_list):
@@ -65,6 +87,33 @@ def _draw_all(variants, f, keys, logits_list):
     out[variant] = [jax.vmap(one, in_axes=(0, None))(keys, l)
                     for l in logits_list]
   return out
+
+
+def _half_tolerance(samples: np.ndarray, dtype) -> np.ndarray:
+  """The largest mean shift that rounding each draw to `dtype` can cause.
+
+  Round to nearest moves a draw g by at most u |g| (u = eps / 2, the unit
+  roundoff) plus half the smallest subnormal, so the mean by at most
+  u mean|g| + that, per coordinate: a bound, not an estimate.
+  """
+  info = jnp.finfo(dtype)
+  return (float(info.eps) / 2 * np.abs(samples).mean(0)
+          + float(info.smallest_subnormal) / 2)
+
+
+def _assert_unbiased_rounded(samples, target, dtype, name, max_z=4.5):
+  """assert_unbiased, allowing the shift of rounding each draw to `dtype`."""
+  samples = np.asarray(samples, np.float64)
+  target = np.asarray(target, np.float64)
+  mean = samples.mean(0)
+  se = samples.std(0, ddof=1) / np.sqrt(samples.shape[0])
+  excess = np.abs(mean - target) - _half_tolerance(samples, dtype)
+  z = np.where(excess <= 0, 0.0, excess / np.where(se > 0, se, np.inf))
+  z = np.where((excess > 0) & (se == 0), np.inf, z)
+  assert np.max(z) <= max_z, (
+      f"{name}: max z-score {np.max(z):.2f} > {max_z} beyond the {dtype} "
+      f"rounding allowance (n={samples.shape[0]})\n  MC mean: {mean.ravel()}"
+      f"\n  exact:   {target.ravel()}\n  z: {z.ravel()}")
 
 
 # ----------------------------------------------------------------------------
@@ -193,3 +242,78 @@ def test_every_class_summed_is_exact_at_extreme_gaps(offset):
     for name, e in zip(("unordered_set k=C", "indecater"), error):
       assert e < 1e-4, (f"{name} at logits {np.asarray(l)}, f + {offset:g}: "
                         f"relative error {e:.2e}")
+
+
+# ----------------------------------------------------------------------------
+# 3. Half precision.
+# ----------------------------------------------------------------------------
+
+
+def _registered(family):
+  return {"bernoulli": estimators.BERNOULLI,
+          "categorical": estimators.CATEGORICAL,
+          "gaussian": estimators.GAUSSIAN}[family]
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "categorical", "gaussian"])
+def test_half_precision_dtypes_without_compiling(family):
+  # Every registered estimator (and the variants above) traced, not
+  # compiled: returns the logits' dtype for float16 and bfloat16, and calls
+  # f on float32 samples (hard or relaxed).
+  logits = {"bernoulli": jnp.array([0.5, -1.0, 2.0]),
+            "categorical": jnp.array([[0.5, -1.0, 2.0], [0.1, 0.2, -0.3]]),
+            "gaussian": test_gaussian.PARAMS}[family]
+  variants = {"bernoulli": BERNOULLI_ALL, "categorical": CATEGORICAL_ALL,
+              "gaussian": GAUSSIAN_ALL}[family]
+  assert {est for est, _ in variants.values()} >= set(
+      _registered(family).values())
+  for dtype in HALF:
+    for variant, (est, options) in sorted(variants.items()):
+      seen = []
+
+      def f(b):
+        seen.append(b.dtype)
+        return jnp.sum(jnp.sin(b))
+
+      out = jax.eval_shape(lambda k, l: est(k, l, f, **options),
+                           jax.random.key(0), logits.astype(dtype))
+      assert out.dtype == dtype, (family, variant, dtype, out.dtype)
+      assert out.shape == logits.shape, (family, variant, out.shape)
+      assert seen and all(d == jnp.float32 for d in seen), (
+          family, variant, dtype, seen)
+
+
+def _half_problem(family):
+  """(logits float32, f, variants, exact gradient of logits -> array)."""
+  if family == "bernoulli":
+    logits, f = test_bernoulli._problem(*test_bernoulli.PROBLEMS[1])
+    return logits, f, BERNOULLI_ALL, lambda l: exact.bernoulli_gradient(l, f)
+  if family == "categorical":
+    logits, theta, f = test_categorical._problem(
+        *test_categorical.PROBLEMS[0])
+    return (logits, f, CATEGORICAL_ALL,
+            lambda l: test_categorical._exact_gradient(l, theta))
+  return (test_gaussian.PARAMS, test_gaussian.f_test, GAUSSIAN_ALL,
+          jax.grad(test_gaussian.expected_f))
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "categorical", "gaussian"])
+def test_half_precision_logits_keep_dtype_and_mean(family):
+  # One program per family: every estimator, float16 and bfloat16 logits,
+  # 2^14 draws each. Output dtype = the logits'; finite; the unbiased ones'
+  # mean is the exact gradient at the rounded logits, within 4.5 standard
+  # errors plus the shift that rounding each draw to half precision can
+  # cause (`_half_tolerance`).
+  logits, f, variants, exact_gradient = _half_problem(family)
+  half = [logits.astype(dtype) for dtype in HALF]
+  keys = jax.random.split(jax.random.key(31), 2**14)
+  draws = jax.jit(lambda k, ls: _draw_all(variants, f, k, ls))(keys, half)
+  for variant, (est, _) in sorted(variants.items()):
+    for dtype, l, samples in zip(HALF, half, draws[variant]):
+      name = f"{family} {variant} with {jnp.dtype(dtype).name} logits"
+      assert samples.dtype == dtype, (name, samples.dtype)
+      samples = np.asarray(samples.astype(jnp.float32))
+      assert np.all(np.isfinite(samples)), name
+      if _unbiased(family, variant, est):
+        _assert_unbiased_rounded(
+            samples, exact_gradient(l.astype(jnp.float32)), dtype, name)

@@ -1,8 +1,10 @@
 """Gradient estimators through discrete random variables.
 
 Contract: `grad = est(key, logits, f, **options)` returns one draw of an
-estimate of d/dlogits E_b[f(b)], shaped like `logits`. Registries map names to
-estimators; `UNBIASED` holds the names of the unbiased ones.
+estimate of d/dlogits E_b[f(b)], shaped like `logits`, in the logits' dtype
+(float16 and bfloat16 logits are computed in float32, f called on float32
+samples: `_checks.float32_inside`). Registries map names to estimators;
+`UNBIASED` holds the names of the unbiased ones.
 """
 from typing import Callable
 

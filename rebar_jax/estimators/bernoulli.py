@@ -34,6 +34,11 @@ and makes it 2^-23 for every |l| > 15.9.)
 Non-finite logits: every estimator returns an all-NaN estimate (shape of the
 logits) when any logit is NaN or +-inf (`_checks.nan_if_nonfinite`: one
 reduction and a select, no host sync; under vmap per member of the batch).
+
+Half precision: for float16 or bfloat16 logits every estimator computes in
+float32 (noise, samples and f's arguments are float32) and returns the
+logits' dtype (`_checks.float32_inside`; both decorators are
+`_checks.estimator`).
 """
 import math
 import sys
@@ -346,7 +351,7 @@ def _sample(key: PRNGKey, logits: Array, noise_: Optional[Array] = None
 # ----------------------------------------------------------------------------
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def reinforce(key: PRNGKey, logits: Array, f: Fn,
               baseline: Any = 0.0, noise: Optional[Array] = None) -> Array:
   r"""REINFORCE (score function), unbiased for any baseline independent of b.
@@ -370,7 +375,7 @@ def reinforce(key: PRNGKey, logits: Array, f: Fn,
   return generic.reinforce(_family(), key, logits, f, baseline, noise)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
                   num_samples: int = 2, noise: Optional[Array] = None
                   ) -> Array:
@@ -412,7 +417,7 @@ def _antithetic_pair(key: PRNGKey, logits: Array,
   return -0.5 * jnp.tanh(0.5 * n), b, b_anti
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def arm(key: PRNGKey, logits: Array, f: Fn,
         noise: Optional[Array] = None) -> Array:
   r"""ARM, the augment-REINFORCE-merge estimator, unbiased.
@@ -430,7 +435,7 @@ def arm(key: PRNGKey, logits: Array, f: Fn,
   return (f(b_anti) - f(b)) * u_centred
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def disarm(key: PRNGKey, logits: Array, f: Fn,
            noise: Optional[Array] = None) -> Array:
   r"""DisARM, ARM Rao-Blackwellised over the augmentation, unbiased.
@@ -451,7 +456,7 @@ def disarm(key: PRNGKey, logits: Array, f: Fn,
       jnp.abs(logits))
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def muprop(key: PRNGKey, logits: Array, f: Fn,
            noise: Optional[Array] = None) -> Array:
   r"""MuProp: REINFORCE with a first-order Taylor control variate, unbiased.
@@ -488,7 +493,7 @@ def muprop_terms(key: PRNGKey, logits: Array, f: Fn,
           grad_mean * mean * (1.0 - mean))
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def arms(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
          copula: str = "dirichlet", noise: Optional[Array] = None) -> Array:
   r"""ARMS, antithetic REINFORCE over K samples from a copula, unbiased.
@@ -533,7 +538,7 @@ def arms(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
   return loo / (1.0 - copulas.rho(copula, logits, num_samples))
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def double_cv(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
               alpha: Any = 1.0, noise: Optional[Array] = None) -> Array:
   r"""Double control variates: leave-one-out plus a Taylor control variate.
@@ -620,7 +625,7 @@ def _stein_surrogate(net, phi: Array, f_other: Array) -> Array:
   return h
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def rodeo(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
           cv_params: Optional[RodeoParams] = None,
           noise: Optional[Array] = None) -> Array:
@@ -696,7 +701,7 @@ def rodeo(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
   return g.reshape(logits.shape)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def indecater(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 1,
               noise: Optional[Array] = None) -> Array:
   r"""IndeCateR for Bernoulli latents (local expectation gradients), unbiased.
@@ -747,7 +752,7 @@ def relax_sample(z: Array, temperature: Any) -> Array:
   return jax.nn.sigmoid(z / temperature)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def concrete(key: PRNGKey, logits: Array, f: Fn,
              temperature: Any = 0.5, noise: Optional[Array] = None) -> Array:
   r"""Concrete / Gumbel-softmax estimator: BIASED for E[f(b)].
@@ -766,7 +771,7 @@ def concrete(key: PRNGKey, logits: Array, f: Fn,
   return jax.grad(lambda l: f(relax_sample(l + noise, temperature)))(logits)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def straight_through(key: PRNGKey, logits: Array, f: Fn, gumbel: bool = False,
                      temperature: Any = 1.0,
                      noise: Optional[Array] = None) -> Array:
@@ -797,7 +802,7 @@ def straight_through(key: PRNGKey, logits: Array, f: Fn, gumbel: bool = False,
   return jax.grad(surrogate)(logits)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
                             temperature: Any = 1.0,
                             noise: Optional[Array] = None) -> Array:
@@ -806,7 +811,7 @@ def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
                           noise=noise)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def reinmax(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
             noise: Optional[Array] = None) -> Array:
   r"""ReinMax, a second-order straight-through estimator: BIASED.
@@ -842,7 +847,7 @@ RelaxedFn = generic.RelaxedFn
 ControlVariate = generic.ControlVariate
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
                 f_relaxed: Optional[RelaxedFn] = None,
                 tied: bool = True,
@@ -858,7 +863,7 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
                              f_relaxed, tied, noise)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
           temperature: Any = 0.5, f_relaxed: Optional[RelaxedFn] = None,
           tied: bool = True, noise: Optional[Array] = None) -> Array:
@@ -908,7 +913,7 @@ def default_control_variate(params: RelaxParams, z: Array,
   return generic.default_control_variate(_family(), params, z, f_relaxed)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
           control_variate: Optional[ControlVariate] = None,
           temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,

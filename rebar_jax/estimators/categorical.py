@@ -45,6 +45,11 @@ about -16 against a dominant one) is drawn with probability 2^-23 or never.
 Non-finite logits: every estimator returns an all-NaN estimate (shape of the
 logits) when any logit is NaN or +-inf (`_checks.nan_if_nonfinite`), per
 member of a vmapped batch.
+
+Half precision: for float16 or bfloat16 logits every estimator computes in
+float32 (noise, samples and f's arguments, one-hot or relaxed, are float32)
+and returns the logits' dtype (`_checks.float32_inside`; both decorators are
+`_checks.estimator`).
 """
 import itertools
 import sys
@@ -281,7 +286,7 @@ def _prepare(key: Any, logits: Any, f: Fn) -> tuple[Array, Fn]:
 # ----------------------------------------------------------------------------
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def reinforce(key: PRNGKey, logits: Array, f: Fn,
               baseline: Any = 0.0, noise: Optional[Array] = None) -> Array:
   r"""REINFORCE (score function), unbiased for any baseline independent of b.
@@ -303,7 +308,7 @@ def reinforce(key: PRNGKey, logits: Array, f: Fn,
   return generic.reinforce(_family(), key, logits, f, baseline, noise)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
                   num_samples: int = 2, noise: Optional[Array] = None
                   ) -> Array:
@@ -360,7 +365,7 @@ def _one_hot(index: Array, num_classes: int, dtype) -> Array:
   return jax.lax.stop_gradient(jax.nn.one_hot(index, num_classes, dtype=dtype))
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def ars(key: PRNGKey, logits: Array, f: Fn,
         noise: Optional[Array] = None) -> Array:
   r"""ARS, augment-REINFORCE-swap with a random reference category, unbiased.
@@ -407,7 +412,7 @@ def _ars(key: PRNGKey, logits: Array, f: Fn, noise: Optional[Array],
   return weight[..., None] * centred
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def arsm(key: PRNGKey, logits: Array, f: Fn,
          noise: Optional[Array] = None) -> Array:
   r"""ARSM, ARS merged over all reference categories, unbiased.
@@ -520,7 +525,7 @@ def _partial_means(g: Array, logits: Array, pseudo: Array, j: Array) -> Array:
   return jax.lax.stop_gradient(means.reshape(logits.shape[:-1]))
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def ars_plus(key: PRNGKey, logits: Array, f: Fn,
              noise: Optional[Array] = None) -> Array:
   r"""ARS+, ARS with pi_j integrated out given the pseudo actions, unbiased.
@@ -543,7 +548,7 @@ def ars_plus(key: PRNGKey, logits: Array, f: Fn,
   return _ars(key, logits, f, noise, rao_blackwell=True)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def arsm_plus(key: PRNGKey, logits: Array, f: Fn,
               noise: Optional[Array] = None) -> Array:
   r"""ARSM+, ARSM with each pi_j integrated out as in `ars_plus`, unbiased.
@@ -638,7 +643,7 @@ def _stop(z: Array) -> Array:
   return jnp.sum(jnp.cumprod(1.0 - z, axis=-1), axis=-1).astype(jnp.int32)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def disarm_stick_breaking(key: PRNGKey, logits: Array, f: Fn,
                           order: str = "descending",
                           rao_blackwellise: bool = False,
@@ -743,7 +748,7 @@ def coupled_importance_weights(logits: Array, order: str = "ascending"
   return before + jax.nn.log_sigmoid(jnp.abs(alpha))
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def disarm_stick_breaking_iw(key: PRNGKey, logits: Array, f: Fn,
                              order: str = "ascending",
                              noise: Optional[Array] = None) -> Array:
@@ -877,7 +882,7 @@ def carms_samples(key: PRNGKey, logits: Array, num_samples: int,
   return jnp.concatenate([b_1[None], b_rest])
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def carms(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
           noise: Optional[Array] = None) -> Array:
   r"""CARMS: antithetic categorical samples with the importance-weighted LOO.
@@ -925,7 +930,7 @@ def carms(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
   return jnp.mean(signal[..., None] * score(logits, b), axis=0)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def indecater(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 1,
               noise: Optional[Array] = None) -> Array:
   r"""IndeCateR, the CatLog-derivative estimator, unbiased.
@@ -1028,7 +1033,7 @@ def _log_set_probability(log_p: Array, items: Array, removed: Array) -> Array:
   return jax.nn.logsumexp(jnp.sum(drawn - left, -1), -1)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def unordered_set(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
                   noise: Optional[Array] = None) -> Array:
   r"""The unordered set estimator with its built-in baseline, per variable.
@@ -1126,7 +1131,7 @@ def unordered_set(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
 # ----------------------------------------------------------------------------
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def gumbel_softmax(key: PRNGKey, logits: Array, f: Fn,
                    temperature: Any = 1.0,
                    noise: Optional[Array] = None) -> Array:
@@ -1149,7 +1154,7 @@ def gumbel_softmax(key: PRNGKey, logits: Array, f: Fn,
       jax.nn.log_softmax(l, axis=-1) + g, temperature)))(logits)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
                             temperature: Any = 1.0,
                             noise: Optional[Array] = None) -> Array:
@@ -1174,7 +1179,7 @@ def straight_through_gumbel(key: PRNGKey, logits: Array, f: Fn,
   return jax.grad(surrogate)(logits)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
                num_samples: int = 10, noise: Optional[Array] = None) -> Array:
   r"""Gumbel-Rao: straight-through Gumbel Rao-Blackwellised over z | b; BIASED.
@@ -1212,7 +1217,7 @@ def _softmax_vjp(probs: Array, cotangent: Array) -> Array:
                                              keepdims=True)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def reinmax(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
             noise: Optional[Array] = None) -> Array:
   r"""ReinMax, a second-order straight-through estimator: BIASED.
@@ -1240,7 +1245,7 @@ def reinmax(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
   return 2.0 * _softmax_vjp(pi_1, g) - 0.5 * _softmax_vjp(pi_0, g)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def gapped_straight_through(key: PRNGKey, logits: Array, f: Fn,
                             temperature: Any = 1.0, gap: Any = 1.0,
                             noise: Optional[Array] = None) -> Array:
@@ -1284,7 +1289,7 @@ def gapped_straight_through(key: PRNGKey, logits: Array, f: Fn,
 # ----------------------------------------------------------------------------
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
                 f_relaxed: Optional[RelaxedFn] = None,
                 tied: bool = True,
@@ -1299,7 +1304,7 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
                              f_relaxed, tied, noise)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
           temperature: Any = 0.5, f_relaxed: Optional[RelaxedFn] = None,
           tied: bool = True, noise: Optional[Array] = None) -> Array:
@@ -1342,7 +1347,7 @@ def default_control_variate(params: RelaxParams, z: Array,
   return generic.default_control_variate(_family(), params, z, f_relaxed)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
           control_variate: Optional[ControlVariate] = None,
           temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,

@@ -35,6 +35,11 @@ IWAE gradient and DReG) are `multisample.REPARAMETERISED`.
 
 Shapes: the last axis of params has size 2; the noise and the sample have
 shape params.shape[:-1]; H units are independent.
+
+Precision, as for the discrete families (`_checks.estimator`): non-finite
+params give an all-NaN estimate; float16 or bfloat16 params are computed in
+float32 (f is called on float32 samples) and the estimate is returned in the
+params' dtype.
 """
 import math
 import sys
@@ -137,7 +142,7 @@ def _sample(key: PRNGKey, params: Array, eps: Optional[Array] = None
   return eps, sample_from_noise(params, eps), rest
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def reinforce(key: PRNGKey, params: Array, f: Fn, baseline: Any = 0.0,
               noise: Optional[Array] = None) -> Array:
   r"""REINFORCE, g^ = (f(z) - c) d/dparams log q(z), z ~ N(mu, sigma^2).
@@ -160,7 +165,7 @@ def reinforce(key: PRNGKey, params: Array, f: Fn, baseline: Any = 0.0,
   return (f(jax.lax.stop_gradient(z)) - baseline) * score(params, z)
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def reinforce_loo(key: PRNGKey, params: Array, f: Fn, num_samples: int = 2,
                   noise: Optional[Array] = None) -> Array:
   r"""REINFORCE with the leave-one-out baseline over n i.i.d. samples.
@@ -181,7 +186,7 @@ def reinforce_loo(key: PRNGKey, params: Array, f: Fn, num_samples: int = 2,
   return generic.leave_one_out(jax.vmap(f)(z), score(params, z))
 
 
-@_checks.nan_if_nonfinite
+@_checks.estimator
 def pathwise(key: PRNGKey, params: Array, f: Fn,
              noise: Optional[Array] = None) -> Array:
   r"""The reparameterisation gradient g^ = d/dparams f(mu + sigma * eps).
