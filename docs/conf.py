@@ -39,6 +39,9 @@ extensions.append("docstrings")
 # in the description, `name` in a docstring set as code.
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
+# The docstrings' equations (literal blocks) are math, not Python.
+highlight_language = "text"
 autodoc_default_options = {"members": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -69,4 +72,5 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
 }
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]

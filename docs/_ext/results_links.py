@@ -24,7 +24,7 @@ def rewrite(app, docname, source):
   source[0] = re.sub(r"(\]\()(docs/[^)\s#]+)", relative, source[0])
   if not re.match(r"\s*# ", source[0]):
     name = os.path.basename(docname)
-    source[0] = f"# Results: `{name}.md`\n\n" + source[0]
+    source[0] = f"# `{name}.md`\n\n" + source[0]
 
 
 def setup(app):
