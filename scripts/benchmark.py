@@ -7,7 +7,8 @@ r"""Speed of the estimators and of the SBN train step, measured in alternation.
 The machine's speed drifts within minutes (a shared CPU), so every ratio is
 measured in alternation: the two steps compared run in turns, A B B A A B ...,
 each turn a block of about --block_seconds, and the ratio is the median of the
-per-pair ratios, with its interquartile range (`interleaved`). Sections:
+per-pair ratios, with its interquartile range
+(`rebar_jax.utils.timing.interleaved`). Sections:
   1. alone: every registered estimator by itself, gradient draws per second
      for 200 Bernoulli latents (20 x 10 categorical) with a linear-decoder
      log-likelihood as f, jitted and vmapped over draws;
@@ -57,6 +58,9 @@ from configs import sbn_mnist  # pylint: disable=g-import-not-at-top
 from rebar_jax import estimators
 from rebar_jax import train
 from rebar_jax.models import sbn
+from rebar_jax.utils.timing import Timer
+from rebar_jax.utils.timing import block_steps
+from rebar_jax.utils.timing import interleaved
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/benchmark", "Output.")
 _REPEATS = flags.DEFINE_integer(
@@ -91,8 +95,6 @@ _PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 _PEER_ESTIMATORS = ("reinforce", "reinforce_loo", "arm", "disarm", "rebar",
                     "relax", "concrete", "straight_through_gumbel")
 
-Timer = Callable[[int], float]  # steps -> seconds to run that many steps
-
 
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
   """Median and spread of wall time of fn() (after one warm-up call)."""
@@ -104,58 +106,6 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     times.append(time.perf_counter() - t)
   return {"median_s": statistics.median(times), "min_s": min(times),
           "max_s": max(times)}
-
-
-def block_steps(timer: Timer, unit: int, seconds: float) -> int:
-  """Steps (a multiple of `unit`) that `timer` runs in about `seconds`.
-
-  The first call warms up (and compiles); steps double until a turn takes a
-  quarter of `seconds`, then scale to it.
-  """
-  timer(unit)
-  steps, took = unit, timer(unit)
-  while took < seconds / 4:
-    steps *= 2
-    took = timer(steps)
-  return max(unit, int(round(steps * seconds / took / unit)) * unit)
-
-
-def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-  """(first quartile, median, third quartile), linear interpolation."""
-  q1, med, q3 = np.percentile(np.asarray(values, np.float64), [25, 50, 75])
-  return float(q1), float(med), float(q3)
-
-
-def interleaved(a: Timer, b: Timer, repeats: int, seconds: float,
-                unit_a: int = 1, unit_b: int = 1) -> dict[str, float]:
-  """Steps/s of a over b's, measured in alternation.
-
-  Each side runs turns of about `seconds` (`block_steps`); `repeats` pairs
-  of turns run in the order A B, B A, A B, ... (so neither side always goes
-  first), and each pair gives ratio_i = rate_a / rate_b. Drift of the
-  machine's speed slower than a pair cancels in ratio_i.
-
-  Returns:
-    ratio (median of the ratio_i), ratio_q1 and ratio_q3 (interquartile
-    range), a_steps_per_sec and b_steps_per_sec (medians), repeats.
-  """
-  n_a = block_steps(a, unit_a, seconds)
-  n_b = block_steps(b, unit_b, seconds)
-  rates_a, rates_b, ratios = [], [], []
-  for i in range(repeats):
-    if i % 2 == 0:
-      t_a = a(n_a)
-      t_b = b(n_b)
-    else:
-      t_b = b(n_b)
-      t_a = a(n_a)
-    rates_a.append(n_a / t_a)
-    rates_b.append(n_b / t_b)
-    ratios.append(rates_a[-1] / rates_b[-1])
-  q1, med, q3 = quartiles(ratios)
-  return {"ratio": med, "ratio_q1": q1, "ratio_q3": q3,
-          "a_steps_per_sec": statistics.median(rates_a),
-          "b_steps_per_sec": statistics.median(rates_b), "repeats": repeats}
 
 
 class StepServer:
