@@ -1,0 +1,185 @@
+"""The estimator advisor (rebar_jax.advise): ranking, bias check, command.
+
+* The ranking is a pure function: synthetic measurements with a known
+  answer, a clear winner, a tie (the cheaper step preferred) and a biased
+  estimator with the least work that is never recommended.
+* The bias check on the user's model: an estimator registered for the test,
+  biased (2 x DisARM) but claimed unbiased, fails the comparison with the
+  exact gradient of a 3-unit SBN; DisARM and REINFORCE pass it.
+* The command as typed on configs/sbn_linear.py, and the function on
+  examples/custom_model.py (a model mixing categorical and Bernoulli layers),
+  with tiny budgets; a checkpoint's parameters are the ones advised on.
+"""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import sbn_linear
+from configs import sbn_mnist
+from rebar_jax import advise
+from rebar_jax import estimators
+from rebar_jax import train
+from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import protocol
+from rebar_jax.utils import checkpoints
+import user_shell
+
+TINY = advise.Budget(num_draws=4, num_batches=1, tune_steps=2,
+                     timing_repeats=1, timing_seconds=0.005, bootstrap=20,
+                     bias_check=False)
+
+
+def row(name, work, lo, hi, seconds, unbiased=True, **extra):
+  return dict(name=name, work=work, work_lo=lo, work_hi=hi, seconds=seconds,
+              unbiased=unbiased, **extra)
+
+
+def test_rank_clear_winner_ties_and_biased_rows():
+  rows = [
+      row("slow_tied", 1.0, 0.6, 1.4, seconds=3.0),
+      row("best_alone", 0.1, 0.08, 0.12, seconds=5.0),
+      row("cheap_tied", 1.2, 0.9, 1.6, seconds=1.0),
+      row("far", 9.0, 8.0, 10.0, seconds=1.0),
+      row("biased_fast", 0.01, 0.005, 0.02, seconds=0.5, unbiased=False,
+          bias2=0.3, bias2_lo=0.2, bias2_hi=0.4, relative_bias=0.5),
+      row("failed_check", 0.02, 0.01, 0.03, seconds=0.5, exact_pass=False),
+  ]
+  ranked = advise.rank(rows)
+  assert [(r["name"], r["rank"]) for r in ranked] == [
+      ("best_alone", 1), ("cheap_tied", 2), ("slow_tied", 2), ("far", 3),
+      ("biased_fast", None), ("failed_check", None)]
+  assert ranked[1]["tied_with"] == ["slow_tied"]
+  assert ranked[0]["tied_with"] == []
+  name, reason = advise.recommend(ranked)
+  assert name == "best_alone"
+  assert "lowest variance x time" in reason and "10x below the next" in reason
+  # The biased row with less work is named with its bias, not recommended.
+  assert "biased_fast has less variance x time but is biased" in reason
+  assert "0.3 per parameter" in reason
+
+
+def test_rank_tie_prefers_the_cheaper_step():
+  ranked = advise.rank([row("a", 1.0, 0.5, 1.5, seconds=2.0),
+                        row("b", 1.3, 1.1, 1.8, seconds=1.0)])
+  assert [(r["name"], r["rank"]) for r in ranked] == [("b", 1), ("a", 1)]
+  name, reason = advise.recommend(ranked)
+  assert name == "b" and reason.startswith("b: tie on variance x time with a")
+  # Disjoint intervals: no tie, the lower work wins whatever its cost.
+  ranked = advise.rank([row("a", 1.0, 0.5, 1.05, seconds=2.0),
+                        row("b", 1.3, 1.1, 1.8, seconds=1.0)])
+  assert [(r["name"], r["rank"]) for r in ranked] == [("a", 1), ("b", 2)]
+  assert advise.recommend(advise.rank([row("x", 1, 1, 1, 1, False)]))[0] \
+      is None
+
+
+def test_bootstrap_intervals_cover_known_values():
+  rng = np.random.default_rng(0)
+  size, n = 300, 16
+  mean = rng.normal(size=size)
+  reference = [mean + rng.normal(size=(n, size))]
+  shifted = [mean + 0.3 + 0.1 * rng.normal(size=(n, size))]
+  stats = advise.variance_statistics(reference, [("a", 100), ("b", 200)],
+                                     np.random.default_rng(1), 200)
+  v, lo, hi = stats["total"]
+  assert lo < 1.0 < hi and lo < v < hi
+  assert stats["a"][0] * 100 + stats["b"][0] * 200 == pytest.approx(300 * v)
+  bias = advise.bias_statistics(shifted, reference, np.random.default_rng(1),
+                                200)
+  assert bias["bias2_lo"] < 0.09 < bias["bias2_hi"]
+  assert bias["relative_bias"] == pytest.approx(0.3, abs=0.1)
+
+
+def test_candidates_and_unbiased_sets():
+  assert advise.candidates(("bernoulli",)) == list(
+      protocol.REGISTRY["bernoulli"])
+  mixed = advise.candidates(("categorical", "bernoulli"))
+  assert "categorical:arsm,bernoulli:reinforce" in mixed
+  assert "categorical:reinforce,bernoulli:disarm" in mixed
+  assert "rebar" in mixed and "reinforce" not in mixed  # already a pair
+  assert advise.is_unbiased("nvil", ("bernoulli",))
+  assert not advise.is_unbiased("concrete", ("bernoulli",))
+  assert not advise.is_unbiased("categorical:gumbel_rao,bernoulli:disarm",
+                                ("categorical", "bernoulli"))
+
+
+def _biased_disarm(options):
+  del options
+  return protocol.stateless(
+      lambda key, logits, f, noise=None: 2.0 * bernoulli.disarm(
+          key, logits, f, noise=noise))
+
+
+def test_bias_check_catches_a_biased_estimator(monkeypatch):
+  monkeypatch.setitem(protocol.REGISTRY, "bernoulli", dict(
+      protocol.REGISTRY["bernoulli"], biased_disarm=_biased_disarm))
+  # Claimed unbiased, so only the exact check can tell.
+  monkeypatch.setattr(estimators, "UNBIASED",
+                      estimators.UNBIASED | {"biased_disarm"})
+  c = sbn_linear.get_config()
+  c.num_latents, c.batch_size = 3, 8
+  budget = advise.Budget(num_draws=64, num_batches=1, tune_steps=0,
+                         timing_repeats=1, timing_seconds=0.005,
+                         bootstrap=20)
+  advice = advise.advise(c, budget=budget,
+                         names=["reinforce", "disarm", "biased_disarm"],
+                         log=lambda _: None)
+  rows = {r["name"]: r for r in advice.rows}
+  assert rows["disarm"]["exact_pass"] and rows["reinforce"]["exact_pass"]
+  assert not rows["biased_disarm"]["exact_pass"]
+  assert rows["biased_disarm"]["exact_max_z"] > rows["biased_disarm"][
+      "exact_threshold"] > rows["disarm"]["exact_max_z"]
+  assert rows["biased_disarm"]["rank"] is None
+  assert advice.recommendation in ("reinforce", "disarm")
+  assert (rows["reinforce"]["evals"], rows["disarm"]["evals"]) == (1, 2)
+  assert "FAIL" in advise.markdown(advice)
+
+
+def test_custom_model_mixed_families_and_a_checkpoint(tmp_path):
+  c = sbn_mnist.get_config()
+  c.model = "examples/custom_model.py:make"
+  c.num_latents = 8
+  exp = train.build(c)
+  state = train.init_state(exp, c.seed)
+  state = state._replace(params=jax.tree.map(lambda p: p + 0.5, state.params),
+                         step=jnp.asarray(7, jnp.int32))
+  checkpoints.Checkpointer(str(tmp_path / "checkpoints")).save(7, state)
+  (tmp_path / "config.json").write_text(json.dumps(c.to_dict()))
+  params, step = advise.restore_params(c, str(tmp_path))
+  assert step == 7
+  assert jax.tree.all(jax.tree.map(
+      lambda a, b: bool(jnp.all(a == b)), params, state.params))
+
+  names = ["categorical:reinforce,bernoulli:reinforce",
+           "categorical:reinforce,bernoulli:disarm"]
+  advice = advise.advise(c, params, step, TINY, names, log=lambda _: None)
+  assert {r["name"] for r in advice.rows} == set(names)
+  assert advice.modules == ["encoder_c", "encoder_h"]
+  assert advice.recommendation in names
+  for r in advice.rows:
+    assert r["variance_lo"] <= r["variance_hi"] and r["seconds"] > 0
+    assert math.isfinite(r["work"]) and set(r["modules"]) == {
+        "encoder_c", "encoder_h"}
+  text = advise.markdown(advice)
+  assert "Variance per encoder module" in text and "encoder_h" in text
+
+
+def test_command_as_typed(tmp_path):
+  cwd = user_shell.user_dir(tmp_path)
+  result = user_shell.run(
+      "python -m rebar_jax.advise --config=configs/sbn_linear.py "
+      "--estimators=reinforce,disarm,concrete --num_draws=4 --num_batches=1 "
+      "--tune_steps=2 --timing_repeats=1 --timing_seconds=0.01 "
+      "--bootstrap=20 --output_dir=out", cwd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Recommendation: " in result.stdout
+  assert "| rank | estimator |" in result.stdout
+  for ext in ("md", "csv", "json", "png"):
+    assert (cwd / "out" / f"advice.{ext}").stat().st_size > 0
+  recorded = json.loads((cwd / "out" / "advice.json").read_text())
+  assert recorded["recommendation"] in ("reinforce", "disarm")
+  concrete = next(r for r in recorded["rows"] if r["name"] == "concrete")
+  assert concrete["rank"] is None and "bias2" in concrete
