@@ -78,7 +78,7 @@ def pytest_configure(config):
 # users' commands, killed runs, the notebook). They are collected first so
 # that pytest-xdist starts them early and the suite ends on short tests
 # instead of one worker finishing a long one alone.
-_LONG_FIRST = ("test_cli.py", "test_faults.py", "test_notebook.py",
+_LONG_FIRST = ("test_cli.py", "test_faults.py", "test_docs.py",
                "test_scripts.py")
 
 

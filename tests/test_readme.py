@@ -21,3 +21,47 @@ def test_readme_python_example_runs():
   se = np.asarray(namespace["draws"]).std(0) / np.sqrt(10_000)
   assert np.all(np.abs(mean - exact) <= 4.5 * se)
   assert out.getvalue().strip()
+
+
+def _readme_tables() -> dict[str, dict[str, str]]:
+  """The README's estimator table: {block: {name: its "unbiased" cell}}.
+
+  A row's backticked names share its cells; a name written `_suffix`
+  continues the row's first name (`disarm_stick_breaking`, `_rb`).
+  """
+  text = open(README).read()
+  table = text[text.index("| name | unbiased | reference |"):]
+  table = table[:table.index("\n\n")]
+  blocks, block = {}, None
+  for row in table.splitlines()[2:]:
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    heading = re.match(r"\*\*(.+?)\*\*", cells[0])
+    if heading:
+      block = blocks.setdefault(heading.group(1), {})
+      continue
+    names = re.findall(r"`([^`]+)`", cells[0])
+    for name in names:
+      block[names[0] + name if name.startswith("_") else name] = cells[1]
+  return blocks
+
+
+def test_readme_estimator_table_is_the_registry():
+  """Every registered estimator has one row, and its "unbiased" is right."""
+  from rebar_jax import estimators  # pylint: disable=g-import-not-at-top
+  from rebar_jax.estimators import multisample  # pylint: disable=g-import-not-at-top
+  tables = _readme_tables()
+  registries = {
+      "Bernoulli": (estimators.BERNOULLI, estimators.UNBIASED),
+      "Categorical": (estimators.CATEGORICAL, estimators.UNBIASED_CATEGORICAL),
+      "Gaussian": (estimators.GAUSSIAN, estimators.UNBIASED_GAUSSIAN),
+      "K-sample objectives": (
+          {**multisample.MULTISAMPLE, **multisample.REPARAMETERISED,
+           **multisample.LOCAL},
+          multisample.UNBIASED_FOR_IW | multisample.UNBIASED_FOR_ELBO
+          | set(multisample.REPARAMETERISED) | set(multisample.LOCAL))}
+  assert set(tables) == set(registries)
+  for block, (registry, unbiased) in registries.items():
+    rows = tables[block]
+    assert set(rows) == set(registry), (block, set(rows) ^ set(registry))
+    for name, cell in rows.items():
+      assert cell.startswith("yes") == (name in unbiased), (block, name, cell)
