@@ -45,13 +45,15 @@ def test_rank_clear_winner_ties_and_biased_rows():
       row("cheap_tied", 1.2, 0.9, 1.6, seconds=1.0),
       row("far", 9.0, 8.0, 10.0, seconds=1.0),
       row("biased_fast", 0.01, 0.005, 0.02, seconds=0.5, unbiased=False,
-          bias2=0.3, bias2_lo=0.2, bias2_hi=0.4, relative_bias=0.5),
+          bias2=0.3, bias2_lo=0.2, bias2_hi=0.4, relative_bias=0.5,
+          relative_bias_hi=0.6),
       row("failed_check", 0.02, 0.01, 0.03, seconds=0.5, exact_pass=False),
+      row("not_finite", math.nan, math.nan, math.nan, seconds=0.5),
   ]
   ranked = advise.rank(rows)
   assert [(r["name"], r["rank"]) for r in ranked] == [
       ("best_alone", 1), ("cheap_tied", 2), ("slow_tied", 2), ("far", 3),
-      ("biased_fast", None), ("failed_check", None)]
+      ("biased_fast", None), ("failed_check", None), ("not_finite", None)]
   assert ranked[1]["tied_with"] == ["slow_tied"]
   assert ranked[0]["tied_with"] == []
   name, reason = advise.recommend(ranked)
@@ -59,7 +61,7 @@ def test_rank_clear_winner_ties_and_biased_rows():
   assert "lowest variance x time" in reason and "10x below the next" in reason
   # The biased row with less work is named with its bias, not recommended.
   assert "biased_fast has less variance x time but is biased" in reason
-  assert "0.3 per parameter" in reason
+  assert "its squared bias per parameter: 0.3 (95% [0.2, 0.4])" in reason
 
 
 def test_rank_tie_prefers_the_cheaper_step():
