@@ -37,6 +37,7 @@ benchmark.png (compare.json, compare.md with --compare_to) to --output_dir.
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -320,6 +321,13 @@ def compare(rev: str, names: Sequence[str], repeats: int, seconds: float,
     os.makedirs(os.path.dirname(script), exist_ok=True)
     with open(os.path.abspath(__file__)) as src, open(script, "w") as dst:
       dst.write(src.read())
+    # This script's timing helpers, for a revision from before they were
+    # moved into the library (the step server uses nothing else of ours).
+    timing = os.path.join(tree, "rebar_jax", "utils", "timing.py")
+    if not os.path.exists(timing):
+      shutil.copy(os.path.join(os.path.dirname(os.path.dirname(
+          os.path.abspath(__file__))), "rebar_jax", "utils", "timing.py"),
+                  timing)
     env = dict(os.environ, PYTHONPATH=tree)
     for name in names:
       args = [f"--serve={name}", "--serve_batch=24",
