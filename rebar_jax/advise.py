@@ -75,7 +75,6 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import optax
 from scipy import stats as scipy_stats
 
 from rebar_jax import diagnostics
@@ -183,7 +182,7 @@ def is_unbiased(name: str, families: Sequence[str]) -> bool:
 
 
 def encoder_modules(params: Params) -> list[tuple[str, int]]:
-  """(name, size) of each encoder module, in `diagnostics._encoder_leaves`'
+  """(name, size) of each encoder module, in `diagnostics.encoder_leaves`'
   order: a leaf belongs to the first key of its path naming an encoder."""
   out: dict[str, int] = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -197,25 +196,16 @@ def encoder_modules(params: Params) -> list[tuple[str, int]]:
 def make_step(exp: train.Experiment) -> Callable[..., Any]:
   """jit((state, x, key) -> (state, encoder gradient)): one training step.
 
-  The step's work is training's (`train.make_train_chunk`): the model's
-  gradients and both optax updates; its key is fold_in(key, state.step).
+  The step is training's (`train.update`, which `train.make_train_chunk`
+  scans): the model's gradients and both optax updates; its key is
+  fold_in(key, state.step).
   The second output is the model's encoder gradient (of -ELBO),
-  flattened (`diagnostics._encoder_leaves`).
+  flattened (`diagnostics.encoder_leaves`).
   """
   def step(state: train.TrainState, x: Array, key: Array):
-    grads, est_grads, stats, _ = gradients.model_gradients(
-        exp.model, exp.spec, state.params, state.estimator, x,
-        jax.random.fold_in(key, state.step), state.step)
-    updates, opt_state = exp.optimizer.update(grads, state.opt_state,
-                                              state.params)
-    est_updates, est_opt_state = exp.estimator_optimizer.update(
-        est_grads, state.estimator_opt_state, state.estimator.params)
-    est = gradients.EstimatorState(
-        optax.apply_updates(state.estimator.params, est_updates), stats)
-    state = state._replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state, estimator=est, estimator_opt_state=est_opt_state)
-    return state, diagnostics._encoder_leaves(grads)  # pylint: disable=protected-access
+    state, grads, _ = train.update(exp, state, x,
+                                   jax.random.fold_in(key, state.step))
+    return state, diagnostics.encoder_leaves(grads)
 
   return jax.jit(step)
 
@@ -321,7 +311,7 @@ def exact_encoder_gradient(model, params: Params, x: Array) -> np.ndarray:
   """The encoder gradient of -mean ELBO on x, every latent state summed."""
   grad = jax.jit(jax.grad(lambda p: -jnp.mean(testing.exact_elbo(
       model, p, x, QUADRATURE_POINTS))))(params)
-  return np.asarray(diagnostics._encoder_leaves(grad))  # pylint: disable=protected-access
+  return np.asarray(diagnostics.encoder_leaves(grad))
 
 
 def exact_check(batch_draws: Sequence[np.ndarray],

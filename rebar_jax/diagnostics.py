@@ -22,7 +22,7 @@ from rebar_jax.models import protocol
 Array = jax.Array
 
 
-def _encoder_leaves(grads) -> Array:
+def encoder_leaves(grads) -> Array:
   """The encoder part of a parameter pytree, flattened to one vector."""
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   leaves = [leaf.ravel() for path, leaf in flat
@@ -45,7 +45,7 @@ def gradient_statistics(model, spec: gradients.EstimatorSpec, params: Any,
   measurement each), and only one draw's memory is live at a time.
   """
   keys = jax.random.split(key, num_draws)
-  draws = jax.lax.map(lambda k: _encoder_leaves(gradients.model_gradients(
+  draws = jax.lax.map(lambda k: encoder_leaves(gradients.model_gradients(
       model, spec, params, est_state, x, k, step)[0]), keys)  # (N, P)
   mean, std = jnp.mean(draws, 0), jnp.std(draws, 0, ddof=1)
   snr = jnp.where(std > 0, jnp.abs(mean) / jnp.where(std > 0, std, 1.0), 0.0)

@@ -131,12 +131,15 @@ class EstimatorSpec(protocol.Options):
     """A pathwise K-sample gradient (`multisample.REPARAMETERISED`)."""
     return self.name in multisample.REPARAMETERISED
 
-  def pathwise_layers(self, model) -> tuple[bool, ...]:
-    """Per layer of `model`: is its estimate pathwise (`protocol.PATHWISE`)?"""
+  def layers_in(self, model, capability: dict[str, frozenset[str]]
+                ) -> tuple[bool, ...]:
+    """Per layer of `model`: is its estimator in `capability` (a family ->
+    names map of `protocol`: PATHWISE, RELAXED)? False for every layer of a
+    multi-sample objective."""
     if self.is_multisample:
       return tuple(False for _ in model.stochastic_layers())
     names = protocol.names_by_family(self.name, self.families)
-    return tuple(names[layer.family] in protocol.PATHWISE.get(layer.family, ())
+    return tuple(names[layer.family] in capability.get(layer.family, ())
                  for layer in model.stochastic_layers())
 
   @property
@@ -378,11 +381,8 @@ def relaxed_signal_jump(model, spec: EstimatorSpec, params: Params, x: Array,
   control variate sees it) is probed between pairs of relaxed samples for each
   data point of x (`continuity.find_jump`); returns the worst relative jump.
   """
-  if spec.is_multisample:
-    return None
-  names = protocol.names_by_family(spec.name, spec.families)
-  relaxed = [l for l, layer in enumerate(model.stochastic_layers())
-             if names[layer.family] in protocol.RELAXED.get(layer.family, ())]
+  relaxed = [l for l, yes in enumerate(spec.layers_in(model, protocol.RELAXED))
+             if yes]
   if not relaxed:
     return None
 
@@ -400,14 +400,14 @@ def relaxed_signal_jump(model, spec: EstimatorSpec, params: Params, x: Array,
   return continuity.Jump(j.size[i], j.scale[i], j.at[i])
 
 
-def _relaxed_gradients(model, spec, params, est_state, x, key, chain):
+def _relaxed_gradients(model, spec, params, est_state, x, key, noise):
   """Pathwise gradient of the relaxed ELBO; the hard ELBO with the same noise.
 
   The noise is the chain noise of `_layers`, every layer relaxed at
   spec.temperature (Concrete / Gumbel-softmax).
   """
   families = models_protocol.families(model)
-  _, noise = chain or chain_noise(model, x.shape[0], key)
+  _, noise = noise or chain_noise(model, x.shape[0], key)
 
   def signal(p, hard):
     bs = []
@@ -473,8 +473,8 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
   elbo = log_p - log_q  # (B,), the sampled chain's ELBO
   out = estimator.estimate(est_state, protocol.Problem(
       layers, jax.lax.stop_gradient(elbo), x - _mean(model)))
-  grads = _carry_back(spec.pathwise_layers(model), layers, out.grads,
-                      continuation)
+  grads = _carry_back(spec.layers_in(model, protocol.PATHWISE), layers,
+                      out.grads, continuation)
   (model_grads,) = vjp_fn((tuple(-e / batch for e in grads),
                            -jnp.ones_like(log_p) / batch))
   metrics = {"elbo": jnp.mean(elbo), "estimator_loss": out.loss}

@@ -340,13 +340,8 @@ def build(config: ml_collections.ConfigDict,
         f"config.model={config.model!r} made a model of data_dim="
         f"{model.data_dim}, but {config.dataset} has {dataset.data_dim} "
         "values per example; build the model with dataset.data_dim.")
-  if not tuple(model.stochastic_layers()):
-    raise ConfigError(
-        f"config.model={config.model!r} made a {type(model).__name__} with "
-        "no latent layers (stochastic_layers() is empty); the estimators "
-        "train discrete or Gaussian latent layers, so give it at least one.")
   try:
-    models_protocol.check(model)
+    models_protocol.check(model)  # shapes and dtypes; latent layers exist
   except models_protocol.ModelError as e:
     raise ConfigError(f"config.model={config.model!r}: {e}") from e
   try:
@@ -381,11 +376,10 @@ def _check_relaxed_signal(config, dataset, model, spec) -> None:
   Concrete differentiate it on relaxed samples: `continuity`), probed at
   its initial parameters on the first training examples."""
   x = jnp.asarray(dataset.train[:4], jnp.float32)
-  params = model.init(jax.random.key(config.seed), x, tuple(
-      jnp.zeros((x.shape[0],) + tuple(layer.event_shape))
-      for layer in model.stochastic_layers()), method="log_joint")
-  jump = gradients.relaxed_signal_jump(model, spec, params, x,
-                                       jax.random.key(config.seed))
+  key_model, key_probe = jax.random.split(jax.random.key(config.seed))
+  jump = gradients.relaxed_signal_jump(model, spec,
+                                       _init_params(model, key_model), x,
+                                       key_probe)
   if jump is None:
     return
   try:
@@ -395,18 +389,44 @@ def _check_relaxed_signal(config, dataset, model, spec) -> None:
                       f"config.estimator={config.estimator!r}: {e}") from e
 
 
+def _init_params(model, key: Array) -> Params:
+  """The model's initial variables (`init` of log_joint on zeros)."""
+  x = jnp.zeros((1, model.data_dim))
+  bs = tuple(jnp.zeros((1,) + tuple(layer.event_shape))
+             for layer in model.stochastic_layers())
+  return model.init(key, x, bs, method="log_joint")
+
+
 def init_state(exp: Experiment, seed: int) -> TrainState:
   key_model, key_est = jax.random.split(jax.random.key(seed))
-  x = jnp.zeros((1, exp.model.data_dim))
-  bs = tuple(jnp.zeros((1,) + tuple(layer.event_shape))
-             for layer in exp.model.stochastic_layers())
-  params = exp.model.init(key_model, x, bs, method="log_joint")
+  params = _init_params(exp.model, key_model)
   est = exp.spec.init(key_est, exp.model)
   monitor = Monitor(jnp.full((), jnp.nan, jnp.float32),
                     jnp.zeros((RECENT,), jnp.float32))
   return TrainState(jnp.zeros((), jnp.int32), params,
                     exp.optimizer.init(params), est,
                     exp.estimator_optimizer.init(est.params), monitor)
+
+
+def update(exp: Experiment, state: TrainState, x: Array, key: Array,
+           noise: Optional[gradients.ChainNoise] = None
+           ) -> tuple[TrainState, Params, dict[str, Array]]:
+  """One training step on batch x: the model's gradients (of -ELBO) at
+  `state` and both optax updates (model, estimator).
+
+  Returns (the next state, the model's gradients, the step's metrics).
+  """
+  grads, est_grads, stats, metrics = gradients.model_gradients(
+      exp.model, exp.spec, state.params, state.estimator, x, key,
+      state.step, noise=noise)
+  updates, opt_state = exp.optimizer.update(grads, state.opt_state,
+                                            state.params)
+  est_updates, est_opt_state = exp.estimator_optimizer.update(
+      est_grads, state.estimator_opt_state, state.estimator.params)
+  est = gradients.EstimatorState(
+      optax.apply_updates(state.estimator.params, est_updates), stats)
+  return TrainState(state.step + 1, optax.apply_updates(state.params, updates),
+                    opt_state, est, est_opt_state, state.monitor), grads, metrics
 
 
 # The most noise (bytes) a chunk of steps draws before its loop; a larger
@@ -442,22 +462,11 @@ def make_train_chunk(exp: Experiment, seed: int,
       if u is None:
         u = jax.random.uniform(key_bin, x.shape)
       x = (u < x).astype(jnp.float32)
-    grads, est_grads, stats, metrics = gradients.model_gradients(
-        exp.model, exp.spec, state.params, state.estimator, x, key_est,
-        state.step, noise=chain)
-    updates, opt_state = exp.optimizer.update(grads, state.opt_state,
-                                              state.params)
-    params = optax.apply_updates(state.params, updates)
-    est_updates, est_opt_state = exp.estimator_optimizer.update(
-        est_grads, state.estimator_opt_state, state.estimator.params)
-    est = gradients.EstimatorState(
-        optax.apply_updates(state.estimator.params, est_updates), stats)
+    state, _, metrics = update(exp, state, x, key_est, noise=chain)
     # One scalar per step: a non-finite gradient makes the updated
     # parameters, hence the next step's ELBO, non-finite (Adam propagates
     # NaN and inf); the chunk's last parameters are checked after the loop.
-    metrics = dict(metrics, finite=jnp.isfinite(metrics["elbo"]))
-    return TrainState(state.step + 1, params, opt_state, est,
-                      est_opt_state, state.monitor), metrics
+    return state, dict(metrics, finite=jnp.isfinite(metrics["elbo"]))
 
   def finish(start, state, metrics):
     """The chunk's guards and Monitor, once per chunk instead of per step."""

@@ -204,4 +204,4 @@ def test_every_page_command_is_run_somewhere():
                               enumerate(RUN_BLOCKS)])
 def test_page_blocks_run_as_written(tmp_path, page, block):
   del page
-  test_cli.test_readme_blocks_run_as_written(tmp_path, block)
+  test_cli.run_block(tmp_path, block)

@@ -99,8 +99,9 @@ def check(model, params: Any = None, batch: int = 3) -> None:
                      "(rebar_jax/models/protocol.py).")
   layers = tuple(model.stochastic_layers())
   if not layers:
-    raise ModelError(f"{name}.stochastic_layers() is empty: a model needs at "
-                     "least one latent layer for the estimators to estimate.")
+    raise ModelError(f"{name} has no latent layers (stochastic_layers() is "
+                     "empty): the estimators train discrete or Gaussian "
+                     "latent layers, so give it at least one.")
   for l, layer in enumerate(layers):
     shape = getattr(layer, "event_shape", None)
     if (not isinstance(layer, StochasticLayer) or not isinstance(shape, tuple)
