@@ -1003,7 +1003,12 @@ def main(argv):
             "kept" if last is not None else "no checkpoint was written yet")
     print(f"Stopped by a second SIGINT without saving; {kept}. Run the same "
           "command to resume.")
-    sys.exit(128 + signal.SIGINT)
+    # Exit now: a checkpoint the interrupt cut short still has orbax threads
+    # running, which print tracebacks when the interpreter shuts down under
+    # them; its temporary files are never restored.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signal.SIGINT)  # pylint: disable=protected-access
   except OSError as e:
     if e.errno == errno.ENOENT and not os.path.isdir(workdir):
       message = (f"the workdir {workdir} is gone (deleted while the run "
