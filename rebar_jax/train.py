@@ -976,6 +976,18 @@ def default_workdir(config_path: str, config: ml_collections.ConfigDict
   return os.path.join("runs", f"{name}-{estimator}")
 
 
+def _exit_now(code: int) -> None:
+  """Exits after a stopped run's one line, without interpreter shutdown.
+
+  A checkpoint the stop cut short (a second Ctrl-C, a full disk) can still
+  have orbax threads running, which print tracebacks when the interpreter
+  shuts down under them; its temporary files are never restored.
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -1003,12 +1015,7 @@ def main(argv):
             "kept" if last is not None else "no checkpoint was written yet")
     print(f"Stopped by a second SIGINT without saving; {kept}. Run the same "
           "command to resume.")
-    # Exit now: a checkpoint the interrupt cut short still has orbax threads
-    # running, which print tracebacks when the interpreter shuts down under
-    # them; its temporary files are never restored.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(128 + signal.SIGINT)  # pylint: disable=protected-access
+    _exit_now(128 + signal.SIGINT)
   except OSError as e:
     if e.errno == errno.ENOENT and not os.path.isdir(workdir):
       message = (f"the workdir {workdir} is gone (deleted while the run "
@@ -1016,10 +1023,10 @@ def main(argv):
     else:
       message = os_error_message(e)
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+    _exit_now(1)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _exit_now(1)
   lines = [f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
            for k, v in final.items()]
   print("Final metrics (" + workdir + "):\n  " + "\n  ".join(lines))
