@@ -178,7 +178,10 @@ def test_a_workdir_deleted_mid_run_says_so(tmp_path):
   clone = user_shell.user_dir(tmp_path)
   proc = _restart(clone)
   _after_new_rows(proc, clone / "run" / "metrics.jsonl", 1)
-  shutil.rmtree(clone / "run")
+  # As `rm -rf run` typed again: the run may write a file into a directory
+  # between the removal of its files and of the directory itself.
+  while (clone / "run").exists():
+    shutil.rmtree(clone / "run", ignore_errors=True)
   code, out, err = user_shell.finish(proc)
   assert code == 1, (out, err)
   assert "error: the workdir run is gone (deleted while the run was going)" \

@@ -14,7 +14,9 @@ import math
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
+import threading
 from unittest import mock
 
 from absl.testing import parameterized
@@ -336,9 +338,19 @@ class IntegrityTest(parameterized.TestCase):
       raise ValueError("Error writing: [OS error 28: No space left on device]")
 
     state = ckpt.restore(self.like())
-    with mock.patch.object(ckpt.manager, "save", full):
+    stderr = io.StringIO()
+    with mock.patch.object(ckpt.manager, "save", full), \
+        mock.patch.object(sys, "stderr", stderr):
       with self.assertRaises(OSError) as e:
         ckpt.save(400, state)
+      # orbax's threads print their cleanup's tracebacks after the save
+      # raised; the trainer's one line is the only output.
+      late = threading.Thread(target=print, args=("Traceback",),
+                              kwargs={"file": sys.stderr})
+      late.start()
+      late.join()
+      print("error: the one line", file=sys.stderr)
+    self.assertEqual(stderr.getvalue(), "error: the one line\n")
     self.assertEqual(e.exception.errno, errno.ENOSPC)
     self.assertEqual(train.os_error_message(e.exception),
                      f"disk full writing {ckpt.directory / '400'}; free space "

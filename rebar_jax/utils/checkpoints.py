@@ -13,7 +13,10 @@ and that restores is a process killed between orbax's last write and the
 digest's; its digest is written then and it is used (`Checkpointer.adopted`).
 
 A full disk while saving raises OSError(ENOSPC) naming the checkpoint, after
-removing orbax's temporary directories.
+removing orbax's temporary directories. While a save runs, and after one
+fails, only the main thread writes to `sys.stderr`: orbax's and tensorstore's
+threads print tracebacks of their own cleanup ("Event loop is closed") when a
+save fails, and the raised error says all there is.
 """
 import dataclasses
 import errno
@@ -22,8 +25,10 @@ import json
 import os
 import pathlib
 import shutil
+import sys
+import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 from absl import logging as absl_logging
 import jax
@@ -113,6 +118,21 @@ def verify(step_dir: pathlib.Path) -> Optional[str]:
   return "; ".join(problems) or None
 
 
+class _MainThreadOnly:
+  """A text stream that passes on the main thread's writes and drops others'."""
+
+  def __init__(self, stream: TextIO):
+    self.stream = stream
+
+  def write(self, text: str) -> int:
+    if threading.current_thread() is threading.main_thread():
+      return self.stream.write(text)
+    return len(text)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.stream, name)
+
+
 class Checkpointer:
   """Saves and restores a pytree under `directory/<step>`, verified.
 
@@ -167,6 +187,8 @@ class Checkpointer:
     # into one line below).
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.FATAL)
+    stderr = sys.stderr
+    sys.stderr = _MainThreadOnly(stderr)  # type: ignore[assignment]
     try:
       self.manager.save(step, args=ocp.args.StandardSave(state))
       self.manager.wait_until_finished()
@@ -178,6 +200,8 @@ class Checkpointer:
       self.remove_temporary()
       raise OSError(errno.ENOSPC, "No space left on device",
                     str(self.directory / str(step))) from None
+    else:  # a failed save (a full disk, a second Ctrl-C) keeps the filter
+      sys.stderr = stderr
     finally:
       absl_logging.set_verbosity(verbosity)
 
