@@ -32,7 +32,9 @@ setuptools.setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
+        # ruff + mypy: `make lint` (pinned: a new release adds rules/checks).
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel",
+                 "ruff==0.17.6", "mypy==2.4.1"],
         # importlib_resources: tensorflow-datasets 4.9.10 imports it without
         # declaring it for Python >= 3.9 (tensorflow/datasets#11212).
         "tfds": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
