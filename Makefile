@@ -2,13 +2,14 @@
 #   make test   -- virtual environment in .venv, package + test extras, whole suite
 #   make run    -- the main job: train configs/sbn_mnist.py on the embedded digits
 #   make docs   -- the documentation site, into docs/_build/html
+#   make lint   -- ruff and mypy over rebar_jax/ (config in pyproject.toml)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 
-.PHONY: test run toy benchmark peers install clean docs
+.PHONY: test lint run toy benchmark peers install clean docs
 
 $(BASE): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,12 @@ install: $(BASE)
 
 test: $(TESTS)
 	$(PY) -m pytest -n 2 --dist worksteal -q -rs tests
+
+# Lint and type check (configuration in pyproject.toml; both pinned in the
+# test extras).
+lint: $(TESTS)
+	$(PY) -m ruff check rebar_jax
+	$(PY) -m mypy rebar_jax
 
 # The site, into docs/_build/html: the notebooks executed, the estimator
 # catalogue generated from the registries, warnings as errors.
