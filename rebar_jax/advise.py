@@ -468,9 +468,10 @@ def rank(rows: Sequence[dict]) -> list[dict]:
   exact check (`exact_pass` False) and its work is finite. Those are sorted
   by `work`; the best starts a group and every later row whose interval
   [work_lo, work_hi] overlaps the interval of its group's best joins the
-  group (a tie), else starts the next; a group's rows share its rank and are ordered by
-  `seconds` (the cheaper step first). The other rows follow by work, rank
-  None. Returns new dicts: rank, tied_with (the other names of the group).
+  group (a tie), else starts the next; a group's rows share its rank and are
+  ordered by `seconds` (the cheaper step first). The other rows follow by
+  work, rank None. Returns new dicts: rank, tied_with (the other names of the
+  group).
   """
   eligible = [r for r in rows
               if r["unbiased"] and r.get("exact_pass") is not False

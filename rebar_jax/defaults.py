@@ -40,7 +40,8 @@ def config() -> ml_collections.ConfigDict:
   c.estimator = "rebar"
   c.temperature = 0.5           # lambda (initial value when tuned)
   c.eta = 1.0                   # REBAR's scale (initial value when tuned)
-  c.loo_samples = 2   # K: reinforce_loo, arms, double_cv, rodeo, carms, unordered_set
+  # K: reinforce_loo, arms, double_cv, rodeo, carms, unordered_set
+  c.loo_samples = 2
   c.copula = "dirichlet"        # ARMS's antithetic copula (or "gaussian")
   c.alpha = 0.0                 # double_cv and rodeo: initial CV scale (tuned)
   c.tune_estimator = True       # train eta/lambda, RELAX nets on the variance

@@ -68,7 +68,7 @@ def effective_sample_size(model, params: Any, x: Array, key: Array,
 
 def active_units(model, params: Any, x: Array, threshold: float = 0.01
                  ) -> Array:
-  """Number of first-layer units (variables) with Cov_x(E_q[b | x]) > threshold."""
+  """Number of first-layer units (variables), Cov_x(E_q[b | x]) > threshold."""
   family = protocol.families(model)[0]
   probs = family.mean(model.apply(params, 0, x, (), method="layer_logits"))
   activity = jnp.var(probs, axis=0)  # (*event)

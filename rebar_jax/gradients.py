@@ -3,15 +3,16 @@ r"""Model gradients from one-layer estimators: the composition of both.
 For a batch x_1..x_B, a recognition model q_phi(b | x) = prod_l q(b_l | b_{l-1})
 and a generative model p_theta(x, b), training maximises the mean ELBO
 
-    L = (1/B) sum_i E_{q(b | x_i)}[F_i(b)],   F_i(b) = log p(x_i, b) - log q(b | x_i).
+    L = (1/B) sum_i E_{q(b | x_i)}[F_i(b)],
+    F_i(b) = log p(x_i, b) - log q(b | x_i).
 
 Gradients:
   * theta: d/dtheta log p(x_i, b_i) at the sampled chain b_i (pathwise, exact
     given b).
-  * phi, layer l: est(key_il, logits_il, f_il) pulled back through the encoder of
-    layer l, where logits_il = enc_l(b_{i,l-1}) and f_il(b_l) continues the chain
-    from b_l with the downstream noise of the same draw held fixed, then returns
-    F_i. Each layer's estimate is unbiased for that layer's gradient.
+  * phi, layer l: est(key_il, logits_il, f_il) pulled back through the encoder
+    of layer l, where logits_il = enc_l(b_{i,l-1}) and f_il(b_l) continues the
+    chain from b_l with the downstream noise of the same draw held fixed, then
+    returns F_i. Each layer's estimate is unbiased for that layer's gradient.
   * The direct term -d/dphi log q(b | x) of F (score of the sample itself) has
     zero mean and is DROPPED, as in the REBAR/DisARM code.
 
@@ -213,7 +214,8 @@ class EstimatorSpec(protocol.Options):
             f"{sorted(protocol.REGISTRY[family])}, or a multi-sample "
             f"objective {sorted(multisample.MULTISAMPLE)}.")
     names = protocol.names_by_family(self.name, self.families)
-    pathwise = [f for f, n in names.items() if n in protocol.PATHWISE.get(f, ())]
+    pathwise = [f for f, n in names.items()
+                if n in protocol.PATHWISE.get(f, ())]
     rescaled = sorted({n for n in names.values() if n in protocol.RESCALED})
     if pathwise and rescaled:
       raise ValueError(
@@ -224,7 +226,7 @@ class EstimatorSpec(protocol.Options):
           "without that normalisation.")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-    self.estimator  # pylint: disable=pointless-statement; checks the options
+    _ = self.estimator  # builds it: checks the options
 
   def summary(self, params) -> dict[str, float]:
     """The tuned scalars worth watching (host values of state.params)."""
@@ -388,11 +390,12 @@ def relaxed_signal_jump(model, spec: EstimatorSpec, params: Params, x: Array,
 
   def probe(params, x, key):
     layers = _layers(model, params, x, key)[3]
-    return [jax.vmap(lambda k, lg, ctx, layer=layers[l]: continuity.largest_jump(
-        k, lg, lambda s: layer.f_soft(s, spec.temperature, ctx),
-        layer.family, spec.temperature, num_segments=8))(
-            layers[l].keys, layers[l].logits, layers[l].ctx)
-            for l in relaxed]
+    def jump(layer):
+      return jax.vmap(lambda k, lg, ctx: continuity.largest_jump(
+          k, lg, lambda s: layer.f_soft(s, spec.temperature, ctx),
+          layer.family, spec.temperature, num_segments=8))(
+              layer.keys, layer.logits, layer.ctx)
+    return [jump(layers[l]) for l in relaxed]
 
   jumps = jax.device_get(jax.jit(probe)(params, x, key))
   j = max(jumps, key=lambda j: float(np.max(j.size / j.scale)))
@@ -482,7 +485,7 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
 
 
 def _multisample_gradients(model, spec, params, est_state, x, key, step):
-  r"""Gradients of a K-sample surrogate, (1/B) sum_i surrogate(log w_i, log q_i).
+  r"""Gradients of a K-sample surrogate (1/B) sum_i surrogate(log w_i, log q_i).
 
   For each data point, K independent hard chains b_k ~ q(b | x) (the samples
   carry no gradient); log w_k = log p(x, b_k) - log q(b_k | x) and log q_k are

@@ -97,8 +97,12 @@ def replicate(tree: Any, mesh: Optional[Mesh]) -> Any:
   if jax.process_count() == 1:
     return jax.device_put(tree, replicated(mesh))
   sharding = replicated(mesh)  # each process supplies its devices' copies
-  return jax.tree.map(lambda a: jax.make_array_from_callback(
-      np.shape(a), sharding, lambda index, a=np.asarray(a): a[index]), tree)
+
+  def from_host(a):
+    a = np.asarray(a)
+    return jax.make_array_from_callback(np.shape(a), sharding,
+                                        lambda index: a[index])
+  return jax.tree.map(from_host, tree)
 
 
 def shard_batch(x: jax.Array, mesh: Optional[Mesh]) -> jax.Array:

@@ -31,7 +31,8 @@ def draws(estimator: Callable[..., Array], key: Array, logits: Array,
   one = jax.jit(jax.vmap(lambda k: estimator(k, logits, f, **options)))
   chunk = min(chunk, num_draws)
   if num_draws % chunk:
-    raise ValueError(f"num_draws={num_draws} must be a multiple of chunk={chunk}.")
+    raise ValueError(
+        f"num_draws={num_draws} must be a multiple of chunk={chunk}.")
   out = [np.asarray(one(keys[i:i + chunk])) for i in range(0, num_draws, chunk)]
   return np.concatenate(out).reshape((num_draws,) + jnp.shape(logits))
 
@@ -162,10 +163,10 @@ def exact_elbo(model, params: Any, x: Array, quadrature_points: int = 40
 
 def exact_iw_bound(model, params: Any, x: Array, num_samples: int = 2
                    ) -> Array:
-  r"""E[log (1/K) sum_k w_k] over K i.i.d. chains b_k ~ q(b | x), enumerated, (B,).
+  r"""E[log (1/K) sum_k w_k] over K i.i.d. chains b_k ~ q(b | x), enumerated.
 
-  w_k = p(x, b_k) / q(b_k | x). Sums over the N^K ordered tuples of joint
-  states (`latent_states`), so keep N^K small (K = 2 for tests).
+  Shape (B,); w_k = p(x, b_k) / q(b_k | x). Sums over the N^K ordered tuples
+  of joint states (`latent_states`), so keep N^K small (K = 2 for tests).
   """
   states = latent_states(model)
   n = len(states[0])

@@ -22,13 +22,13 @@ one of them (by its name) must have them. Anything else is refused with a
 never trained on: an unpacked 0/1 file where packbits are expected, grey
 levels already divided by 255, an image width that is not 28 x 28, a truncated
 archive, a missing array, a wrong dtype.
-"""
+"""  # noqa: E501 (the table above: wider than 80 columns by nature)
 import dataclasses
 import gzip
 import os
 import pathlib
-import zipfile
 from typing import Callable, Optional
+import zipfile
 
 import numpy as np
 

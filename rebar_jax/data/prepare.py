@@ -89,11 +89,10 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Callable, Mapping, NamedTuple, NoReturn, Optional, Sequence
 import urllib.error
 import urllib.request
 import zipfile
-from typing import (Callable, Mapping, NamedTuple, NoReturn, Optional,
-                    Sequence)
 
 from absl import app
 from absl import flags

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def check_key(key: Any, name: str = "key") -> None:
-  """Raises TypeError unless `key` is a JAX PRNG key (typed or raw uint32[2])."""
+  """Raises TypeError unless `key` is a JAX PRNG key (typed or uint32[2])."""
   dtype = getattr(key, "dtype", None)
   if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
     if jnp.shape(key) != ():
@@ -29,12 +29,13 @@ def check_key(key: Any, name: str = "key") -> None:
   raise TypeError(
       f"{name} must be a JAX PRNG key (jax.random.key(seed) or "
       f"jax.random.PRNGKey(seed)), got {type(key).__name__} with "
-      f"dtype={dtype} and shape={jnp.shape(key) if dtype is not None else None}."
+      f"dtype={dtype} and "
+      f"shape={jnp.shape(key) if dtype is not None else None}."
   )
 
 
 def check_logits(logits: Any, min_rank: int = 0) -> jax.Array:
-  """Returns `logits` as a float array; raises on non-float input or low rank."""
+  """Returns `logits` as a float array; raises on non-float or low rank."""
   logits = jnp.asarray(logits)
   if not jnp.issubdtype(logits.dtype, jnp.floating):
     raise TypeError(
@@ -50,7 +51,7 @@ def check_logits(logits: Any, min_rank: int = 0) -> jax.Array:
 
 
 def check_noise(noise: Any, logits: jax.Array) -> jax.Array:
-  """Returns `noise` as an array of the logits' dtype; raises on a shape mismatch."""
+  """Returns `noise` in the logits' dtype; raises on a shape mismatch."""
   noise = jnp.asarray(noise)
   if noise.shape != logits.shape:
     raise ValueError(
@@ -76,8 +77,9 @@ def check_int(name: str, value: Any, minimum: int) -> None:
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
-def scalar_fn(f: Callable[..., Any], name: str = "f") -> Callable[..., jax.Array]:
-  """Wraps `f` so that a non-scalar output raises a clear error at trace time."""
+def scalar_fn(f: Callable[..., Any],
+              name: str = "f") -> Callable[..., jax.Array]:
+  """Wraps `f` so that a non-scalar output raises a clear error when traced."""
   if not callable(f):
     raise TypeError(f"{name} must be callable, got {type(f).__name__}.")
 

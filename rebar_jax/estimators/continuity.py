@@ -1,4 +1,4 @@
-r"""Is f continuous on the relaxed domain? A probe for REBAR, RELAX and Concrete.
+r"""Is f continuous on the relaxed domain? A probe for REBAR, RELAX, Concrete.
 
 REBAR and RELAX (Tucker et al. 2017, Sec. 3; Grathwohl et al. 2018, Sec. 3)
 use the control variate c(z) = f(sigma_lambda(z)) and its derivative along z;

@@ -6,15 +6,17 @@ the control-variate parameters phi (eta, log lambda, the RELAX network, ...),
     d/dphi (1/M) sum_m Var[g^_m] = d/dphi (1/M) (E[g^ . g^] - g . g)
                                  = E[ (2/M) (dg^/dphi)^T g^ ],
 
-so (1/M) |g^|^2 of a single draw is an unbiased loss for the variance (Tucker et al.
-2017 Sec. 3.3; Grathwohl et al. 2018 Sec. 3.3). Its gradient needs
+so (1/M) |g^|^2 of a single draw is an unbiased loss for the variance (Tucker
+et al. 2017 Sec. 3.3; Grathwohl et al. 2018 Sec. 3.3). Its gradient needs
 second derivatives (g^ contains d/dl c_phi), which JAX differentiates through.
 
 Also the closed form for REBAR's scale: g^(eta) = r - eta h with E[h] = 0, so
 
-    eta* = argmin_eta sum_m Var[r_m - eta h_m] = sum_m E[r_m h_m] / sum_m E[h_m^2],
+    eta* = argmin_eta sum_m Var[r_m - eta h_m]
+         = sum_m E[r_m h_m] / sum_m E[h_m^2],
 
-estimated from draws (`optimal_eta`) or online with moving averages (`EtaState`).
+estimated from draws (`optimal_eta`) or online with moving averages
+(`EtaState`).
 """
 from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
@@ -107,5 +109,5 @@ class EtaState(NamedTuple):
 
   def eta(self, default: float = 1.0) -> Array:
     """The current eta* estimate; `default` until anything has been seen."""
-    return jnp.where(self.hh > 0, self.rh / jnp.where(self.hh > 0, self.hh, 1.0),
-                     default)
+    return jnp.where(self.hh > 0,
+                     self.rh / jnp.where(self.hh > 0, self.hh, 1.0), default)

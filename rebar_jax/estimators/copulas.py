@@ -36,8 +36,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.special import ndtri
+import numpy as np
 
 Array = jax.Array
 

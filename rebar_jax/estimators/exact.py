@@ -2,12 +2,13 @@
 
 For b ~ Bernoulli(sigmoid(logits)) with D = logits.size latents,
 
-    E[f(b)] = sum_{b in {0,1}^D} p(b) f(b),   p(b) = prod_i sigma(l_i)^b_i sigma(-l_i)^(1-b_i),
+    E[f(b)] = sum_{b in {0,1}^D} p(b) f(b),
+    p(b) = prod_i sigma(l_i)^b_i sigma(-l_i)^(1-b_i),
 
-and the gradient w.r.t. the logits is the gradient of that finite sum (f does not
-depend on the logits). For categorical one-hot b with logits (..., C) the sum runs
-over all C^D configurations. Cost is 2^D (C^D) evaluations of f: keep D small
-(D <= 16 Bernoulli, C^D <= ~1e5 categorical).
+and the gradient w.r.t. the logits is the gradient of that finite sum (f does
+not depend on the logits). For categorical one-hot b with logits (..., C) the
+sum runs over all C^D configurations. Cost is 2^D (C^D) evaluations of f:
+keep D small (D <= 16 Bernoulli, C^D <= ~1e5 categorical).
 
 Precision: the sums are accumulated in float64 (`jax.enable_x64` around the
 enumeration): the states, the probabilities and f's arithmetic (f is called
@@ -97,7 +98,8 @@ def _categorical_expectation64(logits: Array, f: Callable[[Array], Array]
   return jnp.sum(jnp.exp(log_p) * values)
 
 
-def categorical_expectation(logits: Array, f: Callable[[Array], Array]) -> Array:
+def categorical_expectation(logits: Array,
+                            f: Callable[[Array], Array]) -> Array:
   """E_{b ~ Categorical(softmax(logits))}[f(b)] with one-hot b, exactly."""
   return _in_float64(lambda l: _categorical_expectation64(l, f), logits)
 

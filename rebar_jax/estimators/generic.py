@@ -1,4 +1,4 @@
-r"""REINFORCE, leave-one-out REINFORCE, REBAR and RELAX, written once for any family.
+r"""REINFORCE, leave-one-out REINFORCE, REBAR and RELAX, once for any family.
 
 A distribution family is a module (`bernoulli`, `categorical`) with these
 public functions of its reparameterisation, shared by the chain of a model and
@@ -56,9 +56,10 @@ class RebarParams(NamedTuple):
 class RelaxParams(NamedTuple):
   """Parameters phi of RELAX's control variate.
 
-  c_phi(z) = f_relaxed(sigma_lambda(z)) + r_rho(z), lambda = exp(log_temperature),
-  r_rho an MLP on z flattened, given as a list of (weight, bias) pairs whose
-  last layer starts at zero (so RELAX starts as REBAR with eta = 1).
+  c_phi(z) = f_relaxed(sigma_lambda(z)) + r_rho(z),
+  lambda = exp(log_temperature), r_rho an MLP on z flattened, given as a list
+  of (weight, bias) pairs whose last layer starts at zero (so RELAX starts as
+  REBAR with eta = 1).
   """
   log_temperature: Array
   mlp: Sequence[tuple[Array, Array]]
@@ -155,7 +156,7 @@ def iid_samples(family: Family, key: PRNGKey, logits: Array,
 def reinforce_loo(family: Family, key: PRNGKey, logits: Array, f: Fn,
                   num_samples: int = 2, noise: Optional[Array] = None
                   ) -> Array:
-  """g^ = 1/(n-1) sum_i (f(b_i) - mean_j f(b_j)) score(b_i), b from `iid_samples`."""
+  """g^ = 1/(n-1) sum_i (f(b_i) - mean_j f(b_j)) score(b_i), b `iid_samples`."""
   logits, f = prepare(family, key, logits, f)
   _checks.check_int("num_samples", num_samples, 2)
   b = iid_samples(family, key, logits, num_samples, noise)

@@ -3,14 +3,16 @@ r"""Multi-sample objectives as surrogate losses whose gradient is the estimator.
 Setting (one data point x; vmap over data points). b_1..b_K ~ q_phi(b | x)
 i.i.d., held fixed (sampled outside the differentiated function), and
 
-    log w_k = log p_theta(x, b_k) - log q_phi(b_k | x),     h_k = d/dphi log q_phi(b_k | x),
-    L_K     = log (1/K) sum_k w_k,                          v_k = w_k / sum_l w_l,
+    log w_k = log p_theta(x, b_k) - log q_phi(b_k | x),
+    h_k     = d/dphi log q_phi(b_k | x),
+    L_K     = log (1/K) sum_k w_k,
+    v_k     = w_k / sum_l w_l,
 
 the importance-weighted bound (Burda et al. 2016; E[L_1] is the ELBO and
 E[L_K] rises to log p(x) with K). Every surrogate here takes
 
     log_w: (K,)  the log-weights, a differentiable function of (theta, phi),
-    log_q: (K,)  log q_phi(b_k | x), the same differentiable log q used in log_w,
+    log_q: (K,)  log q_phi(b_k | x), the differentiable log q used in log_w,
 
 and returns a scalar loss whose gradient w.r.t. (theta, phi) is ONE draw of an
 estimator of -grad E[L_K] (iwae_reinforce, VIMCO, OVIS, RWS's theta part) or of
@@ -21,9 +23,10 @@ estimator of -grad E[L_K] (iwae_reinforce, VIMCO, OVIS, RWS's theta part) or of
 
 the score-function estimators with per-sample control variates c_k are
 
-    g_theta = sum_k v_k grad_theta log p(x, b_k)         (pathwise, through log_w)
+    g_theta = sum_k v_k grad_theta log p(x, b_k)     (pathwise, through log_w)
     g_phi   = sum_k (L_K - c_k) h_k + sum_k v_k grad_phi log w_k
-            = sum_k (d_k - c_k) h_k,      d_k = L_K - v_k  (Lievin et al.'s d_k),
+            = sum_k (d_k - c_k) h_k,
+    d_k     = L_K - v_k                              (Lievin et al.'s d_k),
 
 which is the gradient of the surrogate (`score_surrogate`)
 
@@ -38,9 +41,7 @@ Cost: the leave-one-out baselines build a (K, K) matrix per data point
 (O(K^2) memory), like the reference implementations; fine for K <= ~1000.
 """
 import functools
-from typing import Any, Callable
-
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -117,8 +118,9 @@ def normalized_weights(log_w: Array) -> Array:
 def _offdiag_logsumexp(log_w: Array) -> Array:
   """log sum_{j != k} w_j for each k, shape (K,); (K, K) work, no cancellation.
 
-  Computed directly over the masked row rather than as log(sum w) + log(1 - v_k),
-  which loses all precision when one weight dominates (v_k -> 1).
+  Computed directly over the masked row rather than as
+  log(sum w) + log(1 - v_k), which loses all precision when one weight
+  dominates (v_k -> 1).
   """
   k = log_w.shape[0]
   mask = ~jnp.eye(k, dtype=bool)
@@ -223,9 +225,9 @@ def ovis_mc_baselines(log_w: Array, log_w_aux: Array, alpha=0.0) -> Array:
       d_k(b^(s), b_{-k}) = L_K(b^(s), b_{-k}) - v_k(b^(s), b_{-k}),
 
   where (b^(s), b_{-k}) is the K-set with b_k replaced by b^(s), i.e. log w_k
-  replaced by log w(b^(s)). c_k depends on b_{-k} and the auxiliary samples only,
-  so the estimator is unbiased. Shape (K,), no gradient; O(S K^2) work. For
-  the Renyi bound, L_K and v_k are L_K^alpha and the tempered weights u_k.
+  replaced by log w(b^(s)). c_k depends on b_{-k} and the auxiliary samples
+  only, so the estimator is unbiased. Shape (K,), no gradient; O(S K^2) work.
+  For the Renyi bound, L_K and v_k are L_K^alpha and the tempered weights u_k.
 
   Args:
     log_w: (K,) log-weights of the K samples, K >= 2.
@@ -237,7 +239,8 @@ def ovis_mc_baselines(log_w: Array, log_w_aux: Array, alpha=0.0) -> Array:
   k = log_w.shape[0]
   if k < 2 or log_w_aux.shape[0] < 1:
     raise ValueError(
-        f"OVIS-MC needs K >= 2 and S >= 1, got K = {k}, S = {log_w_aux.shape[0]}.")
+        f"OVIS-MC needs K >= 2 and S >= 1, got K = {k}, "
+        f"S = {log_w_aux.shape[0]}.")
   _check_alpha(alpha)
   beta = 1.0 - alpha
   eye = jnp.eye(k, dtype=bool)
@@ -323,8 +326,8 @@ def ovis_gamma_surrogate(log_w: Array, log_q: Array,
                          gamma: float = 1.0, alpha=0.0) -> Array:
   r"""OVIS-gamma (asymptotic OVIS, Lievin et al. 2020, Eq. 17).
 
-      g_phi = sum_k (d_k - c_k) h_k,  d_k - c_k = gamma log(1 - 1/K)
-                                                 - log(1 - v_k) - (1 - gamma) v_k,
+      g_phi = sum_k (d_k - c_k) h_k,
+      d_k - c_k = gamma log(1 - 1/K) - log(1 - v_k) - (1 - gamma) v_k,
       g_theta = sum_k v_k grad_theta log p(x, b_k),
 
   c_k from `ovis_gamma_baselines`. Unbiased for -grad E[L_K] at gamma = 0 only;
@@ -372,7 +375,8 @@ def rws_surrogate(log_w: Array, log_q: Array) -> Array:
       g_theta = sum_k v_k grad_theta log p(x, b_k)      (= the IWAE theta part),
       g_phi   = sum_k v_k h_k                            (wake-phi),
 
-  loss = -( L_K(log p - sg(log q)) + sum_k sg(v_k) log q_k ), log p = log_w + log_q.
+  loss = -( L_K(log p - sg(log q)) + sum_k sg(v_k) log q_k ),
+  log p = log_w + log_q.
   The theta part is unbiased for grad_theta E[L_K]; the phi part is a
   self-normalised (biased, consistent as K -> inf) estimate of
   -grad_phi KL(p(b|x) || q(b|x)), not of grad_phi E[L_K]. Shapes (K,) -> scalar.
@@ -393,10 +397,12 @@ def elbo_loo_surrogate(log_w: Array, log_q: Array) -> Array:
 
       g = (1/K) sum_k [ (log w_k - (1/(K-1)) sum_{j != k} log w_j) h_k
                         + grad log w_k ]
-        = (1/(K-1)) sum_k (log w_k - mean_j log w_j) h_k + (1/K) sum_k grad log w_k,
+        = (1/(K-1)) sum_k (log w_k - mean_j log w_j) h_k
+          + (1/K) sum_k grad log w_k,
 
-  (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!"; Salimans & Knowles 2014); the pathwise
-  term gives theta its gradient and adds -(1/K) sum_k h_k (zero mean) to phi.
+  (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!";
+  Salimans & Knowles 2014); the pathwise term gives theta its gradient and
+  adds -(1/K) sum_k h_k (zero mean) to phi.
   K >= 2. Shapes: log_w, log_q (K,); returns a scalar.
   """
   k = _check(log_w, log_q, min_k=2)
@@ -406,10 +412,11 @@ def elbo_loo_surrogate(log_w: Array, log_q: Array) -> Array:
 
 
 def vargrad_surrogate(log_w: Array, log_q: Array) -> Array:
-  r"""VarGrad (Richter et al. 2020): the log-variance loss for phi, ELBO for theta.
+  r"""VarGrad (Richter et al. 2020): log-variance loss for phi, ELBO for theta.
 
       loss = (1/2) Var^_k[ sg(log p_k) - log q_k ] - (1/K) sum_k log p_k,
-      Var^_k[f] = (1/(K-1)) sum_k (f_k - f_bar)^2,    log p_k = log_w_k + log_q_k,
+      Var^_k[f] = (1/(K-1)) sum_k (f_k - f_bar)^2,
+      log p_k = log_w_k + log_q_k,
 
   with the samples b_k fixed (no gradient through sampling). Gradients:
 
@@ -493,7 +500,8 @@ def tvo_surrogate(log_w: Array, log_q: Array, betas: Any = (0.0, 0.01, 1.0)
   with the K / (K - 1) correction, and the left Riemann sum over `betas`:
 
       loss = -sum_j Delta_j [ sum_k sg(u_k) log w_k
-               + K/(K-1) sum_k sg(u_k (f_k - f_bar)) (log pi~_k - sum_l sg(u_l) log pi~_l) ].
+               + K/(K-1) sum_k sg(u_k (f_k - f_bar))
+                   (log pi~_k - sum_l sg(u_l) log pi~_l) ].
 
   Biased (self-normalised importance sampling), consistent as K grows; at
   betas = [0, 1] its expectation is -grad ELBO. K >= 2.
@@ -544,7 +552,7 @@ def iwae_pathwise_surrogate(log_w: Array, alpha=0.0) -> Array:
 
 
 def dreg_surrogate(log_w_theta: Array, log_w_phi: Array) -> Array:
-  r"""DReG, the doubly reparameterised IWAE gradient (Tucker et al. 2019, Eq. 5).
+  r"""DReG, doubly reparameterised IWAE gradient (Tucker et al. 2019, Eq. 5).
 
   Applying the reparameterisation a second time to the score part of the
   pathwise gradient gives, with v_k = w_k / sum_j w_j,
@@ -607,7 +615,8 @@ surrogate does not read is never computed: XLA drops it)."""
 
 MULTISAMPLE: dict[str, Callable[..., Array]] = {
     "iwae_reinforce": iwae_reinforce_surrogate,
-    "vimco_arithmetic": functools.partial(vimco_surrogate, baseline="arithmetic"),
+    "vimco_arithmetic": functools.partial(vimco_surrogate,
+                                          baseline="arithmetic"),
     "vimco_geometric": functools.partial(vimco_surrogate, baseline="geometric"),
     "ovis_gamma0": functools.partial(ovis_gamma_surrogate, gamma=0.0),
     "ovis_gamma0.5": functools.partial(ovis_gamma_surrogate, gamma=0.5),

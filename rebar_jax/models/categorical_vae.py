@@ -1,4 +1,4 @@
-r"""A VAE with V independent categorical latents of C classes (Jang et al. 2017; Yin et al. 2019).
+r"""A VAE with V independent categorical latents of C classes.
 
     q(b | x) = prod_v Cat(b_v; softmax(enc(x)_v)),
     p(x, b) = p(b) prod_d Bernoulli(x_d; sigmoid(dec(b)_d)),
@@ -67,7 +67,8 @@ class CategoricalVAE(nn.Module):
 
   def setup(self):
     latent = self.num_vars * self.num_classes
-    self.encoder_layers = [nn.Dense(h) for h in self.hidden] + [nn.Dense(latent)]
+    self.encoder_layers = ([nn.Dense(h) for h in self.hidden]
+                           + [nn.Dense(latent)])
     self.decoder_layers = [nn.Dense(h) for h in reversed(self.hidden)] + [
         nn.Dense(self.data_dim,
                  bias_init=sbn.output_bias_init(self.train_mean, self.data_dim))
@@ -105,7 +106,7 @@ class CategoricalVAE(nn.Module):
     return categorical_log_prob(b, self.encoder_logits(x))
 
   def log_prior(self, b: Array) -> Array:
-    """log p(b) (V log(1/C) for the uniform prior and one-hot b), shape (...)."""
+    """log p(b) (V log(1/C) for the uniform prior, one-hot b), shape (...)."""
     return categorical_log_prob(b, self.prior_logits)
 
   def log_p(self, x: Array, b: Array) -> Array:

@@ -1,4 +1,4 @@
-r"""Models with Gaussian latents: the linear-Gaussian test model and a Gaussian VAE.
+r"""Models with Gaussian latents: a linear-Gaussian test model, a Gaussian VAE.
 
 `LinearGaussian` is the model of Rainforth et al. (2018, Sec. 4), used by
 Tucker et al. (2019, DReG) and Lievin et al. (2020, OVIS, Fig. 1) to study
@@ -100,7 +100,8 @@ class LinearGaussian(nn.Module):
   def elbo(self, x: Array) -> Array:
     r"""The ELBO E_q[log p(x, z) - log q(z | x)] in closed form, (...).
 
-    With q = N(m, s^2 I): E log p(z) = -sum ((m - mu)^2 + s^2) / 2 - D/2 log 2pi,
+    With q = N(m, s^2 I):
+    E log p(z) = -sum ((m - mu)^2 + s^2) / 2 - D/2 log 2pi,
     E log p(x | z) = -sum ((x - m)^2 + s^2) / 2 - D/2 log 2pi, and the entropy
     D/2 log(2 pi e s^2).
     """
@@ -108,7 +109,8 @@ class LinearGaussian(nn.Module):
     s2 = self.q_variance
     return (jnp.sum(-0.5 * ((m - self.prior_mean)**2 + s2)
                     - 0.5 * ((x - m)**2 + s2), axis=-1)
-            - self.dim * _LOG_2PI + 0.5 * self.dim * (_LOG_2PI + 1 + math.log(s2)))
+            - self.dim * _LOG_2PI
+            + 0.5 * self.dim * (_LOG_2PI + 1 + math.log(s2)))
 
 
 def linear_gaussian_optimum(prior_mean: Any) -> dict:
@@ -152,7 +154,8 @@ class GaussianVAE(nn.Module):
         nn.Dense(2 * self.latent_dim)]
     self.decoder_layers = [nn.Dense(h) for h in reversed(self.hidden)] + [
         nn.Dense(self.data_dim,
-                 bias_init=sbn.output_bias_init(self.train_mean, self.data_dim))]
+                 bias_init=sbn.output_bias_init(self.train_mean,
+                                                self.data_dim))]
 
   def stochastic_layers(self) -> tuple[protocol.StochasticLayer, ...]:
     return (protocol.StochasticLayer("gaussian", (self.latent_dim,)),)

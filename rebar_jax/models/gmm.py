@@ -93,7 +93,8 @@ class GaussianMixture(nn.Module):
     """x ~ p_theta*(x), shape (num, 1)."""
     k_c, k_x = jax.random.split(key)
     c = jax.random.categorical(k_c, self.true_prior_logits(), shape=(num,))
-    return (self.means[c] + self.scale * jax.random.normal(k_x, (num,)))[:, None]
+    noise = jax.random.normal(k_x, (num,))
+    return (self.means[c] + self.scale * noise)[:, None]
 
   def true_posterior(self, x: Array) -> Array:
     """p_theta*(c | x), (..., 1) -> (..., C)."""
@@ -101,7 +102,7 @@ class GaussianMixture(nn.Module):
                           + self.log_likelihoods(x))
 
   def errors(self, x: Array) -> dict[str, Array]:
-    """||softmax(theta) - pi*||_2 and the mean over x of ||q(.|x) - p*(.|x)||_2."""
+    """||softmax(theta) - pi*||_2 and mean over x of ||q(.|x) - p*(.|x)||_2."""
     prior = jax.nn.softmax(self.prior_logits)
     q = jax.nn.softmax(self.layer_logits(0, x, ()))
     return {"prior_error": jnp.linalg.norm(

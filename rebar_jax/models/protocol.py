@@ -2,13 +2,14 @@ r"""What the training code needs of a discrete-latent model.
 
 A model with L stochastic layers b = (b_1, ..., b_L), recognition model
 
-    q(b | x) = prod_l q(b_l | x, b_<l),   q(b_l | .) = Family_l(logits_l(x, b_<l)),
+    q(b | x) = prod_l q(b_l | x, b_<l),
+    q(b_l | .) = Family_l(logits_l(x, b_<l)),
 
 and generative model p(x, b) is a Flax linen module with
 
-    stochastic_layers() -> tuple[StochasticLayer, ...]   (no parameters needed)
-    layer_logits(l, x, above) -> (..., *event_shape_l)   logits of q(b_l | x, b_<l)
-    log_joint(x, bs) -> (log p(x, b), log q(b | x))      each of shape (...)
+    stochastic_layers() -> tuple[StochasticLayer, ...]  (no parameters needed)
+    layer_logits(l, x, above) -> (..., *event_shape_l)  logits of q(b_l | .)
+    log_joint(x, bs) -> (log p(x, b), log q(b | x))     each of shape (...)
 
 and the fields `data_dim` (D) and `train_mean` (the mean training pixel (D,)
 or None). x is (..., D); bs and `above` are tuples of arrays
@@ -57,7 +58,7 @@ def families(model) -> tuple[Any, ...]:
 
 
 class ModelError(ValueError):
-  """A model that does not follow the protocol (the message names the method)."""
+  """A model that does not follow the protocol; the message names the method."""
 
 
 def _describe(out: Any) -> str:
@@ -220,7 +221,7 @@ def _ancestral(model, params, x, key, through):
 
 
 def log_weight(model, params: Any, x: Array, key: Array) -> Array:
-  """log w = log p(x, b) - log q(b | x) at one b ~ q(b | x); shape x.shape[:-1]."""
+  """log w = log p(x, b) - log q(b | x), b ~ q(b | x); shape x.shape[:-1]."""
   log_p, log_q = model.apply(params, x, sample(model, params, x, key),
                              method="log_joint")
   return log_p - log_q

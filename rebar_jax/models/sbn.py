@@ -17,7 +17,8 @@ the papers use 784-200 / 784-200-200 linear and 784-(200-200-)200 nonlinear.
 Conventions (as the original REBAR code):
   * the encoder input of layer 1 is x - train_mean; of later layers 2b - 1;
   * the decoder input is 2b - 1;
-  * the output bias of p(x | b_1) starts at logit(clip(train_mean, 1e-3, 1 - 1e-3)).
+  * the output bias of p(x | b_1) starts at
+    logit(clip(train_mean, 1e-3, 1 - 1e-3)).
 
 Shapes: the model works on any leading shape. x is (..., D) and each b_l is
 (..., H); every log-probability sums over the last (unit) axis only and has the
@@ -43,7 +44,7 @@ Params = Any
 
 
 def bernoulli_log_prob(b: Array, logits: Array) -> Array:
-  r"""sum_i b_i log sigmoid(l_i) + (1 - b_i) log sigmoid(-l_i) over the last axis.
+  r"""sum_i (last axis) b_i log sigmoid(l_i) + (1 - b_i) log sigmoid(-l_i).
 
   Exact log-probability of b in {0, 1}^n under Bernoulli(sigmoid(l)), and its
   linear interpolation for relaxed b in [0, 1]. Computed as
@@ -81,7 +82,7 @@ def centre(x: Array, train_mean: Optional[tuple[float, ...]],
 
 def output_bias_init(train_mean: Optional[tuple[float, ...]],
                      data_dim: int) -> Callable[..., Array]:
-  """Initialiser of the bias of p(x | .): logit(clip(train_mean, 1e-3, 1 - 1e-3)).
+  """Bias initialiser of p(x | .): logit(clip(train_mean, 1e-3, 1 - 1e-3)).
 
   The decoder then starts at the marginal pixel frequencies (zeros if None).
   """
@@ -222,14 +223,20 @@ class SBN(nn.Module):
     return self.decoders[layer](2.0 * b - 1.0)
 
   def log_q(self, x: Array, bs: Sequence[Array]) -> Array:
-    r"""log q(b | x) = sum_l log q(b_l | b_{l-1}), b_0 = x. Shape x.shape[:-1]."""
+    r"""log q(b | x) = sum_l log q(b_l | b_{l-1}), b_0 = x.
+
+    Shape x.shape[:-1].
+    """
     self._check_bs(x, bs)
     parents = (x,) + tuple(bs[:-1])
     return sum(bernoulli_log_prob(b, self.encoder_logits(l, h))
                for l, (h, b) in enumerate(zip(parents, bs)))
 
   def log_prior(self, bs: Sequence[Array]) -> Array:
-    r"""log p(b) = log p(b_L) + sum_{l=2}^{L} log p(b_{l-1} | b_l). Shape (...)."""
+    r"""log p(b) = log p(b_L) + sum_{l=2}^{L} log p(b_{l-1} | b_l).
+
+    Shape (...).
+    """
     lp = bernoulli_log_prob(bs[-1], self.prior_logits)
     for l in range(1, self.num_layers):
       lp = lp + bernoulli_log_prob(bs[l - 1], self.decoder_logits(l, bs[l]))
