@@ -193,7 +193,7 @@ def encoder_modules(params: Params) -> list[tuple[str, int]]:
   return list(out.items())
 
 
-def make_step(exp: train.Experiment) -> Callable[..., Any]:
+def make_step(exp: train.Experiment) -> jax.stages.Wrapped:
   """jit((state, x, key) -> (state, encoder gradient)): one training step.
 
   The step is training's (`train.update`, which `train.make_train_chunk`
@@ -493,7 +493,7 @@ def rank(rows: Sequence[dict]) -> list[dict]:
   return out
 
 
-def _g(x: float) -> str:
+def _g(x: Optional[float]) -> str:
   return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else (
       f"{x:.3g}")
 

@@ -289,15 +289,16 @@ def _layers(model, params: Params, x: Array, key: PRNGKey,
   or relaxed at the given temperature for f_soft).
   """
   families = models_protocol.families(model)
-  keys, noise = noise or chain_noise(model, x.shape[0], key)
+  keys, noises = noise or chain_noise(model, x.shape[0], key)
   logits_of = lambda p, l, x, above: model.apply(
       p, l, x, tuple(above), method="layer_logits")
 
   def forward(p):
-    logits, bs = [], []
+    logits: list[Array] = []
+    bs: list[Array] = []
     for l, fam in enumerate(families):
       lg = logits_of(p, l, x, bs)  # gradients reach the encoder via the vjp
-      bs.append(fam.sample_from_noise(jax.lax.stop_gradient(lg), noise[l]))
+      bs.append(fam.sample_from_noise(jax.lax.stop_gradient(lg), noises[l]))
       logits.append(lg)
     log_p, log_q = model.apply(p, x, tuple(bs), method="log_joint")
     if with_log_q:
@@ -330,7 +331,7 @@ def _layers(model, params: Params, x: Array, key: PRNGKey,
       Layer(keys[:, l], logits[l],
             functools.partial(lambda l, b, ctx: chain(l, b, ctx), l),
             functools.partial(lambda l, s, t, ctx: chain(l, s, ctx, t), l),
-            (x, bs[:l], noise[l + 1:]), bs[l], fam, noise[l])
+            (x, bs[:l], noises[l + 1:]), bs[l], fam, noises[l])
       for l, fam in enumerate(families)]
   return log_p, log_q, vjp_fn, layers, continuation
 
@@ -410,14 +411,14 @@ def _relaxed_gradients(model, spec, params, est_state, x, key, noise):
   spec.temperature (Concrete / Gumbel-softmax).
   """
   families = models_protocol.families(model)
-  _, noise = noise or chain_noise(model, x.shape[0], key)
+  _, noises = noise or chain_noise(model, x.shape[0], key)
 
   def signal(p, hard):
-    bs = []
+    bs: list[Array] = []
     for l, fam in enumerate(families):
       lg = model.apply(p, l, x, tuple(bs), method="layer_logits")
-      bs.append(fam.sample_from_noise(lg, noise[l]) if hard else
-                fam.relaxed_from_noise(lg, noise[l], spec.temperature))
+      bs.append(fam.sample_from_noise(lg, noises[l]) if hard else
+                fam.relaxed_from_noise(lg, noises[l], spec.temperature))
     return _signal(model, p, x, tuple(bs))
 
   grads = jax.grad(lambda p: -jnp.mean(signal(p, hard=False)))(params)

@@ -96,7 +96,8 @@ def replicate(tree: Any, mesh: Optional[Mesh]) -> Any:
     return tree
   if jax.process_count() == 1:
     return jax.device_put(tree, replicated(mesh))
-  sharding = replicated(mesh)  # each process supplies its devices' copies
+  # replicated(mesh); each process supplies its devices' copies
+  sharding = NamedSharding(mesh, P())
 
   def from_host(a):
     a = np.asarray(a)

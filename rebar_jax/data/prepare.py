@@ -736,7 +736,7 @@ def _define_flags() -> None:
       "them.")
 
 
-def _fail(message: str, status: int = 1) -> None:
+def _fail(message: str, status: int = 1) -> NoReturn:
   print(f"prepare: error: {message}", file=sys.stderr, flush=True)
   sys.exit(status)
 

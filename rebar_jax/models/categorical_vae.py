@@ -150,4 +150,6 @@ def sample_q(model: CategoricalVAE, params: Params, x: Array,
     b: (..., V, C) one-hot; log_q: (...).
   """
   (b,) = protocol.sample(model, params, x, key)
-  return b, model.apply(params, x, b, method=CategoricalVAE.log_q)
+  # flax types apply's result as (output, mutated variables) too; no mutable.
+  log_q = model.apply(params, x, b, method=CategoricalVAE.log_q)
+  return b, log_q  # type: ignore[return-value]

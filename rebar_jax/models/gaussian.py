@@ -39,7 +39,7 @@ Array = jax.Array
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def normal_log_prob(x: Array, mean: Array, variance: Any) -> Array:
+def normal_log_prob(x: Array, mean: Array | float, variance: Any) -> Array:
   """log N(x; mean, variance I), summed over the last axis."""
   return jnp.sum(-0.5 * (x - mean)**2 / variance
                  - 0.5 * jnp.log(variance) - 0.5 * _LOG_2PI, axis=-1)
@@ -165,8 +165,8 @@ class GaussianVAE(nn.Module):
     del layer, above
     chex.assert_axis_dimension(x, -1, self.data_dim)
     h = sbn.centre(x, self.train_mean, self.data_dim)
-    for layer in self.encoder_layers[:-1]:
-      h = jnp.tanh(layer(h))
+    for dense in self.encoder_layers[:-1]:
+      h = jnp.tanh(dense(h))
     h = self.encoder_layers[-1](h)
     return h.reshape(h.shape[:-1] + (self.latent_dim, 2))
 

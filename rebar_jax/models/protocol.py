@@ -210,7 +210,7 @@ def reparameterised_sample(model, params: Any, x: Array, key: Array
 def _ancestral(model, params, x, key, through):
   fams = families(model)
   keys = jax.random.split(key, len(fams))
-  bs = []
+  bs: list[Array] = []
   for l, (fam, layer) in enumerate(zip(fams, model.stochastic_layers())):
     logits = through(
         model.apply(params, l, x, tuple(bs), method="layer_logits"))

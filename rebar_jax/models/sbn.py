@@ -28,7 +28,7 @@ which is what REBAR/RELAX evaluate on the relaxed samples.
 
 Layers are 0-indexed in code: `bs[l]` is b_{l+1}, for l = 0..L-1.
 """
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, cast, Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -229,8 +229,8 @@ class SBN(nn.Module):
     """
     self._check_bs(x, bs)
     parents = (x,) + tuple(bs[:-1])
-    return sum(bernoulli_log_prob(b, self.encoder_logits(l, h))
-               for l, (h, b) in enumerate(zip(parents, bs)))
+    return cast(Array, sum(bernoulli_log_prob(b, self.encoder_logits(l, h))
+                           for l, (h, b) in enumerate(zip(parents, bs))))
 
   def log_prior(self, bs: Sequence[Array]) -> Array:
     r"""log p(b) = log p(b_L) + sum_{l=2}^{L} log p(b_{l-1} | b_l).
@@ -290,4 +290,6 @@ def sample_q(model: SBN, params: Params, x: Array,
     bs: tuple of L arrays (..., H) in {0, 1}; log_q: (...).
   """
   bs = protocol.sample(model, params, x, key)
-  return bs, model.apply(params, x, bs, method=SBN.log_q)
+  # flax types apply's result as (output, mutated variables) too; no mutable.
+  log_q = model.apply(params, x, bs, method=SBN.log_q)
+  return bs, log_q  # type: ignore[return-value]

@@ -80,7 +80,7 @@ def orbax_complete(step_dir: pathlib.Path) -> bool:
     return False
 
 
-def is_disk_full(e: BaseException) -> bool:
+def is_disk_full(e: Optional[BaseException]) -> bool:
   """Whether `e` (or an exception it chains) says the disk is full."""
   seen = set()
   while e is not None and id(e) not in seen:
@@ -188,7 +188,7 @@ class Checkpointer:
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.FATAL)
     stderr = sys.stderr
-    sys.stderr = _MainThreadOnly(stderr)  # type: ignore[assignment]
+    sys.stderr = _MainThreadOnly(stderr)
     try:
       self.manager.save(step, args=ocp.args.StandardSave(state))
       self.manager.wait_until_finished()
@@ -237,7 +237,8 @@ class Checkpointer:
       CheckpointError: checkpoints exist but none is intact, or the intact
         one does not have the structure of `like`.
     """
-    damaged, chosen = [], -1
+    damaged: list[Damaged] = []
+    chosen = -1
     if jax.process_index() == 0:  # in a multi-process run, process 0 decides
       for step in reversed(self.steps()):
         step_dir = self.directory / str(step)

@@ -154,6 +154,7 @@ class RunRecord:
 
   def changes(self, config: dict[str, Any], data_sha256: str
               ) -> dict[str, tuple[Any, Any]]:
+    assert self.data is not None, "no record to compare with (exists False)"
     return identity_changes(self.data["config"], config,
                             self.data["data_sha256"], data_sha256)
 
@@ -221,7 +222,7 @@ class WorkdirLock:
   def __init__(self, workdir: str):
     self.workdir = workdir or "."
     self.path = os.path.join(self.workdir, LOCK_FILE)
-    self._fd = None
+    self._fd: Optional[int] = None
 
   def __enter__(self) -> "WorkdirLock":
     if os.path.isdir(self.path):

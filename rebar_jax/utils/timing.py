@@ -7,7 +7,7 @@ of turns gives one ratio of rates; drift slower than a pair cancels in it
 (`interleaved`). Used by scripts/benchmark.py and `rebar_jax.advise`.
 """
 import statistics
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def interleaved(a: Timer, b: Timer, repeats: int, seconds: float,
-                unit_a: int = 1, unit_b: int = 1) -> dict[str, float]:
+                unit_a: int = 1, unit_b: int = 1) -> dict[str, Any]:
   """Steps/s of a over b's, measured in alternation.
 
   Each side runs turns of about `seconds` (`block_steps`); `repeats` pairs
