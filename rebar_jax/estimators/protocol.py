@@ -117,7 +117,8 @@ class Layer(NamedTuple):
   b: (B, *event) the chain's sample at this layer: the sample the family's
     estimators draw from `keys`, so f_hard(b) is the chain's signal F.
   family: the module of the layer's one-layer estimators (`bernoulli`,
-    `categorical` or `gaussian`): its `score(logits, b)` and estimator functions.
+    `categorical` or `gaussian`): its `score(logits, b)` and estimator
+    functions.
   noise: (B, *event) the chain's noise at this layer, `family.noise` of
     `keys`, from which b was sampled. Estimators are given it (`noise=`), so
     a layer's noise is drawn once per step, by the chain.
@@ -186,7 +187,7 @@ def _zeros(params):
 
 
 def per_data_point(layer: Layer, one: Callable[..., Any]) -> Any:
-  """vmap of one(key, logits, f, f_relaxed, noise) over a layer's data points."""
+  """vmap of one(key, logits, f, f_relaxed, noise) over the data points."""
   def run(key, logits, ctx, noise):
     f = lambda b: layer.f_hard(b, ctx)
     f_relaxed = lambda s, t: layer.f_soft(s, t, ctx)
@@ -327,7 +328,8 @@ def muprop_baseline(options: Options) -> Estimator:
     terms = [per_data_point(layer, lambda k, lg, f, fr, nz, family=(
         layer.family): family.muprop_terms(k, lg, f, noise=nz))
              for layer in problem.layers]
-    centred = jnp.stack([r for r, _, _ in terms], axis=1) - baseline
+    # flax types apply's result as (output, mutated variables) too; no mutable.
+    centred = jnp.stack([r for r, _, _ in terms], axis=1) - baseline  # type: ignore[operator]
     stats, decay = state.stats, options.nvil_decay
     new_stats = NvilStats(
         decay * stats.mean + (1 - decay) * jnp.mean(centred, axis=0),
@@ -363,7 +365,7 @@ def tuned(init: Callable[[PRNGKey, ModelInfo], EstimatorState],
           estimator: Callable[..., Array], tune: bool,
           summary: Callable[[Any], dict[str, float]] = _no_summary
           ) -> Estimator:
-  r"""An estimator whose control variate has parameters phi trained on its variance.
+  r"""An estimator whose control variate's parameters phi minimise its variance.
 
   estimator(params, layer_index, family, key, logits, f, f_relaxed, noise)
   -> g^ is one draw, unbiased for every phi (family: the layer's
@@ -718,7 +720,7 @@ def by_family(parts: dict[str, Estimator]) -> Estimator:
                           {f: s.stats for f, s in states.items()})
 
   def estimate(state, problem):
-    grads = [None] * len(problem.layers)
+    grads: list[Any] = [None] * len(problem.layers)  # all set below
     param_grads, stats, loss = {}, {}, jnp.zeros(())
     for f, part in parts.items():
       mine = [i for i, layer in enumerate(problem.layers)
