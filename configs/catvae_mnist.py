@@ -1,6 +1,6 @@
 r"""Categorical VAE (Jang et al. 2017): 30 variables x 10 classes, 784-512-256.
 
-Trained with any categorical estimator (`rebar_jax.estimators.categorical`),
+Trained with any categorical estimator (`rebar_jax.estimators.CATEGORICAL`),
 by default Gumbel-softmax, here ARSM, on the embedded digits:
 
   python -m rebar_jax.train --config=configs/catvae_mnist.py \

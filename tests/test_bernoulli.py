@@ -21,6 +21,7 @@ from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import control_variates
 from rebar_jax.estimators import copulas
 from rebar_jax.estimators import exact
+from rebar_jax.estimators import noise as noise_lib
 
 NUM_DRAWS = 2**17
 
@@ -421,7 +422,7 @@ class NumericsTest(parameterized.TestCase):
     logits = jnp.asarray(np.tile(logit_values, len(w_edges)))
     f = lambda b: jnp.sum((b - 0.45) ** 2) + jnp.sin(jnp.sum(b))
     with pytest.MonkeyPatch.context() as mp:
-      mp.setattr(bernoulli, "_draw_halves",
+      mp.setattr(noise_lib, "uniform_halves",
                  lambda key, shape: (w.reshape(shape), side.reshape(shape)))
       grad = estimators.BERNOULLI[name](jax.random.key(0), logits, f)
       if name == "rebar":  # the untied conditional noise too
@@ -476,7 +477,7 @@ class NumericsTest(parameterized.TestCase):
     # P(z~ <= t | b = 1) = (F(t) - F(0)) / (1 - F(0)), F the logistic CDF.
     # v from the estimators' own noise (logit v), as REBAR's untied path.
     l, t = 0.7, 1.3
-    logit_v = bernoulli.logistic_noise(jax.random.key(3), (200_000,))
+    logit_v = noise_lib.logistic_noise(jax.random.key(3), (200_000,))
     zt = bernoulli.conditional_from_logit(jnp.full(logit_v.shape, l),
                                           jnp.ones(logit_v.shape), logit_v)
     cdf = lambda x: 1 / (1 + np.exp(-(x - l)))

@@ -20,17 +20,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rebar_jax import estimators
 from rebar_jax import testing
 from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import carms
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import exact
+from rebar_jax.estimators import noise as noise_lib
+from rebar_jax.estimators import stick_breaking
+from rebar_jax.estimators import unordered_set
 
 NUM_DRAWS = 2**14
 CHUNK = 2**13
 # Cheap compiles: the draws run in well under a second even unoptimised.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 EULER_GAMMA = 0.5772156649015329
-ALL = sorted(categorical.REGISTRY)
+ALL = sorted(estimators.CATEGORICAL)
 
 # ----------------------------------------------------------------------------
 # Objectives and draws.
@@ -107,7 +112,7 @@ _STATIC = ("num_samples", "tied", "gap", "order")
 
 @functools.lru_cache(maxsize=None)
 def _compiled(name, static):
-  est = categorical.REGISTRY[name]
+  est = estimators.CATEGORICAL[name]
 
   def run(keys, logits, theta, dynamic):
     f = functools.partial(_family, theta=theta)
@@ -244,8 +249,8 @@ class UnbiasedTest(parameterized.TestCase):
                             max_z=4.5, name=variant)
 
   def test_registry(self):
-    self.assertEqual(categorical.UNBIASED, frozenset(UNBIASED))
-    self.assertEqual(set(categorical.REGISTRY),
+    self.assertEqual(estimators.UNBIASED_CATEGORICAL, frozenset(UNBIASED))
+    self.assertEqual(set(estimators.CATEGORICAL),
                      set(UNBIASED) | set(STRAIGHT_THROUGH) | {"gumbel_softmax"})
 
   @pytest.mark.optimized
@@ -256,7 +261,7 @@ class UnbiasedTest(parameterized.TestCase):
     logits, theta, f = _problem(*PROBLEMS[0])
     target = _exact_gradient(logits, theta)
     for name in UNBIASED:
-      samples = testing.draws(categorical.REGISTRY[name], jax.random.key(12),
+      samples = testing.draws(estimators.CATEGORICAL[name], jax.random.key(12),
                               logits, f, 2**14)
       testing.assert_unbiased(samples, target, name=f"{name}, optimised")
 
@@ -278,7 +283,7 @@ class BiasedTest(parameterized.TestCase):
     samples = _draws(name, logits, theta)
     testing.assert_biased(samples, _exact_gradient(logits, theta),
                           min_z=10.0, name=name)
-    self.assertNotIn(name, categorical.UNBIASED)
+    self.assertNotIn(name, estimators.UNBIASED_CATEGORICAL)
 
   @parameterized.parameters(0, 5)
   def test_reinmax_is_exact_to_second_order(self, index):
@@ -302,12 +307,12 @@ class BiasedTest(parameterized.TestCase):
     want = exact.categorical_gradient(logits, f)
     for seed in range(3):
       np.testing.assert_allclose(
-          categorical.unordered_set(jax.random.key(seed), logits, f,
+          unordered_set.unordered_set(jax.random.key(seed), logits, f,
                                     num_samples=5), want, atol=1e-5)
     with self.assertRaisesRegex(ValueError, "num_samples"):
-      categorical.unordered_set(jax.random.key(0), logits, f, num_samples=1)
+      unordered_set.unordered_set(jax.random.key(0), logits, f, num_samples=1)
     with self.assertRaisesRegex(ValueError, "exceeds the 5 classes"):
-      categorical.unordered_set(jax.random.key(0), logits, f, num_samples=6)
+      unordered_set.unordered_set(jax.random.key(0), logits, f, num_samples=6)
 
   def test_indecater_is_exact_for_a_linear_f(self):
     # Each variable is summed exactly; for f linear in b the other variables
@@ -393,9 +398,9 @@ class CrossCheckTest(parameterized.TestCase):
       z = np.abs(means[a] - means[b]) / np.sqrt(ses[a]**2 + ses[b]**2)
       self.assertLessEqual(z.max(), 4.5, (a, b, z))
 
-  def test_seed_toy_variances(self):
-    # Yin et al. (2019), Sec. 4.1 / seed 004: f(b) = 0.5 + b / (C R), b the
-    # class index in 1..C, C = R = 30, at the initial logits 0. Summed
+  def test_arsm_paper_toy_variances(self):
+    # Yin, Yue & Zhou (2019), ARSM, ICML, Sec. 4.1: f(b) = 0.5 + b / (C R),
+    # b the class index in 1..C, C = R = 30, at the initial logits 0. Summed
     # per-coordinate variance of one draw, over the same keys.
     num_classes = radius = 30
     logits = jnp.zeros((1, num_classes))
@@ -440,10 +445,10 @@ class CrossCheckTest(parameterized.TestCase):
     keys = jax.random.split(jax.random.key(3), 4096)
 
     def both(key):
-      z, z_twin = categorical.stick_breaking_pair(key, logits, order)
-      to_b = lambda z_: categorical._in_order(
-          categorical.from_stick_breaking(z_), order, logits, inverse=True)
-      _, _, b, _ = categorical._sample(key, logits)
+      z, z_twin = stick_breaking.stick_breaking_pair(key, logits, order)
+      to_b = lambda z_: stick_breaking._in_order(
+          stick_breaking.from_stick_breaking(z_), order, logits, inverse=True)
+      _, _, b, _ = categorical.sample(key, logits)
       return to_b(z), to_b(z_twin), b
 
     b_chain, b_twin, b = jax.vmap(both)(keys)
@@ -456,7 +461,7 @@ class CrossCheckTest(parameterized.TestCase):
     # DisARM's estimate is 1/2 (f(e_0) - f(e_1)) sigmoid(|a|) (1, -1) with
     # probability 2 sigmoid(-|a|) (the antithetic pair differs), else 0.
     for _, a, value in _two_class_disarm_law(
-        self, categorical.disarm_stick_breaking):
+        self, stick_breaking.disarm_stick_breaking):
       # The same law as Bernoulli DisARM's on f(b_0) with logit a.
       bern = np.asarray(jax.vmap(lambda k: bernoulli.disarm(
           k, jnp.array(a), lambda z: _TWO_CLASS_F(jnp.stack([z, 1.0 - z])[None]))
@@ -469,7 +474,7 @@ class CrossCheckTest(parameterized.TestCase):
   def test_coupled_variants_at_two_classes_are_bernoulli_disarm(self, name):
     # One bit: it is read by both chains (nothing to Rao-Blackwellise), and
     # the importance weight of the differing pair is p_0 p_1 / min(p_0, p_1).
-    _two_class_disarm_law(self, categorical.REGISTRY[name])
+    _two_class_disarm_law(self, estimators.CATEGORICAL[name])
 
   def test_stick_breaking_rao_blackwellisation_lowers_the_variance(self):
     # The Rao-Blackwellised estimate is the plain one's conditional mean over
@@ -490,7 +495,7 @@ class CrossCheckTest(parameterized.TestCase):
     c = logits.size
     order = np.argsort(logits)
     q = np.exp(logits[order]) / np.exp(logits).sum()   # in chain order
-    alpha = np.asarray(categorical.stick_breaking_logits(
+    alpha = np.asarray(stick_breaking.stick_breaking_logits(
         jnp.asarray(logits[order], jnp.float32)), np.float64)
     p = 1.0 / (1.0 + np.exp(-alpha))
     law = {(1, 1): np.maximum(0, 2 * p - 1), (0, 0): np.maximum(0, 1 - 2 * p),
@@ -502,7 +507,7 @@ class CrossCheckTest(parameterized.TestCase):
       joint[stop([a for a, _ in pairs]), stop([b for _, b in pairs])] += prob
     np.testing.assert_allclose(joint.sum(0), q, rtol=1e-5)  # both marginals
     np.testing.assert_allclose(joint.sum(1), q, rtol=1e-5)
-    log_w = np.asarray(categorical.coupled_importance_weights(
+    log_w = np.asarray(stick_breaking.coupled_importance_weights(
         jnp.asarray(logits, jnp.float32)))
     for n, m in itertools.permutations(range(c), 2):
       self.assertGreater(joint[n, m], 0.0)
@@ -524,7 +529,7 @@ class CrossCheckTest(parameterized.TestCase):
     # with probability 2 min(p_0, p_1), J_01 = min(p_0, p_1) and the weight
     # p_0 p_1 / J_01 = sigmoid(|a|): DisARM's law (as the stick-breaking
     # test above, whose values and rate are the same).
-    _two_class_disarm_law(self, categorical.carms)
+    _two_class_disarm_law(self, carms.carms)
 
   def test_carms_coupling_has_its_stated_law(self):
     # Sampled marginals equal softmax(l), the first sample is the Gumbel-max
@@ -533,13 +538,13 @@ class CrossCheckTest(parameterized.TestCase):
     logits = jnp.array([[1.0, -0.5, 0.3, 2.0], [0.0, -3.0, 1.0, 0.5]])
     num_samples, n = 3, 2**16
     keys = jax.random.split(jax.random.key(4), n)
-    b = np.asarray(jax.jit(jax.vmap(lambda k: categorical.carms_samples(
+    b = np.asarray(jax.jit(jax.vmap(lambda k: carms.carms_samples(
         k, logits, num_samples)))(keys), np.float64)        # (n, K, V, C)
-    chain = np.asarray(jax.vmap(lambda k: categorical._sample(k, logits)[2])(
+    chain = np.asarray(jax.vmap(lambda k: categorical.sample(k, logits)[2])(
         keys))
     np.testing.assert_array_equal(b[:, 0], chain)
     p = np.asarray(jax.nn.softmax(logits))
-    joint = np.asarray(categorical.carms_joint(logits, num_samples))
+    joint = np.asarray(carms.carms_joint(logits, num_samples))
     np.testing.assert_allclose(joint.sum(-1), p, rtol=1e-5)
     for i, j in ((0, 1), (1, 2)):
       freq = np.einsum("nva,nvb->vab", b[:, i], b[:, j]) / n
@@ -603,8 +608,8 @@ class ConditionalGumbelTest(parameterized.TestCase):
     log_p = jax.nn.log_softmax(logits, axis=-1)
 
     def draw(key):
-      _, _, b, key_v = categorical._sample(key, logits)
-      e = -categorical.gumbel_noise(key_v, logits.shape)  # log(-log v)
+      _, _, b, key_v = categorical.sample(key, logits)
+      e = -noise_lib.gumbel_noise(key_v, logits.shape)  # log(-log v)
       return categorical.conditional_gumbel(logits, b, e), b
 
     keys = jax.random.split(jax.random.key(0), 2**16)
@@ -621,7 +626,7 @@ class ConditionalGumbelTest(parameterized.TestCase):
                         [0.0, 0.0, 0.0, 0.0]])
 
     def one(key):
-      _, z, b, _ = categorical._sample(key, logits)
+      _, z, b, _ = categorical.sample(key, logits)
       e = categorical.tied_noise(logits, z, b)
       zt = categorical.conditional_gumbel(logits, b, e)
       grad = jax.grad(lambda l: jnp.sum(categorical.relax_sample(
@@ -650,7 +655,7 @@ class NumericsAndJitTest(parameterized.TestCase):
   @parameterized.parameters(*ALL)
   def test_jitted_vmapped_equals_eager_and_edge_noise_is_finite(self, name):
     logits, theta, f = _problem(*PROBLEMS[0])
-    est = categorical.REGISTRY[name]
+    est = estimators.CATEGORICAL[name]
     # The first of the jitted, vmapped draws against one eager call.
     jitted = _draws(name, logits, theta)[0]
     eager = est(_first_key(), logits, f)
@@ -665,7 +670,7 @@ class NumericsAndJitTest(parameterized.TestCase):
              jnp.asarray(np.repeat([False, True], 5)))
     with pytest.MonkeyPatch.context() as mp:
       for shift in range(3):
-        mp.setattr(bernoulli, "_draw_halves",
+        mp.setattr(noise_lib, "uniform_halves",
                    lambda key, shape, s=shift: tuple(
                        jnp.resize(jnp.roll(x, s), shape) for x in edges))
         grad = jax.jit(jax.vmap(lambda l: est(jax.random.key(0), l, f)),
@@ -676,7 +681,7 @@ class NumericsAndJitTest(parameterized.TestCase):
   @parameterized.parameters(*ALL)
   def test_non_finite_logits_give_an_all_nan_estimate(self, name):
     logits, _, f = _problem(*PROBLEMS[0])
-    est = categorical.REGISTRY[name]
+    est = estimators.CATEGORICAL[name]
     key = jax.random.key(0)
     # Eager (a NaN; +-inf below).
     out = est(key, logits.at[1, 2].set(np.nan), f)
@@ -736,7 +741,7 @@ class ErrorsTest(parameterized.TestCase):
                             "gapped_straight_through")
   def test_non_positive_temperature(self, name):
     with self.assertRaisesRegex(ValueError, "temperature must be > 0"):
-      categorical.REGISTRY[name](jax.random.key(0), jnp.zeros((2, 3)),
+      estimators.CATEGORICAL[name](jax.random.key(0), jnp.zeros((2, 3)),
                                  jnp.sum, temperature=0.0)
 
   @parameterized.parameters(*ALL)
@@ -744,7 +749,7 @@ class ErrorsTest(parameterized.TestCase):
     # The check is made when f is called, eagerly or while tracing: traced
     # here (no compiling), eagerly once in test_non_scalar_f_eagerly.
     with self.assertRaisesRegex(ValueError, "must return a scalar"):
-      jax.eval_shape(lambda: categorical.REGISTRY[name](
+      jax.eval_shape(lambda: estimators.CATEGORICAL[name](
           jax.random.key(0), jnp.zeros((2, 3)), lambda b: b))
 
   def test_non_scalar_f_eagerly(self):
@@ -754,9 +759,9 @@ class ErrorsTest(parameterized.TestCase):
   @parameterized.parameters(*ALL)
   def test_key_that_is_not_a_key(self, name):
     with self.assertRaisesRegex(TypeError, "PRNG key"):
-      categorical.REGISTRY[name](0, jnp.zeros((2, 3)), jnp.sum)
+      estimators.CATEGORICAL[name](0, jnp.zeros((2, 3)), jnp.sum)
     with self.assertRaisesRegex(TypeError, "single PRNG key"):
-      categorical.REGISTRY[name](jax.random.split(jax.random.key(0), 3),
+      estimators.CATEGORICAL[name](jax.random.split(jax.random.key(0), 3),
                                  jnp.zeros((2, 3)), jnp.sum)
 
   def test_bad_logits_and_num_samples(self):

@@ -1,7 +1,7 @@
 r"""Exact proofs of the resolution of the estimators' noise (no sampling).
 
 Every noise is a function of u ~ U(0, 1) drawn as a pair (w, side), u = w or
-1 - w, by `bernoulli.uniform_halves_from_bits`: w = 2^-(k+1) (1 + m 2^-23)
+1 - w, by `noise.uniform_halves_from_bits`: w = 2^-(k+1) (1 + m 2^-23)
 takes 2^23 values (mantissas m) in each binade k = 1..125, each with
 probability 2^-k 2^-23, side is a fair bit. So the law of a noise is a finite
 sum over at most 2 x 125 x 2^23 atoms, and its tail probabilities can be
@@ -53,6 +53,7 @@ import pytest
 
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
+from rebar_jax.estimators import noise
 from rebar_jax.models import categorical_vae
 from rebar_jax.models import sbn
 
@@ -71,11 +72,11 @@ LN2 = float(np.log(2.0))
 # Binade 29: -log w in (19.4, 20.1], the largest E whose lower Gumbel tail is
 # claimed (P(g < s) for s >= -log 20).
 SEQUENCES = {
-    "logistic": (0, True, 116, bernoulli.logistic_from_halves),
-    "exp_large": (0, False, 116, categorical.exponential_from_halves),
-    "exp_small": (1, True, 116, categorical.exponential_from_halves),
-    "gumbel_large": (1, False, 116, categorical.gumbel_from_halves),
-    "gumbel_small": (0, True, 29, categorical.gumbel_from_halves),
+    "logistic": (0, True, 116, noise.logistic_from_halves),
+    "exp_large": (0, False, 116, noise.exponential_from_halves),
+    "exp_small": (1, True, 116, noise.exponential_from_halves),
+    "gumbel_large": (1, False, 116, noise.gumbel_from_halves),
+    "gumbel_small": (0, True, 29, noise.gumbel_from_halves),
 }
 
 
@@ -229,8 +230,8 @@ class ExactResolutionTest(parameterized.TestCase):
     # Side 1 is exactly the negation (the construction's antisymmetry).
     w = _binade(jnp.int32(3))
     np.testing.assert_array_equal(
-        bernoulli.logistic_from_halves(w, jnp.ones(M, bool)),
-        -bernoulli.logistic_from_halves(w, jnp.zeros(M, bool)))
+        noise.logistic_from_halves(w, jnp.ones(M, bool)),
+        -noise.logistic_from_halves(w, jnp.zeros(M, bool)))
 
   def test_exponential_upper_tail(self):
     # P(E > t) = e^-t for t in [log 2 + 2e-9, 80] from side 0: every
@@ -267,7 +268,7 @@ class ExactResolutionTest(parameterized.TestCase):
     # 0 (every side-1 g is above). Below -log 20, E = e^-g > 20 and float32
     # rounding of g moves log P(g < s) = -e^-s by up to E |g| 2^-24; that
     # tail holds less than e^-20 of any category's probability (see
-    # categorical.gumbel_noise).
+    # noise.gumbel_noise).
     r = prove("gumbel_small")
     other = float(_last_atom("gumbel_large", 1))
     print(f"g, P(g < s): {r}; smallest side-1 g {other!r}")
@@ -300,7 +301,7 @@ class BitsTest(parameterized.TestCase):
       stream = _stream_words(k, rng, 16)
       last = rng.integers(0, 2**32, size=16, dtype=np.uint32)
       bits = np.concatenate([stream, last[None]])
-      w, side = bernoulli.uniform_halves_from_bits(jnp.asarray(bits))
+      w, side = noise.uniform_halves_from_bits(jnp.asarray(bits))
       binade = min(k, 125)
       expected = 2.0**-(binade + 1) * (1.0 + (last & 0x7FFFFF) / 2.0**23)
       np.testing.assert_array_equal(np.asarray(w, np.float64), expected,
@@ -309,11 +310,11 @@ class BitsTest(parameterized.TestCase):
 
   def test_range_and_the_words_read(self):
     # All zeros: the last binade, w = 2^-126, the smallest normal float32.
-    w, side = bernoulli.uniform_halves_from_bits(jnp.zeros((5, 1), jnp.uint32))
+    w, side = noise.uniform_halves_from_bits(jnp.zeros((5, 1), jnp.uint32))
     self.assertEqual(float(w[0]), 2.0**-126)
     self.assertFalse(bool(side[0]))
     # All ones: binade 1, w = 1/2 - 2^-25 < 1/2.
-    w, side = bernoulli.uniform_halves_from_bits(
+    w, side = noise.uniform_halves_from_bits(
         jnp.full((5, 1), 2**32 - 1, jnp.uint32))
     self.assertEqual(float(w[0]), 0.5 - 2.0**-25)
     self.assertTrue(bool(side[0]))
@@ -325,8 +326,8 @@ class BitsTest(parameterized.TestCase):
     other = bits.copy()
     other[1:4, :32] = rng.integers(0, 2**32, size=(3, 32), dtype=np.uint32)
     other[2:4, 32:] = rng.integers(0, 2**32, size=(2, 32), dtype=np.uint32)
-    for a, b in zip(bernoulli.uniform_halves_from_bits(jnp.asarray(bits)),
-                    bernoulli.uniform_halves_from_bits(jnp.asarray(other))):
+    for a, b in zip(noise.uniform_halves_from_bits(jnp.asarray(bits)),
+                    noise.uniform_halves_from_bits(jnp.asarray(other))):
       np.testing.assert_array_equal(a, b)
 
   def test_samplers_draw_the_words_of_their_keys(self):
@@ -335,27 +336,27 @@ class BitsTest(parameterized.TestCase):
     # Threefry keys: both halves of Threefry-2x32 blocks on counters 0..N-1.
     words = jex_random.threefry_2x32((data[0], data[1]),
                                      jnp.arange(5 * 1000, dtype=jnp.uint32))
-    want = bernoulli.uniform_halves_from_bits(words.reshape(5, 1000))
-    for got in (bernoulli.uniform_halves(key, (1000,)),
-                bernoulli.uniform_halves(jax.random.key_data(key), (1000,)),
-                jax.jit(bernoulli.uniform_halves, static_argnums=1)(
+    want = noise.uniform_halves_from_bits(words.reshape(5, 1000))
+    for got in (noise.uniform_halves(key, (1000,)),
+                noise.uniform_halves(jax.random.key_data(key), (1000,)),
+                jax.jit(noise.uniform_halves, static_argnums=1)(
                     key, (1000,))):
       np.testing.assert_array_equal(got[0], want[0])
       np.testing.assert_array_equal(got[1], want[1])
     # Other key types: jax.random.bits.
     rbg = jax.random.key(3, impl="rbg")
-    want = bernoulli.uniform_halves_from_bits(
+    want = noise.uniform_halves_from_bits(
         jax.random.bits(rbg, (5000,), jnp.uint32).reshape(5, 1000))
-    np.testing.assert_array_equal(bernoulli.uniform_halves(rbg, (1000,))[0],
+    np.testing.assert_array_equal(noise.uniform_halves(rbg, (1000,))[0],
                                   want[0])
     # logistic_noise, gumbel_noise and the estimators: the first half of
     # split(key).
     key_u, _ = jax.random.split(key)
-    halves = bernoulli.uniform_halves(key_u, (2, 500))
-    np.testing.assert_array_equal(bernoulli.logistic_noise(key, (2, 500)),
-                                  bernoulli.logistic_from_halves(*halves))
-    np.testing.assert_array_equal(categorical.gumbel_noise(key, (2, 500)),
-                                  categorical.gumbel_from_halves(*halves))
+    halves = noise.uniform_halves(key_u, (2, 500))
+    np.testing.assert_array_equal(noise.logistic_noise(key, (2, 500)),
+                                  noise.logistic_from_halves(*halves))
+    np.testing.assert_array_equal(noise.gumbel_noise(key, (2, 500)),
+                                  noise.gumbel_from_halves(*halves))
 
   def test_words_look_uniform_and_independent(self):
     # A sanity check of the words behind the noise (the proofs assume i.i.d.
@@ -364,7 +365,7 @@ class BitsTest(parameterized.TestCase):
     # 5 x 64 words.
     keys = jax.random.split(jax.random.key(4), 2**14)
     words = np.asarray(jax.jit(jax.vmap(
-        lambda k: bernoulli._words(k, 5, (64,))))(keys))
+        lambda k: noise.random_words(k, 5, (64,))))(keys))
     bits = np.unpackbits(words.view(np.uint8), axis=-1)
     freq = bits.reshape(-1, bits.shape[-1]).mean(axis=0)
     n = bits.size // bits.shape[-1]
@@ -379,7 +380,7 @@ def _count_below(stream, side: int, threshold):
   """#{m: logistic_noise_from_bits(stream, mantissa m, side) < threshold}."""
   last = jax.lax.iota(jnp.uint32, M) | jnp.uint32(side << 31)
   bits = jnp.concatenate([jnp.broadcast_to(stream, (4, M)), last[None]])
-  return jnp.sum(bernoulli.logistic_noise_from_bits(bits) < threshold)
+  return jnp.sum(noise.logistic_noise_from_bits(bits) < threshold)
 
 
 def _count(k: int, side: int, threshold: float) -> int:
@@ -427,7 +428,7 @@ class ModelsTest(parameterized.TestCase):
       for l, k in enumerate(jax.random.split(key, 2)):
         logits = model.apply(params, l, h, method=sbn.SBN.encoder_logits)
         h = bernoulli.hard_threshold(
-            logits + bernoulli.logistic_noise(k, logits.shape))
+            logits + noise.logistic_noise(k, logits.shape))
         hs.append(h)
       return bs, tuple(hs)
 
@@ -445,7 +446,7 @@ class ModelsTest(parameterized.TestCase):
                          method=categorical_vae.CategoricalVAE.encoder_logits)
       (k,) = jax.random.split(key, 1)  # one key per layer, as for the SBN
       return b, categorical.one_hot_argmax(
-          logits + categorical.gumbel_noise(k, logits.shape))
+          logits + noise.gumbel_noise(k, logits.shape))
 
     sampled, rebuilt = vae_both(params, key)
     np.testing.assert_array_equal(sampled, rebuilt)

@@ -9,7 +9,7 @@ Three proofs, each against the exact gradient (enumeration in float64,
   exact gradient of f, z <= 4.5, for every unbiased Bernoulli, categorical
   and Gaussian estimator. The textbook IndeCateR (p F - p (p . F)) and the
   unordered set estimator (probability ratios times f) failed it before they
-  were centred (`categorical.indecater`, `categorical.unordered_set`).
+  were centred (`categorical.indecater`, `unordered_set.unordered_set`).
 * Exactness at extreme gaps: the unordered set estimator at k = C and
   IndeCateR with one variable sum over every class, so every draw is the
   exact gradient; it must stay so, to float32 precision, for logit gaps up to
@@ -33,9 +33,11 @@ import pytest
 
 from rebar_jax import estimators
 from rebar_jax import testing
+from rebar_jax.estimators import carms
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import exact
 from rebar_jax.estimators import gaussian
+from rebar_jax.estimators import unordered_set
 
 import test_bernoulli
 import test_categorical
@@ -59,7 +61,7 @@ BERNOULLI_ALL = {**{name: (est, {}) for name, est in estimators.BERNOULLI.items(
                                                        "copula": "gaussian"})}
 CATEGORICAL_ALL = {**{name: (est, {}) for name, est in
                       estimators.CATEGORICAL.items()},
-                   "carms_4": (categorical.carms, {"num_samples": 4})}
+                   "carms_4": (carms.carms, {"num_samples": 4})}
 GAUSSIAN_ALL = {"reinforce": (gaussian.reinforce, {}),
                 "reinforce_loo_3": (gaussian.reinforce_loo, {"num_samples": 3}),
                 "pathwise": (gaussian.pathwise, {})}
@@ -232,7 +234,7 @@ def test_every_class_summed_is_exact_at_extreme_gaps(offset):
   keys = jax.random.split(jax.random.key(4), 16)
   draw = jax.jit(jax.vmap(jax.vmap(
       lambda k, l: jnp.stack([
-          categorical.unordered_set(k, l, f, num_samples=5),
+          unordered_set.unordered_set(k, l, f, num_samples=5),
           categorical.indecater(k, l, f)]),
       in_axes=(0, None)), in_axes=(None, 0)))
   got = np.asarray(draw(keys, logits), np.float64)     # (L, keys, 2, C)

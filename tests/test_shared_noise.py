@@ -25,6 +25,7 @@ from rebar_jax import gradients
 from rebar_jax import models
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
+from rebar_jax.estimators import noise as noise_lib
 from rebar_jax.estimators import protocol
 
 FAMILIES = {"bernoulli": (bernoulli, estimators.BERNOULLI, (5,)),
@@ -145,7 +146,7 @@ class StepRandomnessTest(parameterized.TestCase):
             params, state, jax.random.key(3))
     latents = sum(math.prod(layer.event_shape)
                   for layer in model.stochastic_layers())
-    noise_words = _BATCH * latents * bernoulli.NOISE_WORDS
+    noise_words = _BATCH * latents * noise_lib.NOISE_WORDS
     draws = 1 + _EXTRA_DRAWS.get(name, 0)
     num_layers = len(model.stochastic_layers())
     # Beyond the noise: key splits, a few words per data point and layer.

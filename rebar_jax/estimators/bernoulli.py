@@ -11,8 +11,8 @@ f of a sample b of the same shape, and has the signature
 
 All randomness comes from `key`; draw many estimates with
 `jax.vmap(estimator, in_axes=(0, None, None))(jax.random.split(key, n), logits, f)`.
-Every estimator also takes `noise=`, the `logistic_noise` of its key drawn
-already (a model's chain does, to sample b): the same estimate, without
+Every estimator also takes `noise=`, the `noise.logistic_noise` of its key
+drawn already (a model's chain does, to sample b): the same estimate, without
 drawing that noise twice (`generic.sample`).
 
 Shared reparameterisation (Tucker et al. 2017, Sec. 2; Maddison et al. 2017):
@@ -24,12 +24,12 @@ the same u, so on one key they see the same b (REBAR with eta=0 equals REINFORCE
 draw for draw). The score is d/dl log p(b) = b - sigmoid(l).
 
 u is drawn as a pair (w, side), u = w or 1 - w with w uniform on (0, 1/2) at
-full float32 resolution (`uniform_halves_from_bits`), and log u, log(1 - u),
-u - 1/2 are evaluated from w without rounding u: P(b = 1) = sigmoid(l) and
-P(b = 0) = sigmoid(-l) hold to 1e-5 relative for every l in [-80, 80], proved
-by exact computation over every value the noise takes (`logistic_noise`). (A
-float32 u with 23 random bits gets the rarer outcome wrong by 1% at |l| = 12
-and makes it 2^-23 for every |l| > 15.9.)
+full float32 resolution (`noise.uniform_halves_from_bits`), and log u,
+log(1 - u), u - 1/2 are evaluated from w without rounding u: P(b = 1) =
+sigmoid(l) and P(b = 0) = sigmoid(-l) hold to 1e-5 relative for every l in
+[-80, 80], proved by exact computation over every value the noise takes
+(`noise.logistic_noise`). (A float32 u with 23 random bits gets the rarer
+outcome wrong by 1% at |l| = 12 and makes it 2^-23 for every |l| > 15.9.)
 
 Non-finite logits: every estimator returns an all-NaN estimate (shape of the
 logits) when any logit is NaN or +-inf (`_checks.nan_if_nonfinite`: one
@@ -45,183 +45,17 @@ import sys
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
-from jax.extend import random as jex_random
 import jax.numpy as jnp
 import numpy as np
 
 from rebar_jax.estimators import _checks
 from rebar_jax.estimators import copulas
 from rebar_jax.estimators import generic
+from rebar_jax.estimators import noise as noise_lib
 
 Array = jax.Array
 PRNGKey = jax.Array
 Fn = Callable[[Array], Array]
-
-
-# ----------------------------------------------------------------------------
-# Noise.
-# ----------------------------------------------------------------------------
-
-NOISE_WORDS = 5
-"""uint32 words behind one noise value (see `uniform_halves_from_bits`)."""
-
-_MANTISSA = 0x7FFFFF  # the 23 mantissa bits of a float32
-_ONE_BITS = 0x3F800000  # the bits of 1.0f
-_MAX_BINADE = 125  # w >= 2^-(125 + 1) = 2^-126, the smallest normal float32
-_LN2_HI = 0.693145751953125  # ln 2 to 16 bits: e * _LN2_HI is exact, |e| < 2^7
-_LN2_LO = 1.428606765330187e-06  # ln 2 - _LN2_HI
-
-
-def uniform_halves_from_bits(bits: Array) -> tuple[Array, Array]:
-  r"""u ~ U(0, 1) as (w, side): u = w (side 0) or u = 1 - w (side 1), exactly.
-
-  Words 0..3 of `bits` are a stream of 128 random bits whose number n of
-  leading zeros gives the binade k = min(n + 1, 125) of w, P(k) = 2^-k (the
-  last binade also takes the mass of all deeper ones, 2^-124 in all); word 4
-  gives the 23 mantissa bits m (bits 0..22) and the side (bit 31):
-
-      w = 2^-(k+1) (1 + m 2^-23)  in [2^-126, 1/2),   side ~ Bernoulli(1/2).
-
-  So w is U(0, 1/2) at the full relative resolution of a float32 (2^-23 in
-  every binade down to the smallest NORMAL float: XLA on CPU flushes
-  denormals), each value the left end of its cell: P(w < a) = 2a for every
-  value a >= 2^-125 that w takes. A float u would round 1 - w to 1 for
-  w < 2^-25; the pair keeps both tails of u at this resolution, and the noises
-  built from it (`logistic_from_halves`, `categorical.gumbel_from_halves`)
-  evaluate log u or log(1 - u) as log w or log1p(-w), without cancellation.
-  Words after the first nonzero one of the stream are not read.
-
-  Args:
-    bits: uint32, shape (NOISE_WORDS, *shape), i.i.d. uniform words.
-
-  Returns:
-    (w, side): float32 and bool, shape `shape`.
-  """
-  bits = jnp.asarray(bits, jnp.uint32)
-  clz = lambda x: jax.lax.clz(x).astype(jnp.int32)
-  zero = lambda x: (x == 0).astype(jnp.int32)
-  n = clz(bits[0]) + zero(bits[0]) * (clz(bits[1]) + zero(bits[1]) * (
-      clz(bits[2]) + zero(bits[2]) * clz(bits[3])))
-  k = jnp.minimum(n + 1, _MAX_BINADE)
-  exponent = (126 - k).astype(jnp.uint32)  # biased: w = 2^(exponent - 127) 1.m
-  w = jax.lax.bitcast_convert_type(
-      (exponent << 23) | (bits[4] & jnp.uint32(_MANTISSA)), jnp.float32)
-  return w, (bits[4] >> 31) == 1
-
-
-def _words(key: PRNGKey, num: int, shape: Sequence[int]) -> Array:
-  """`num` i.i.d. uniform uint32 words per element, shape (num, *shape).
-
-  For threefry keys (JAX's default) the words are Threefry-2x32 of the key on
-  the counters 0..N-1, both halves of every block, through
-  `jax.extend.random.threefry_2x32` (JAX's own non-partitionable bits
-  scheme): half the hashing of jax.random.bits, which spends a whole block on
-  each 32-bit word. Other key types use jax.random.bits. One threefry call,
-  drawn flat and reshaped (a multi-axis jax.random.bits compiles about twice
-  as slowly on CPU).
-  """
-  shape = (num,) + tuple(shape)
-  size = math.prod(shape)
-  if str(jax.random.key_impl(key)) == "threefry2x32" and size < 2**32:
-    data = jax.random.key_data(key)
-    words = jex_random.threefry_2x32((data[0], data[1]),
-                                     jax.lax.iota(jnp.uint32, size))
-  else:
-    words = jax.random.bits(key, (size,), jnp.uint32)
-  return words.reshape(shape)
-
-
-def _draw_halves(key: PRNGKey, shape: Sequence[int]) -> tuple[Array, Array]:
-  """`uniform_halves_from_bits` on NOISE_WORDS fresh words per element.
-
-  The one place the estimators draw noise (tests patch it). On CPU, with
-  `_words`' 2.5 threefry blocks per element, the logistic noise of a batch-24,
-  200-unit layer costs about 15 us more than the 23-bit jax.random.logistic
-  (one block per element; ~80 us in all).
-  """
-  return uniform_halves_from_bits(_words(key, NOISE_WORDS, shape))
-
-
-def uniform_halves(key: PRNGKey,
-                   shape: Sequence[int]) -> tuple[Array, Array]:
-  """(w, side) of `uniform_halves_from_bits` for u ~ U(0, 1), from `key`."""
-  return _draw_halves(key, shape)
-
-
-def uniform_open(key: PRNGKey, shape: Sequence[int], dtype=jnp.float32) -> Array:
-  """u ~ U(0, 1) as one float, never 0 or 1.
-
-  u = w or min(1 - w, 1 - 2^-24) from `uniform_halves`: full resolution below
-  1/2, the float grid (spacing 2^-24) above. The estimators use the pair
-  (w, side) instead, which keeps the resolution at both ends.
-  """
-  w, side = uniform_halves(key, shape)
-  u = jnp.where(side, jnp.minimum(1.0 - w, 1.0 - 2.0**-24), w)
-  return u.astype(dtype)
-
-
-def split_log(x: Array) -> tuple[Array, Array]:
-  """(hi, lo) with log x = hi + lo, for x a positive normal float32.
-
-  x = 2^e m with m in [1, 2): hi = e * ln2_hi is exact and lo = log m +
-  e * ln2_lo carries the rest, so fl(hi + lo) is log x rounded once, to within
-  a few units in the last place of lo (|lo| < 0.7), even where |log x| ~ 87.
-  """
-  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  e = ((bits >> 23).astype(jnp.int32) - 127).astype(jnp.float32)
-  m = jax.lax.bitcast_convert_type(
-      (bits & jnp.uint32(_MANTISSA)) | jnp.uint32(_ONE_BITS), jnp.float32)
-  return e * _LN2_HI, jnp.log(m) + e * _LN2_LO
-
-
-def logistic_from_halves(w: Array, side: Array) -> Array:
-  r"""logit(u) = log u - log(1 - u) for u = (w, side), see `uniform_halves_from_bits`.
-
-      logit(u) = +-(log w - log1p(-w))   (+ for side 0),
-
-  with log w from `split_log`: the noise is the exact logit of u rounded about
-  once, and it is exactly antisymmetric in the side. Its law: see
-  `logistic_noise`.
-  """
-  hi, lo = split_log(w)
-  noise = hi + (lo - jnp.log1p(-w))
-  return jnp.where(side, -noise, noise)
-
-
-def logistic_noise_from_bits(bits: Array) -> Array:
-  """`logistic_noise` as a function of its NOISE_WORDS words (for tests)."""
-  return logistic_from_halves(*uniform_halves_from_bits(bits))
-
-
-def logistic_noise(key: PRNGKey, shape: Sequence[int],
-                   dtype=jnp.float32) -> Array:
-  r"""logit(u), u ~ U(0, 1): the noise behind the hard sample of every estimator.
-
-  `reinforce`, `muprop`, `concrete`, `straight_through`, `rebar` and `relax`
-  called with `key` all see
-  b = H(logits + logistic_noise(key, logits.shape)), so a caller can reproduce
-  their sample (e.g. to reuse it for a decoder gradient) without calling them.
-
-  Resolution: P(l + noise >= 0) = sigmoid(l) and P(l + noise < 0) =
-  sigmoid(-l), each to within 1e-5 relative (4e-6 at |l| = 80, less below),
-  for every real l in [-80, 80]. tests/test_noise.py proves it by exact
-  computation over every value the noise takes there (116 binades x 2^23
-  mantissas of w, checked monotone). (A float32 u from jax.random.uniform
-  has 23 random bits: the rarer outcome is 1% off at |l| = 12 and 2^-23 for
-  every |l| > 15.9.) Computed in float32 and cast to `dtype`.
-  """
-  return noise_and_spare_key(key, shape, dtype)[0]
-
-
-def noise_and_spare_key(key: PRNGKey, shape: Sequence[int],
-                         dtype) -> tuple[Array, PRNGKey]:
-  """(`logistic_noise` of key, a spare key for more noise); one split of key.
-
-  One split serves both: XLA does not merge two identical threefry loops.
-  """
-  key_u, key_rest = jax.random.split(key)
-  noise = logistic_from_halves(*_draw_halves(key_u, shape))
-  return noise.astype(dtype), key_rest
 
 
 # ----------------------------------------------------------------------------
@@ -268,7 +102,7 @@ def conditional_reparameterize(logits: Array, b: Array, v: Array) -> Array:
 
 
 def conditional_from_logit(logits: Array, b: Array, logit_v: Array) -> Array:
-  """`conditional_reparameterize` given logit(v) (e.g. `logistic_noise`)."""
+  """`conditional_reparameterize` given logit(v) (`noise.logistic_noise`)."""
   s = 2.0 * b - 1.0
   return s * jax.nn.softplus(logit_v + jax.nn.softplus(s * logits))
 
@@ -300,8 +134,12 @@ REPARAMETERISABLE = False  # b is discrete: no pathwise gradient
 
 
 def noise(key: PRNGKey, shape: Sequence[int], dtype=jnp.float32) -> Array:
-  """The noise of b ~ Bernoulli(sigmoid(l)): `logistic_noise`."""
-  return logistic_noise(key, shape, dtype)
+  """The noise of b ~ Bernoulli(sigmoid(l)): `noise.logistic_noise`."""
+  return noise_lib.logistic_noise(key, shape, dtype)
+
+
+# (noise, a spare key): the noise from the first split of key.
+noise_and_spare_key = noise_lib.logistic_noise_and_spare_key
 
 
 def sample_from_noise(logits: Array, noise_: Array) -> Array:
@@ -326,8 +164,8 @@ def z_from_noise(logits: Array, noise_: Array) -> Array:
 
 def conditional_noise(key: PRNGKey, shape: Sequence[int],
                       dtype=jnp.float32) -> Array:
-  """logit(v), v ~ U(0, 1): the noise of z~ ~ p(z | b), `logistic_noise`."""
-  return logistic_noise(key, shape, dtype)
+  """logit(v), v ~ U(0, 1): the noise of z~ | b (`noise.logistic_noise`)."""
+  return noise_lib.logistic_noise(key, shape, dtype)
 
 
 conditional_from_noise = conditional_from_logit  # z~ from (l, b, logit(v))
@@ -365,7 +203,7 @@ def reinforce(key: PRNGKey, logits: Array, f: Fn,
     baseline: c, a scalar or an array broadcastable to l; constant, a moving
       average of f kept by the caller, or an input-dependent (NVIL) prediction.
       It must not depend on this draw's b.
-    noise: optional, `logistic_noise(key, l.shape)` drawn already.
+    noise: optional, `noise.logistic_noise(key, l.shape)` drawn already.
 
   Returns:
     One draw of the estimate, shape of l.
@@ -392,7 +230,7 @@ def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
     logits: l, any shape.
     f: b -> scalar.
     num_samples: n >= 2.
-    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+    noise: optional, the noise of b_1 (`noise.logistic_noise(key, l.shape)`).
 
   Reference: Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a
   baseline for free!", ICLR workshop; Salimans & Knowles (2014).
@@ -409,7 +247,7 @@ def _antithetic_pair(key: PRNGKey, logits: Array,
   noise): b = H(l + n) is the shared sample, b~ = H(l - n) its antithetic
   twin (logit(u) = -n), and u - 1/2 = sigmoid(-n) - 1/2 = -tanh(n / 2) / 2.
   The thresholds are evaluated in logit space, so P(b = 1) = sigmoid(l) at the
-  noise's full resolution (see `logistic_noise`), also where sigmoid(l)
+  noise's full resolution (see `noise.logistic_noise`), also where sigmoid(l)
   rounds to 0 or 1.
   """
   n, b, _ = _sample(key, logits, noise_)
@@ -516,7 +354,7 @@ def arms(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
     f: b -> scalar.
     num_samples: K >= 2.
     copula: "dirichlet", "gaussian" or "independent".
-    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+    noise: optional, the noise of b_1 (`noise.logistic_noise(key, l.shape)`).
 
   Reference: Dimitriev & Zhou (2021), "ARMS: Antithetic-REINFORCE-Multi-Sample
   gradient for binary variables", ICML, Sec. 3 (the Dirichlet and Gaussian
@@ -565,7 +403,7 @@ def double_cv(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
     f: b -> scalar, differentiable.
     num_samples: K >= 2.
     alpha: the control variate's scale (scalar or broadcastable to l).
-    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+    noise: optional, the noise of b_1 (`noise.logistic_noise(key, l.shape)`).
 
   Reference: Titsias & Shi (2022), "Double control variates for gradient
   estimation in discrete latent variable models", AISTATS, Sec. 3 (the sign
@@ -661,7 +499,7 @@ def rodeo(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
     num_samples: K >= 2.
     cv_params: RodeoParams; None is the Taylor surrogate with alpha = 1,
       beta = 0.
-    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+    noise: optional, the noise of b_1 (`noise.logistic_noise(key, l.shape)`).
 
   Reference: Shi, Zhou, Hwang, Titsias & Mackey (2022), "Gradient estimation
   with discrete Stein operators", NeurIPS, Sec. 4 (the Gibbs operator; the
@@ -720,7 +558,7 @@ def indecater(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 1,
     logits: l, any shape (D = l.size).
     f: b -> scalar.
     num_samples: N >= 1 i.i.d. samples b_n.
-    noise: optional, the noise of b_1 (`logistic_noise(key, l.shape)`).
+    noise: optional, the noise of b_1 (`noise.logistic_noise(key, l.shape)`).
 
   Reference: De Smet, Sansone & Zuidberg Dos Martires (2023), "Differentiable
   sampling of categorical distributions using the CatLog-derivative trick",
@@ -888,7 +726,7 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
       models must pass the relaxed chain here (the control variate must be a
       continuous function of this layer's noise).
     tied: use the tied (common random number) conditional noise.
-    noise: optional, `logistic_noise(key, l.shape)` drawn already.
+    noise: optional, `noise.logistic_noise(key, l.shape)` drawn already.
 
   Returns:
     One draw, shape of l. With eta = 0 it equals `reinforce` on the same key.
@@ -937,7 +775,7 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
       only when cv_params is None (otherwise it lives in cv_params).
     f_relaxed: as in `rebar`.
     tied: tied conditional noise, as in `rebar`.
-    noise: optional, `logistic_noise(key, l.shape)` drawn already.
+    noise: optional, `noise.logistic_noise(key, l.shape)` drawn already.
 
   Reference: Grathwohl, Choi, Wu, Roeder & Duvenaud (2018), "Backpropagation
   through the void", ICLR, Alg. 2 (discrete case).

@@ -35,10 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from rebar_jax.estimators import bernoulli
+from rebar_jax.estimators import carms
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates as cv
 from rebar_jax.estimators import copulas
 from rebar_jax.estimators import gaussian
+from rebar_jax.estimators import stick_breaking
+from rebar_jax.estimators import unordered_set
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -466,11 +469,15 @@ def _pathwise_only(state, problem):
                    "per-layer estimate.")
 
 
-def _one_layer(name: str, family, *option_names: str
+def _one_layer(name: str, module, *option_names: str
                ) -> Callable[[Options], Estimator]:
-  """A stateless one-layer estimator of `family`, with the named options."""
+  """The stateless one-layer estimator `module.name`, with the named options.
+
+  `module`: the family's module (`bernoulli`, `categorical`, `gaussian`) or
+  one of the categorical family's own (`stick_breaking`).
+  """
   def build(options: Options) -> Estimator:
-    return stateless(getattr(family, name),
+    return stateless(getattr(module, name),
                      **{n: getattr(options, n) for n in option_names})
   return build
 
@@ -594,18 +601,18 @@ REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
         "ars_plus": _one_layer("ars_plus", categorical),
         "arsm_plus": _one_layer("arsm_plus", categorical),
         "disarm_stick_breaking": _one_layer("disarm_stick_breaking",
-                                            categorical),
+                                            stick_breaking),
         "disarm_stick_breaking_rb": _one_layer("disarm_stick_breaking_rb",
-                                               categorical),
+                                               stick_breaking),
         "disarm_stick_breaking_iw": _one_layer("disarm_stick_breaking_iw",
-                                               categorical),
-        "carms": _k_samples(categorical.carms),
+                                               stick_breaking),
+        "carms": _k_samples(carms.carms),
         "gumbel_softmax": _relaxed_objective,
         "straight_through_gumbel": _one_layer(
             "straight_through_gumbel", categorical, "temperature"),
         "gumbel_rao": _one_layer("gumbel_rao", categorical, "temperature"),
         "indecater": _one_layer("indecater", categorical),
-        "unordered_set": _k_samples(categorical.unordered_set),
+        "unordered_set": _k_samples(unordered_set.unordered_set),
         "reinmax": _one_layer("reinmax", categorical, "temperature"),
         "gapped_straight_through": _one_layer(
             "gapped_straight_through", categorical, "temperature"),
