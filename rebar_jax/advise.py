@@ -77,7 +77,9 @@ from ml_collections import config_flags
 import numpy as np
 from scipy import stats as scipy_stats
 
+from rebar_jax import cli
 from rebar_jax import diagnostics
+from rebar_jax import errors
 from rebar_jax import estimators
 from rebar_jax import gradients
 from rebar_jax import testing
@@ -629,7 +631,7 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
   rows_x = train.batch_indices(config.seed, dataset.train.shape[0],
                                config.batch_size, start_step,
                                budget.num_batches)
-  batches = [train._binarized(dataset.train[i], dataset, config.seed + j)  # pylint: disable=protected-access
+  batches = [train.binarized(dataset.train[i], dataset, config.seed + j)
              for j, i in enumerate(rows_x)]
   modules = encoder_modules(state.params)
   root = jax.random.key(budget.seed)
@@ -653,7 +655,7 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
   def prepare(name: str) -> _Prepared:
     try:
       exp = train.build(_copy(config, estimator=name), dataset)
-    except (train.ConfigError, ValueError) as e:  # refused for this model
+    except (errors.ConfigError, ValueError) as e:  # refused for this model
       return _Prepared(name, error=str(e).splitlines()[0])
     try:
       step = make_step(exp)
@@ -979,7 +981,7 @@ def main(argv):
     print(f"Advising on {config_path} at {where}.")
     advice = advise(config, params, step, budget, f.estimators or None,
                     f.reference)
-  except train.USER_ERRORS + (ValueError,) as e:
+  except cli.USER_ERRORS + (ValueError,) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   title = f"{name} at {where}"
@@ -992,4 +994,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -19,10 +19,11 @@ default) on the local machine or on the cluster named by `--address`; it
 retries a trial whose worker dies (`--max_failures` times), and the retry
 resumes from the trial's own checkpoint (a trial that diverged or whose
 config or data are bad is not run again: its retries report the failure at
-once); on Ctrl-C the running trials save a checkpoint and stop; it records the sweep's state in
-`<sweep_dir>/tune`, so the same command after an interruption resumes the
-sweep without repeating finished trials. `--requeue_failed` runs the trials
-that failed for good again (each resumes from its checkpoint).
+once); on Ctrl-C the running trials save a checkpoint and stop; it records
+the sweep's state in `<sweep_dir>/tune`, so the same command after an
+interruption resumes the sweep without repeating finished trials.
+`--requeue_failed` runs the trials that failed for good again (each resumes
+from its checkpoint).
 
 What the sweep adds: `<sweep_dir>/sweep.json` fixes the sweep's base config
 and grid (the same command with anything else is refused, naming the
@@ -51,6 +52,7 @@ from typing import Any, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from rebar_jax import errors
 from rebar_jax.utils import checkpoints
 from rebar_jax.utils import runs
 
@@ -240,21 +242,23 @@ def check_trials(sweep: Sweep) -> None:
   bad value fails here, before Ray starts (each data set is loaded once).
 
   Raises:
-    rebar_jax.train.ConfigError (naming the trial), or the data's errors.
+    rebar_jax.errors.ConfigError (naming the trial), or the data's errors.
   """
+  # pylint: disable-next=g-import-not-at-top
+  from rebar_jax import config_checks
   from rebar_jax import train  # pylint: disable=g-import-not-at-top
   datasets = {}
   for params in sweep.trials:
     config = trial_config(sweep.base, params)
     try:
-      train.check_config(config)
+      config_checks.check_config(config)
       key = (config.dataset, config.data_source, config.data_dir,
              config.seed)
       if key not in datasets:
         datasets[key] = train.load_data(config)
       train.build(config, datasets[key])
-    except train.ConfigError as e:
-      raise train.ConfigError(f"trial {trial_name(params)}: {e}") from e
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f"trial {trial_name(params)}: {e}") from e
 
 
 # --- running it on Ray Tune -----------------------------------------------
@@ -263,6 +267,8 @@ def check_trials(sweep: Sweep) -> None:
 def _trainable(params: dict[str, Any], sweep: Sweep) -> None:
   """One trial, in a Ray worker: a normal training run in its own workdir."""
   from ray import tune  # pylint: disable=g-import-not-at-top
+
+  from rebar_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from rebar_jax import train  # pylint: disable=g-import-not-at-top
   params = {k: params[k] for k in sweep.grid}  # the grid's order
   config, workdir = trial_config(sweep.base, params), sweep.workdir(params)
@@ -277,10 +283,10 @@ def _trainable(params: dict[str, Any], sweep: Sweep) -> None:
     try:
       final = train.train_and_evaluate(
           config, workdir, stop_requested=lambda: os.path.exists(stop_file))
-    except train.Interrupted:
+    except errors.Interrupted:
       _wait_to_be_stopped()  # checkpointed; Tune stops it unfinished
-    except (train.TrainingStopped, train.ConfigError,
-            train.data_lib.DataError) as e:
+    except (errors.TrainingStopped, errors.ConfigError,
+            data_lib.DataError) as e:
       os.makedirs(workdir, exist_ok=True)
       runs.write_atomic(os.path.join(workdir, FAILED_FILE), json.dumps(
           {"error": f"{type(e).__name__}: {e}",

@@ -28,8 +28,8 @@ from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rebar_jax import cli  # pylint: disable=g-import-not-at-top
 from rebar_jax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
-from rebar_jax import train  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Base config file (its --config.field overrides apply to "
@@ -80,7 +80,7 @@ def main(argv):
         requeue_failed=_REQUEUE_FAILED.value)
     print(sweep_lib.status_table(sweep_lib.status(sweep)))
     print(sweep_lib.write_tables(sweep))
-  except (sweep_lib.SweepError,) + train.USER_ERRORS as e:
+  except (sweep_lib.SweepError,) + cli.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   if counts["unfinished"]:
@@ -96,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

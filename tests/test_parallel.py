@@ -20,7 +20,7 @@ CHECKS = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_disable_most_optimizations", True)
     from configs import catvae_mnist, sbn_linear
-    from rebar_jax import gradients, parallel, train
+    from rebar_jax import errors, gradients, parallel, train
     out = {"devices": len(jax.devices())}
 
     # One step's gradients, batch sharded over 4 devices vs one device.
@@ -61,7 +61,7 @@ CHECKS = textwrap.dedent("""
       c.num_devices, c.batch_size = n, batch
       try:
         train.train_and_evaluate(c, f"{sys.argv[1]}/refused")
-      except train.ConfigError as e:
+      except errors.ConfigError as e:
         out["errors"].append(str(e))
     print(json.dumps(out))
 """)

@@ -25,6 +25,8 @@ import numpy as np
 
 from configs import catvae_mnist
 from configs import sbn_mnist
+from rebar_jax import cli
+from rebar_jax import errors
 from rebar_jax import train
 from rebar_jax.utils import checkpoints
 from rebar_jax.utils import runs
@@ -352,7 +354,7 @@ class IntegrityTest(parameterized.TestCase):
       print("error: the one line", file=sys.stderr)
     self.assertEqual(stderr.getvalue(), "error: the one line\n")
     self.assertEqual(e.exception.errno, errno.ENOSPC)
-    self.assertEqual(train.os_error_message(e.exception),
+    self.assertEqual(cli.os_error_message(e.exception),
                      f"disk full writing {ckpt.directory / '400'}; free space "
                      "and rerun.")
     self.assertFalse(tmp.exists())
@@ -417,7 +419,7 @@ class GuardsTest(parameterized.TestCase):
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(tiny_config(num_steps=100), workdir)
     with self.assertRaisesRegex(
-        train.TrainingStopped,
+        errors.TrainingStopped,
         r"Diverged: the mean training ELBO of steps 100\.\.200 is .* "
         r"nats below its value at initialisation .* estimator 'disarm' and "
         r"learning_rate=1000; the last checkpoint \(step 100\)"):
@@ -475,12 +477,12 @@ class GuardsTest(parameterized.TestCase):
        "config.data_dir=.* is a file; give the directory"),
   )
   def test_bad_values_name_the_field(self, overrides, message):
-    with self.assertRaisesRegex(train.ConfigError, message):
+    with self.assertRaisesRegex(errors.ConfigError, message):
       train.build(tiny_config(**overrides))
 
   def test_a_config_refused_by_the_data_writes_nothing(self):
     workdir = os.path.join(self.create_tempdir().full_path, "run")
-    with self.assertRaisesRegex(train.ConfigError, "exceeds the 4000"):
+    with self.assertRaisesRegex(errors.ConfigError, "exceeds the 4000"):
       train.train_and_evaluate(tiny_config(batch_size=5000), workdir)
     self.assertFalse(os.path.exists(workdir))
 
@@ -496,7 +498,7 @@ class GuardsTest(parameterized.TestCase):
         "  return sbn.SBN(num_layers=1, num_latents=4, data_dim=10)\n")
     workdir = os.path.join(self.create_tempdir().full_path, "run")
     with self.assertRaisesRegex(
-        train.ConfigError, "made a model of data_dim=10, but "
+        errors.ConfigError, "made a model of data_dim=10, but "
         "binarized_mnist has 784 values per example"):
       train.train_and_evaluate(tiny_config(model=model), workdir)
     self.assertFalse(os.path.exists(workdir))
@@ -508,7 +510,7 @@ class GuardsTest(parameterized.TestCase):
         "    stochastic_layers = lambda self: ()\n"
         "    layer_logits = log_joint = lambda self, *args: None\n"
         "  return NoLatents()\n")
-    with self.assertRaisesRegex(train.ConfigError, "no latent layers"):
+    with self.assertRaisesRegex(errors.ConfigError, "no latent layers"):
       train.build(tiny_config(model=model))
 
   def test_the_estimator_api_refuses_non_finite_options_and_int_f(self):
@@ -524,10 +526,10 @@ class GuardsTest(parameterized.TestCase):
   def test_categorical_sizes_are_checked(self):
     config = catvae_mnist.get_config()
     config.num_classes = 1
-    with self.assertRaisesRegex(train.ConfigError,
+    with self.assertRaisesRegex(errors.ConfigError,
                                 "config.num_classes must be an integer >= 2"):
       train.build(config)
     config = catvae_mnist.get_config()
     config.mlp_hidden = (64, 0)
-    with self.assertRaisesRegex(train.ConfigError, "config.mlp_hidden"):
+    with self.assertRaisesRegex(errors.ConfigError, "config.mlp_hidden"):
       train.build(config)

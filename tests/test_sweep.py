@@ -14,6 +14,7 @@ import pytest
 
 import user_shell
 from configs import sbn_linear
+from rebar_jax import errors
 from rebar_jax import sweep as sweep_lib
 from rebar_jax import train
 from rebar_jax.utils import runs
@@ -164,7 +165,7 @@ def test_every_trial_is_built_before_anything_runs(tmp_path):
       ({"iw_samples": [1, 5]}, "trial iw_samples=5: config.iw_samples=5"),
   ]:
     sweep = sweep_lib.Sweep(str(tmp_path / "s"), base, grid)
-    with pytest.raises(train.ConfigError, match=message):
+    with pytest.raises(errors.ConfigError, match=message):
       sweep_lib.check_trials(sweep)
   assert not (tmp_path / "s").exists()
 

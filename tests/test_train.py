@@ -11,6 +11,7 @@ import numpy as np
 from configs import catvae_mnist
 from configs import sbn3_mnist_iw
 from configs import sbn_mnist
+from rebar_jax import errors
 from rebar_jax import gradients
 from rebar_jax import train
 
@@ -187,7 +188,7 @@ class TrainTest(parameterized.TestCase):
     # Resume with an absurd learning rate: the first update overflows.
     config = small_config(estimator="reinforce", learning_rate=1e38,
                           num_steps=400)
-    with self.assertRaisesRegex(train.TrainingStopped,
+    with self.assertRaisesRegex(errors.TrainingStopped,
                                 r"at step 20\d \(.*\) with estimator "
                                 r"'reinforce'.*"
                                 r"step 200"):
@@ -214,7 +215,7 @@ class TrainTest(parameterized.TestCase):
     for model, estimator, message in (
         ("thresholded", "rebar", "must be continuous in b"),
         ("one_array", "disarm", r"log_joint\(x, bs\) returned an array")):
-      with self.assertRaisesRegex(train.ConfigError, message):
+      with self.assertRaisesRegex(errors.ConfigError, message):
         train.build(small_config(model=f"{path}:{model}", estimator=estimator))
     train.build(small_config(model=f"{path}:thresholded", estimator="disarm"))
 
