@@ -61,7 +61,8 @@ class CategoricalVAE(nn.Module):
   train_mean: Optional[Any] = None
 
   def __post_init__(self):
-    object.__setattr__(self, "train_mean", sbn._as_tuple(self.train_mean))
+    object.__setattr__(self, "train_mean",
+                       sbn.train_mean_tuple(self.train_mean))
     object.__setattr__(self, "hidden", tuple(self.hidden))
     super().__post_init__()
 

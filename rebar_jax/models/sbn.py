@@ -61,7 +61,7 @@ def bernoulli_log_prob(b: Array, logits: Array) -> Array:
   return jnp.sum(b * logits - jax.nn.softplus(logits), axis=-1)
 
 
-def _as_tuple(train_mean: Any) -> Optional[tuple[float, ...]]:
+def train_mean_tuple(train_mean: Any) -> Optional[tuple[float, ...]]:
   """train_mean as a tuple of floats, so the Module stays hashable (static)."""
   if train_mean is None or isinstance(train_mean, tuple):
     return train_mean
@@ -157,7 +157,7 @@ class SBN(nn.Module):
   activation: str = "tanh"
 
   def __post_init__(self):
-    object.__setattr__(self, "train_mean", _as_tuple(self.train_mean))
+    object.__setattr__(self, "train_mean", train_mean_tuple(self.train_mean))
     if self.num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}.")
     if self.activation not in ACTIVATIONS:
