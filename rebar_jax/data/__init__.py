@@ -20,3 +20,8 @@ from rebar_jax.data.datasets import SOURCES
 from rebar_jax.data.datasets import write_binarized_mnist_amat
 from rebar_jax.data.formats import DataError
 from rebar_jax.data.formats import read_idx
+
+__all__ = ["DATASETS", "DATA_DIM", "DATA_DIR_ENV", "DataError", "Dataset",
+           "SOURCES", "area_resize", "datasets", "embedded_mnist_path",
+           "formats", "load_dataset", "read_idx", "resolve_data_dir",
+           "write_binarized_mnist_amat"]
