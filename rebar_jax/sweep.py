@@ -582,8 +582,15 @@ def _fmt(v: Any) -> str:
   return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def tables(sweep: Sweep, rows: list[dict[str, Any]]) -> tuple[str, str]:
-  """(Markdown, CSV) of the finished trials; Markdown adds the lr choice."""
+def tables(sweep: Sweep, rows: list[dict[str, Any]], *, select_metric: str,
+           report_prefix: str) -> tuple[str, str]:
+  """(Markdown, CSV) of the finished trials; Markdown adds the lr choice.
+
+  select_metric: the final metric that chooses the learning rate (higher is
+    better; scripts/sweep.py's default is valid_elbo).
+  report_prefix: the final metrics shown beside the choice are those whose
+    name starts with it (scripts/sweep.py's default: test_).
+  """
   metrics = sorted({k for r in rows for k in r if k not in sweep.grid})
   columns = list(sweep.grid) + metrics
   out = io.StringIO()
@@ -596,14 +603,16 @@ def tables(sweep: Sweep, rows: list[dict[str, Any]]) -> tuple[str, str]:
         "|" + " --- |" * len(columns)]
   md += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |"
          for r in rows]
-  if "learning_rate" in sweep.grid and rows and "valid_elbo" in rows[0]:
-    md += [""] + best_learning_rates(sweep, rows)
+  if "learning_rate" in sweep.grid and rows and select_metric in rows[0]:
+    md += [""] + best_learning_rates(sweep, rows, select_metric,
+                                     report_prefix)
   return "\n".join(md) + "\n", out.getvalue()
 
 
-def choose_learning_rate(rows: list[dict[str, Any]], num_seeds: int
+def choose_learning_rate(rows: list[dict[str, Any]], num_seeds: int,
+                         metric: str
                          ) -> Optional[tuple[float, list[dict[str, Any]]]]:
-  """(lr, its rows) with the best validation ELBO averaged over seeds.
+  """(lr, its rows) with the best (highest) `metric` averaged over seeds.
 
   `rows` are one setting's finished trials; only learning rates with all
   `num_seeds` seeds finished count, so a choice never rests on part of the
@@ -616,37 +625,42 @@ def choose_learning_rate(rows: list[dict[str, Any]], num_seeds: int
   if not complete:
     return None
   return max(complete.items(),
-             key=lambda kv: np.mean([r["valid_elbo"] for r in kv[1]]))
+             key=lambda kv: np.mean([r[metric] for r in kv[1]]))
 
 
-def best_learning_rates(sweep: Sweep, rows: list[dict[str, Any]]
-                        ) -> list[str]:
-  """Per setting of the other fields: `choose_learning_rate`'s choice."""
+def best_learning_rates(sweep: Sweep, rows: list[dict[str, Any]],
+                        select_metric: str, report_prefix: str) -> list[str]:
+  """Per setting of the other fields: `choose_learning_rate`'s choice by
+  `select_metric`, with the metrics named `report_prefix`... beside it."""
   keys = [k for k in sweep.grid if k not in ("learning_rate", "seed")]
   seeds = len(sweep.grid.get("seed", [None]))
   groups: dict[tuple, list] = {}
   for r in rows:
     groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-  tests = sorted({k for r in rows for k in r if k.startswith("test_")})
-  md = ["Best learning rate by validation ELBO (mean over "
-        f"{seeds} seed(s)):", "",
-        "| " + " | ".join(keys + ["learning_rate", "valid_elbo"] + tests) +
+  tests = sorted({k for r in rows for k in r if k.startswith(report_prefix)})
+  by = ("validation ELBO" if select_metric == "valid_elbo"
+        else select_metric)
+  md = [f"Best learning rate by {by} (mean over {seeds} seed(s)):", "",
+        "| " + " | ".join(keys + ["learning_rate", select_metric] + tests) +
         " |", "|" + " --- |" * (len(keys) + 2 + len(tests))]
   for setting, group in groups.items():
-    chosen = choose_learning_rate(group, seeds)
+    chosen = choose_learning_rate(group, seeds, select_metric)
     if chosen is None:
       continue
     lr, best = chosen
     md.append("| " + " | ".join(
         [str(s) for s in setting] + [f"{lr:g}", _fmt(float(np.mean(
-            [r["valid_elbo"] for r in best])))] +
+            [r[select_metric] for r in best])))] +
         [_fmt(float(np.mean([r[t] for r in best]))) for t in tests]) + " |")
   return md
 
 
-def write_tables(sweep: Sweep) -> str:
-  """Writes results.md and results.csv in the sweep dir; returns the md."""
-  md, table = tables(sweep, results(sweep))
+def write_tables(sweep: Sweep, *, select_metric: str,
+                 report_prefix: str) -> str:
+  """Writes results.md and results.csv in the sweep dir (`tables`); returns
+  the md."""
+  md, table = tables(sweep, results(sweep), select_metric=select_metric,
+                     report_prefix=report_prefix)
   with open(os.path.join(sweep.sweep_dir, "results.md"), "w") as fh:
     fh.write(md)
   with open(os.path.join(sweep.sweep_dir, "results.csv"), "w") as fh:

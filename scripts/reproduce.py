@@ -349,7 +349,7 @@ def main(argv):
     for est in _ESTIMATORS.value:
       lr, best = sweep_lib.choose_learning_rate(
           [r for r in results if (r["row"], r["estimator"]) == (row, est)],
-          len(sweep.grid["seed"]))
+          len(sweep.grid["seed"]), "valid_elbo")
       best_runs[(row, est)] = sweep.workdir(
           {"estimator": est, "learning_rate": lr, "seed": best[0]["seed"]})
       md.append(table_row(row, est, lr, best))

@@ -54,6 +54,12 @@ _MAX_FAILURES = flags.DEFINE_integer(
     "from the trial's checkpoint.")
 _REQUEUE_FAILED = flags.DEFINE_bool(
     "requeue_failed", False, "Also run the trials that failed for good again.")
+_SELECT_METRIC = flags.DEFINE_string(
+    "select_metric", "valid_elbo", "The final metric (higher is better) that "
+    "chooses the best learning rate in results.md.")
+_REPORT_PREFIX = flags.DEFINE_string(
+    "report_prefix", "test_", "results.md shows the final metrics whose "
+    "names start with this beside each chosen learning rate.")
 
 
 def main(argv):
@@ -79,7 +85,8 @@ def main(argv):
         cpus_per_trial=_CPUS_PER_TRIAL.value, max_failures=_MAX_FAILURES.value,
         requeue_failed=_REQUEUE_FAILED.value)
     print(sweep_lib.status_table(sweep_lib.status(sweep)))
-    print(sweep_lib.write_tables(sweep))
+    print(sweep_lib.write_tables(sweep, select_metric=_SELECT_METRIC.value,
+                                 report_prefix=_REPORT_PREFIX.value))
   except (sweep_lib.SweepError,) + cli.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

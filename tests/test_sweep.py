@@ -131,7 +131,9 @@ def test_status_and_tables_come_from_the_trials_files(tmp_path):
   assert table.startswith("1 queued, 1 running, 1 interrupted, 0 failed, "
                           "5 finished")
 
-  md, table_csv = sweep_lib.tables(sweep, sweep_lib.results(sweep))
+  md, table_csv = sweep_lib.tables(sweep, sweep_lib.results(sweep),
+                                   select_metric="valid_elbo",
+                                   report_prefix="test_")
   assert md.startswith("5 of 8 trials finished")
   assert len(table_csv.strip().splitlines()) == 6
   best = md.split("Best learning rate")[1]
