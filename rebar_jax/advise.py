@@ -7,7 +7,7 @@ r"""Which estimator for this model? Every one that applies, measured on it.
 At the model's parameters (its initialisation from config.seed, or the
 latest checkpoint of the run in --checkpoint) and on the training batches the
 run draws next, every estimator that applies to the model's latent families
-(`candidates`, from `protocol.REGISTRY`) is
+(`candidates`, from `registry`) is
 
   1. tuned: a stateful estimator's own parameters (REBAR's eta and lambda,
      RELAX's network, NVIL's baseline, RODEO's and double_cv's scales) are
@@ -80,11 +80,11 @@ from scipy import stats as scipy_stats
 from rebar_jax import cli
 from rebar_jax import diagnostics
 from rebar_jax import errors
-from rebar_jax import estimators
 from rebar_jax import gradients
 from rebar_jax import testing
 from rebar_jax import train
 from rebar_jax.estimators import protocol
+from rebar_jax.estimators import registry
 from rebar_jax.utils import checkpoints
 from rebar_jax.utils import timing
 
@@ -138,7 +138,7 @@ def canonical(name: str, families: Sequence[str]) -> str:
   families = tuple(dict.fromkeys(families))
   if len(families) == 1:
     return name
-  pairs = protocol.names_by_family(name, families)
+  pairs = registry.names_by_family(name, families)
   return ",".join(f"{f}:{pairs[f]}" for f in families)
 
 
@@ -146,19 +146,19 @@ def candidates(families: Sequence[str], reference: str = REFERENCE
                ) -> list[str]:
   """Every registered training estimator for a model of these families.
 
-  One family: each name of `protocol.REGISTRY[family]`. Several: each name
+  One family: each layer estimator registered for it. Several: each name
   of each family with the reference's estimator for the other families
   ("categorical:reinforce,bernoulli:disarm"), then the names registered for
   every family, used for all of them ("rebar").
   """
   families = tuple(dict.fromkeys(families))
   if len(families) == 1:
-    return list(protocol.REGISTRY[families[0]])
-  fixed = protocol.names_by_family(reference, families)
+    return list(_layer_names(families[0]))
+  fixed = registry.names_by_family(reference, families)
   names = [",".join(f"{g}:{name if g == f else fixed[g]}" for g in families)
-           for f in families for name in protocol.REGISTRY[f]]
-  shared = [n for n in protocol.REGISTRY[families[0]]
-            if all(n in protocol.REGISTRY[f] for f in families)
+           for f in families for name in _layer_names(f)]
+  shared = [n for n in _layer_names(families[0])
+            if all(n in _layer_names(f) for f in families)
             and canonical(n, families) not in names]
   return list(dict.fromkeys(names + shared))
 
@@ -166,16 +166,16 @@ def candidates(families: Sequence[str], reference: str = REFERENCE
 def is_unbiased(name: str, families: Sequence[str]) -> bool:
   """Whether `name` is unbiased for the ELBO's gradient on these families.
 
-  Each family's estimator is in its family's unbiased set
-  (`estimators.UNBIASED`, `UNBIASED_CATEGORICAL`, `UNBIASED_GAUSSIAN`) or is
-  unbiased up to a positive scale (`protocol.RESCALED`: NVIL and MuProp with
-  its baseline, measured at unit scale).
+  Each family's estimator is registered unbiased (`registry.Entry
+  .unbiased_for`); those with `registry.RESCALED` (NVIL, MuProp with its
+  baseline) are unbiased up to a positive scale, measured at unit scale.
   """
-  claimed = {"bernoulli": estimators.UNBIASED,
-             "categorical": estimators.UNBIASED_CATEGORICAL,
-             "gaussian": estimators.UNBIASED_GAUSSIAN}
-  return all(n in claimed[f] or n in protocol.RESCALED
-             for f, n in protocol.names_by_family(name, families).items())
+  return all(registry.get(n).unbiased_for is not None
+             for n in registry.names_by_family(name, families).values())
+
+
+def _layer_names(family: str) -> tuple[str, ...]:
+  return registry.names(family=family, kind=registry.LAYER)
 
 
 # ----------------------------------------------------------------------------

@@ -19,19 +19,18 @@ from rebar_jax import errors
 from rebar_jax import gradients
 from rebar_jax import model_registry
 from rebar_jax.estimators import continuity
+from rebar_jax.estimators import options as options_lib
 from rebar_jax.models import sbn as sbn_lib
 
-# Config fields and the values they accept (the model and estimator fields are
-# checked by the model and `gradients.EstimatorSpec`).
+# Config fields and the values they accept (the estimator's options by their
+# schema, `estimators.options.OPTIONS`; the model's by the model).
 INTS = {  # name: minimum
     "seed": 0, "eval_seed": 0, "eval_max_examples": 0, "diagnostic_draws": 0,
     "batch_size": 1, "num_steps": 1, "steps_per_call": 1, "eval_every": 1,
     "checkpoint_every": 1, "eval_num_samples": 1, "eval_batch_size": 1,
-    "iw_samples": 1, "aux_samples": 0, "loo_samples": 1, "num_devices": 0,
-    "renyi_warmup_steps": 0, "tvo_partitions": 1,
+    "num_devices": 0,
 }
-POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate", "temperature")
-FINITE_FLOATS = ("eta", "alpha")
+POSITIVE_FLOATS = ("learning_rate", "estimator_learning_rate")
 MODEL_INTS = {"sbn": {"num_layers": 1, "num_latents": 1, "hidden": 1},
               "categorical_vae": {"num_vars": 1, "num_classes": 2},
               "gaussian_vae": {"num_latents": 1}}
@@ -78,9 +77,13 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   for name in POSITIVE_FLOATS:
     if not (math.isfinite(float(config[name])) and float(config[name]) > 0):
       _fail(config, name, "a finite number > 0")
-  for name in FINITE_FLOATS:
-    if not math.isfinite(float(config[name])):
-      _fail(config, name, "a finite number")
+  for option in options_lib.OPTIONS.values():
+    if option.field in config:
+      value = config[option.field]
+      expected = option.check(tuple(value) if isinstance(value, list)
+                              else value)
+      if expected is not None:
+        _fail(config, option.field, expected)
   if not float(config.divergence_threshold) > 0:
     _fail(config, "divergence_threshold",
           "> 0 (nats; inf turns the guard off)")
@@ -88,7 +91,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
 
 def _check_model_fields(config: ml_collections.ConfigDict) -> None:
   """The layer sizes (RELAX's networks, the model's MLP) and activation."""
-  for name in ("relax_hidden",) + MODEL_SIZES.get(config.model, ()):
+  for name in MODEL_SIZES.get(config.model, ()):
     if not all(_is_int(h) and h >= 1 for h in config[name]):
       _fail(config, name, "a tuple of integers >= 1")
   if config.model == "sbn" and config.activation not in sbn_lib.ACTIVATIONS:
@@ -126,19 +129,14 @@ def check_batch_size(config: ml_collections.ConfigDict,
 def estimator_spec(config: ml_collections.ConfigDict,
                    model) -> gradients.EstimatorSpec:
   """config's estimator for `model` (ConfigError naming config.estimator)."""
+  values = {name: config[o.field] for name, o in options_lib.OPTIONS.items()
+            if o.field in config}
+  for name, value in values.items():
+    if isinstance(value, list):  # a tuple set from the command line
+      values[name] = tuple(value)
   try:
     return gradients.EstimatorSpec(
-        name=config.estimator, families=gradients.layer_families(model),
-        temperature=config.temperature, eta=config.eta,
-        loo_samples=config.loo_samples, copula=config.copula,
-        alpha=config.alpha,
-        tune=config.tune_estimator,
-        relax_hidden=tuple(config.relax_hidden),
-        iw_samples=config.iw_samples, aux_samples=config.aux_samples,
-        renyi_alpha=float(config.renyi_alpha),
-        renyi_warmup_steps=config.renyi_warmup_steps,
-        tvo_partitions=config.tvo_partitions,
-        tvo_beta_min=float(config.tvo_beta_min))
+        config.estimator, gradients.layer_families(model), **values)
   except ValueError as e:
     raise errors.ConfigError(
         f"config.estimator={config.estimator!r}: {e}") from e

@@ -16,6 +16,8 @@ Every field can be overridden on the command line, e.g.
 """
 import ml_collections
 
+from rebar_jax.estimators import options
+
 
 def config() -> ml_collections.ConfigDict:
   """The default configuration (see the comments for each field)."""
@@ -32,35 +34,16 @@ def config() -> ml_collections.ConfigDict:
   c.num_latents = 200
   c.hidden = 200
   c.activation = "tanh"         # nonlinear SBN: "tanh" | "leaky_relu" (0.3)
-  # Estimator: a name of rebar_jax.estimators.BERNOULLI, "nvil",
-  # "muprop_baseline", or a multi-sample objective of
-  # rebar_jax.estimators.multisample (MULTISAMPLE or LOCAL, with K below);
-  # for Gaussian latents (model "gaussian_vae") also "pathwise",
-  # "iwae_pathwise" and "dreg".
+  # Estimator: a name of the registry (rebar_jax.estimators.registry: a
+  # layer estimator such as "disarm" or "nvil", or a multi-sample objective
+  # such as "vimco_geometric" with iw_samples = K), or "family:name" pairs for
+  # a model mixing families ("bernoulli:disarm,categorical:arsm").
   c.estimator = "rebar"
-  c.temperature = 0.5           # lambda (initial value when tuned)
-  c.eta = 1.0                   # REBAR's scale (initial value when tuned)
-  # K: reinforce_loo, arms, double_cv, rodeo, carms, unordered_set
-  c.loo_samples = 2
-  c.copula = "dirichlet"        # ARMS's antithetic copula (or "gaussian")
-  c.alpha = 0.0                 # double_cv and rodeo: initial CV scale (tuned)
-  c.tune_estimator = True       # train eta/lambda, RELAX nets on the variance
-  c.relax_hidden = (50,)
-  # K chains per data point for the multi-sample objectives
-  # (rebar_jax.estimators.multisample: vimco_geometric, ovis_gamma0, ...).
-  c.iw_samples = 1
-  # S auxiliary chains per data point that only estimate OVIS-MC's control
-  # variate (estimator "ovis_mc"; a budget of K + S chains); 0 otherwise.
-  c.aux_samples = 0
-  # The Renyi bound (IWR) L_K^alpha instead of L_K for the score-function
-  # IW objectives and iwae_pathwise; with renyi_warmup_steps > 0, alpha falls
-  # linearly to 0 over those steps (OVIS's Renyi warm-up).
-  c.renyi_alpha = 0.0
-  c.renyi_warmup_steps = 0
-  # The TVO's partition (estimator "tvo"): 0, then tvo_partitions points
-  # log-spaced from tvo_beta_min to 1.
-  c.tvo_partitions = 5
-  c.tvo_beta_min = 0.01
+  # The estimators' options, each with its schema default
+  # (rebar_jax.estimators.options.OPTIONS says what each means and accepts);
+  # an option the chosen estimator does not read must keep its default.
+  for option in options.OPTIONS.values():
+    c[option.field] = option.default
   # Optimisation.
   c.batch_size = 24
   c.learning_rate = 3e-4

@@ -25,7 +25,7 @@ relaxed twin where the downstream layers are relaxed too, sigma((enc(s) +
 noise)/lambda) (the "soft" pass of the REBAR code); with one layer it is F on
 the relaxed sample.
 
-A pathwise layer (`protocol.PATHWISE`: a Gaussian layer's reparameterisation
+A pathwise layer (`registry.PATHWISE`: a Gaussian layer's reparameterisation
 gradient) differentiates f_l along its sample z, but the discrete layers below
 it are step functions of z, so that derivative misses d/dz of their
 distribution; their own estimates g^_j are carried back along z
@@ -40,7 +40,7 @@ Multi-sample objectives (`multisample`: VIMCO, OVIS, VarGrad, ...) take K whole
 chains per data point and differentiate their surrogate loss directly (OVIS-MC
 with S more chains that only estimate its control variate). For models whose
 layers are all Gaussian, the pathwise IWAE gradient and DReG
-(`multisample.REPARAMETERISED`) differentiate through reparameterised chains.
+(`registry.REPARAMETERISED`) differentiate through reparameterised chains.
 
 The fully relaxed estimators (Concrete, Gumbel-softmax) train the model the way
 their papers do: the pathwise gradient of the relaxed ELBO F(s), every layer
@@ -48,7 +48,6 @@ relaxed, s = sigma((enc(s_prev) + noise)/lambda) (softmax for categorical),
 w.r.t. all parameters, so the decoder is trained on the relaxed samples it is
 differentiated through. The reported ELBO is the hard one, same noise.
 """
-import dataclasses
 import functools
 from typing import Any, NamedTuple, Sequence
 
@@ -58,7 +57,9 @@ import numpy as np
 
 from rebar_jax.estimators import continuity
 from rebar_jax.estimators import multisample
+from rebar_jax.estimators import options as options_lib
 from rebar_jax.estimators import protocol
+from rebar_jax.estimators import registry
 from rebar_jax.models import protocol as models_protocol
 
 Array = jax.Array
@@ -82,36 +83,58 @@ def layer_families(model) -> tuple[str, ...]:
       layer.family for layer in model.stochastic_layers()))
 
 
-@dataclasses.dataclass(frozen=True)
-class EstimatorSpec(protocol.Options):
-  """An estimator chosen by name, with its fixed options (`protocol.Options`).
+class EstimatorSpec(options_lib.Options):
+  """An estimator chosen by name, with its fixed options.
 
-  Attributes:
-    name: a key of `protocol.REGISTRY[family]` (for every family of the
-      model), "family:name" pairs for a model mixing families
-      ("bernoulli:disarm,categorical:arsm"), a key of
-      `multisample.MULTISAMPLE`, or (every layer Gaussian) a key of
-      `multisample.REPARAMETERISED`.
-    families: the families of the model's layers (`layer_families(model)`).
-    iw_samples: K, the chains per data point of a multi-sample objective.
-    aux_samples: S, OVIS-MC's auxiliary chains per data point, which only
-      estimate its control variate (Lievin et al. 2020; a budget of K + S
-      chains).
-    renyi_alpha: alpha of the Renyi bound L_K^alpha (`multisample.renyi_bound`)
-      that a `multisample.RENYI` objective trains on instead of L_K; 0: L_K.
-    renyi_warmup_steps: Renyi warm-up (OVIS, Fig. 3): alpha falls linearly
-      from renyi_alpha at step 0 to 0 at this step; 0: constant alpha.
-    tvo_partitions, tvo_beta_min: the TVO's partition, N log-spaced points
-      from beta_min to 1 after 0 (`multisample.tvo_partition`).
+  EstimatorSpec(name, families, **options): `name` is a registered estimator
+  (`registry.ENTRIES`) applying to every family of the model, or
+  "family:name" pairs for a model mixing families
+  ("bernoulli:disarm,categorical:arsm"); `families` are the families of the
+  model's layers (`layer_families(model)`); the options are those of
+  `options.OPTIONS` (each its default unless given). An option the chosen
+  estimators do not read must stay at its default, and every option is
+  checked against its bounds (`registry.check_options`), so a misplaced
+  option is an error rather than silently ignored.
+
+  Immutable and hashable; reads as `spec.name`, `spec.families`,
+  `spec.temperature`, ...
   """
+  __slots__ = ("name", "families", "entries")
   name: str
-  families: tuple[str, ...] = ("bernoulli",)
-  iw_samples: int = 1
-  aux_samples: int = 0
-  renyi_alpha: float = 0.0
-  renyi_warmup_steps: int = 0
-  tvo_partitions: int = 5
-  tvo_beta_min: float = 0.01
+  families: tuple[str, ...]
+  entries: tuple[registry.Entry, ...]
+
+  def __init__(self, name: str, families: Sequence[str] = ("bernoulli",),
+               **options: Any):
+    super().__init__(**options)
+    families = tuple(families)
+    object.__setattr__(self, "name", name)
+    object.__setattr__(self, "families", families)
+    unknown = set(families) - set(registry.FAMILIES)
+    if unknown or not families:
+      raise ValueError(f"Unknown families {sorted(unknown)}; choose from "
+                       f"{sorted(registry.FAMILIES)}.")
+    if ":" in name:
+      parts = tuple(registry.names_by_family(name, families).values())
+    else:
+      parts = (name,)
+    object.__setattr__(self, "entries", tuple(
+        registry.get(n) for n in dict.fromkeys(parts)))
+    self._check()
+    registry.check_options(self.entries, self.values())
+
+  def _key(self) -> tuple[Any, ...]:
+    return (self.name, self.families) + super()._key()
+
+  def __repr__(self) -> str:
+    changed = "".join(f", {k}={v!r}" for k, v in self.values().items()
+                      if v != options_lib.OPTIONS[k].default)
+    return f"EstimatorSpec({self.name!r}, {self.families!r}{changed})"
+
+  @property
+  def entry(self) -> registry.Entry:
+    """The registry entry of a one-name spec (every spec but family pairs)."""
+    return self.entries[0]
 
   def renyi_alpha_at(self, step) -> Any:
     """alpha at `step` (an int or a traced step; None: step 0)."""
@@ -122,101 +145,57 @@ class EstimatorSpec(protocol.Options):
 
   @property
   def is_multisample(self) -> bool:
-    """K-sample objective on K chains per data point (score or pathwise)."""
-    return (self.name in multisample.MULTISAMPLE
-            or self.name in multisample.REPARAMETERISED
-            or self.name in multisample.LOCAL)
+    """K-sample objective on K chains per data point (score, pathwise or
+    local)."""
+    return self.entry.is_multisample
 
   @property
   def is_reparameterised(self) -> bool:
-    """A pathwise K-sample gradient (`multisample.REPARAMETERISED`)."""
-    return self.name in multisample.REPARAMETERISED
+    """A pathwise K-sample gradient (`registry.REPARAMETERISED`)."""
+    return self.entry.kind == registry.REPARAMETERISED
 
-  def layers_in(self, model, capability: dict[str, frozenset[str]]
-                ) -> tuple[bool, ...]:
-    """Per layer of `model`: is its estimator in `capability` (a family ->
-    names map of `protocol`: PATHWISE, RELAXED)? False for every layer of a
+  def layers_in(self, model, capability: str) -> tuple[bool, ...]:
+    """Per layer of `model`: has its estimator `capability` (a
+    `registry` capability: PATHWISE, RELAXED)? False for every layer of a
     multi-sample objective."""
     if self.is_multisample:
       return tuple(False for _ in model.stochastic_layers())
-    names = protocol.names_by_family(self.name, self.families)
-    return tuple(names[layer.family] in capability.get(layer.family, ())
+    names = registry.names_by_family(self.name, self.families)
+    return tuple(registry.get(names[layer.family]).has(capability)
                  for layer in model.stochastic_layers())
 
   @property
   def estimator(self) -> protocol.Estimator:
     """The training estimator (not for multi-sample objectives)."""
-    return protocol.for_layers(self.name, self.families, self)
+    return registry.for_layers(self.name, self.families, self)
 
-  def __post_init__(self):
-    unknown = set(self.families) - set(protocol.REGISTRY)
-    if unknown or not self.families:
-      raise ValueError(f"Unknown families {sorted(unknown)}; choose from "
-                       f"{sorted(protocol.REGISTRY)}.")
-    if self.iw_samples < 1:
-      raise ValueError(
-          f"iw_samples (K) must be >= 1, got {self.iw_samples}.")
-    if not 0.0 <= self.renyi_alpha < 1.0 or self.renyi_warmup_steps < 0:
-      raise ValueError(
-          f"renyi_alpha must be in [0, 1) and renyi_warmup_steps >= 0, got "
-          f"{self.renyi_alpha} and {self.renyi_warmup_steps}.")
-    if (self.renyi_alpha or self.renyi_warmup_steps) and (
-        self.name not in multisample.RENYI):
-      raise ValueError(
-          f"renyi_alpha/renyi_warmup_steps: {self.name!r} has no Renyi "
-          f"bound; the objectives with one are {sorted(multisample.RENYI)} "
-          "(set renyi_alpha=0 and renyi_warmup_steps=0 otherwise).")
-    multisample.tvo_partition(self.tvo_partitions, self.tvo_beta_min)
-    if (self.tvo_partitions, self.tvo_beta_min) != (5, 0.01) and (
-        self.name not in multisample.PARTITIONED):
-      raise ValueError(
-          f"tvo_partitions/tvo_beta_min set, but {self.name!r} has no "
-          "partition to read them (the TVO's); leave them at 5 and 0.01.")
-    if self.is_reparameterised:
-      if set(self.families) != {"gaussian"}:
-        raise ValueError(
-            f"{self.name!r} differentiates through the samples: every layer "
-            f"must be Gaussian, the model's are {list(self.families)}; choose "
-            f"a multi-sample objective {sorted(multisample.MULTISAMPLE)}.")
-      return
-    if self.name in multisample.LOCAL:
-      one_layer = multisample.LOCAL[self.name]
-      lacking = [f for f in self.families
-                 if not hasattr(protocol.FAMILIES[f], one_layer)]
+  def _check(self) -> None:
+    """What the options cannot say alone: the kinds and families fit."""
+    entry = self.entry
+    if entry.is_multisample:
+      lacking = [f for f in self.families if f not in entry.families]
       if lacking:
         raise ValueError(
-            f"{self.name!r} applies {one_layer!r} to every layer, which "
-            f"{lacking} layers have not; choose a multi-sample objective "
-            f"{sorted(multisample.MULTISAMPLE)}.")
-    if self.is_multisample:
+            f"{self.name!r} applies to {sorted(entry.families)} layers, the "
+            f"model's are {list(self.families)}; choose a multi-sample "
+            f"objective {sorted(registry.names(kind=registry.MULTISAMPLE))}.")
       if self.iw_samples < 2:
         raise ValueError(
             f"{self.name!r} is a multi-sample objective: set iw_samples "
             "(K) >= 2, e.g. --config.iw_samples=10.")
-      if (self.name in multisample.NEEDS_AUX) != (self.aux_samples > 0):
+      if entry.has(registry.NEEDS_AUX) and self.aux_samples < 1:
         raise ValueError(
-            f"aux_samples (S) = {self.aux_samples}: only "
-            f"{sorted(multisample.NEEDS_AUX)} draws auxiliary samples, and it "
-            "needs S >= 1, e.g. --config.aux_samples=5"
-            + ("" if self.name in multisample.NEEDS_AUX else
-               f"; set aux_samples=0 for {self.name!r}") + ".")
+            f"aux_samples (S) = {self.aux_samples}: {self.name!r} draws "
+            "auxiliary samples and needs S >= 1, e.g. --config.aux_samples=5.")
       return
-    if self.aux_samples:
-      raise ValueError(
-          f"aux_samples (S) = {self.aux_samples}, but {self.name!r} draws no "
-          f"auxiliary samples (only {sorted(multisample.NEEDS_AUX)}): set "
-          "aux_samples=0.")
-    for family, name in protocol.names_by_family(
+    for family, name in registry.names_by_family(
         self.name, self.families).items():
-      if name not in protocol.REGISTRY[family]:
-        raise ValueError(
-            f"Unknown estimator {name!r} for {family} layers; choose one of "
-            f"{sorted(protocol.REGISTRY[family])}, or a multi-sample "
-            f"objective {sorted(multisample.MULTISAMPLE)}.")
-    names = protocol.names_by_family(self.name, self.families)
+      registry.build(name, family, self)  # ValueError naming the choices
+    names = registry.names_by_family(self.name, self.families)
     pathwise = [f for f, n in names.items()
-                if n in protocol.PATHWISE.get(f, ())]
-    rescaled = sorted({n for n in names.values() if n in protocol.RESCALED})
+                if registry.get(n).has(registry.PATHWISE)]
+    rescaled = sorted({n for n in names.values()
+                       if registry.get(n).has(registry.RESCALED)})
     if pathwise and rescaled:
       raise ValueError(
           f"{rescaled} rescale their layers' estimates by a running variance, "
@@ -224,9 +203,6 @@ class EstimatorSpec(protocol.Options):
           "own unscaled gradients (a biased mix); use a score-function "
           f"estimator for the {pathwise} layers, or a discrete estimator "
           "without that normalisation.")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-    _ = self.estimator  # builds it: checks the options
 
   def summary(self, params) -> dict[str, float]:
     """The tuned scalars worth watching (host values of state.params)."""
@@ -379,12 +355,12 @@ def relaxed_signal_jump(model, spec: EstimatorSpec, params: Params, x: Array,
   """The largest jump of the relaxed learning signal, or None if not relaxed.
 
   For every layer whose estimator evaluates f on relaxed samples
-  (`protocol.RELAXED`: REBAR, RELAX, Concrete, Gumbel-softmax), the relaxed
+  (`registry.RELAXED`: REBAR, RELAX, Concrete, Gumbel-softmax), the relaxed
   signal f_soft of that layer (the chain continued relaxed from s, as REBAR's
   control variate sees it) is probed between pairs of relaxed samples for each
   data point of x (`continuity.find_jump`); returns the worst relative jump.
   """
-  relaxed = [l for l, yes in enumerate(spec.layers_in(model, protocol.RELAXED))
+  relaxed = [l for l, yes in enumerate(spec.layers_in(model, registry.RELAXED))
              if yes]
   if not relaxed:
     return None
@@ -477,7 +453,7 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
   elbo = log_p - log_q  # (B,), the sampled chain's ELBO
   out = estimator.estimate(est_state, protocol.Problem(
       layers, jax.lax.stop_gradient(elbo), x - _mean(model)))
-  grads = _carry_back(spec.layers_in(model, protocol.PATHWISE), layers,
+  grads = _carry_back(spec.layers_in(model, registry.PATHWISE), layers,
                       out.grads, continuation)
   (model_grads,) = vjp_fn((tuple(-e / batch for e in grads),
                            -jnp.ones_like(log_p) / batch))
@@ -496,7 +472,7 @@ def _multisample_gradients(model, spec, params, est_state, x, key, step):
   if spec.is_reparameterised:
     return _reparameterised_gradients(model, spec, params, est_state, x, key,
                                       step)
-  if spec.name in multisample.LOCAL:
+  if spec.entry.kind == registry.LOCAL:
     return _local_gradients(model, spec, params, est_state, x, key)
   surrogate = _objective(spec, step)
   num = spec.iw_samples + spec.aux_samples
@@ -525,7 +501,7 @@ def _multisample_gradients(model, spec, params, est_state, x, key, step):
 
 
 def _local_gradients(model, spec, params, est_state, x, key):
-  r"""Gradients of -L_K with local learning signals (`multisample.LOCAL`).
+  r"""Gradients of -L_K with local learning signals (`registry.LOCAL`).
 
   The K chains of data point i are rows i K .. i K + K - 1 of a batch of
   B K chains (`_layers`); layer l of chain k gets the one-layer estimate of
@@ -542,7 +518,7 @@ def _local_gradients(model, spec, params, est_state, x, key):
   log_w = jax.lax.stop_gradient(log_p - log_q).reshape(batch, k)
   row_log_w = jnp.repeat(log_w, k, axis=0)     # (B K, K): its data point's
   chain = jnp.tile(jnp.arange(k), batch)       # (B K,): which of them it is
-  one_layer = multisample.LOCAL[spec.name]
+  one_layer = spec.entry.objective  # the one-layer estimator's name
 
   def local(layer):
     def f_hard(b, ctx):
@@ -598,8 +574,9 @@ def _reparameterised_gradients(model, spec, params, est_state, x, key, step):
 
 def _objective(spec: EstimatorSpec, step):
   """The spec's K-sample surrogate with its options bound (at `step`)."""
-  return multisample.build(
-      spec.name, alpha=spec.renyi_alpha_at(step) if spec.renyi_alpha else 0.0,
+  return registry.objective(
+      spec.entry,
+      alpha=spec.renyi_alpha_at(step) if spec.renyi_alpha else 0.0,
       tvo_partitions=spec.tvo_partitions, tvo_beta_min=spec.tvo_beta_min)
 
 

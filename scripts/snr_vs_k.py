@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rebar_jax import gradients  # pylint: disable=g-import-not-at-top
-from rebar_jax.estimators import multisample  # pylint: disable=g-import-not-at-top
+from rebar_jax.estimators import registry  # pylint: disable=g-import-not-at-top
 from rebar_jax.models import gaussian as gaussian_models  # pylint: disable=g-import-not-at-top
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/snr_vs_k", "Output.")
@@ -51,8 +51,8 @@ _KS = flags.DEFINE_list("ks", ["2", "5", "10", "20", "50", "100", "200", "500",
 _ESTIMATORS = flags.DEFINE_list(
     "estimators", ["iwae_pathwise", "dreg", "iwae_reinforce",
                    "vimco_geometric", "ovis_mc", "ovis_gamma1"],
-    "Estimators of grad E[L_K]: multisample.REPARAMETERISED and "
-    "multisample.MULTISAMPLE names.")
+    "Estimators of grad E[L_K]: names of the registry's multi-sample and "
+    "reparameterised objectives.")
 _NUM_DRAWS = flags.DEFINE_integer("num_draws", 1000, "Draws per estimator and K.")
 _REFERENCE_DRAWS = flags.DEFINE_integer(
     "reference_draws", 10000, "DReG draws per K behind the common mean of "
@@ -105,7 +105,12 @@ def encoder_gradient_draws(model, variables, x, name: str, k: int,
   return np.concatenate(out)
 
 
-UNBIASED = multisample.UNBIASED_FOR_IW | set(multisample.REPARAMETERISED)
+# The objectives this script draws (surrogates of K chains' log-weights), and
+# those unbiased for grad E[L_K].
+OBJECTIVES = (registry.names(kind=registry.MULTISAMPLE)
+              + registry.names(kind=registry.REPARAMETERISED))
+UNBIASED = {n for n in OBJECTIVES
+            if registry.get(n).unbiased_for == registry.GRAD_IW}
 
 
 def snr_and_variance(draws: np.ndarray, mean=None) -> tuple[float, float]:
@@ -180,8 +185,7 @@ def main(argv):
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   model, variables, x = problem(_DIM.value, _PERTURBATION.value, _SEED.value)
   num_params = _DIM.value * _DIM.value + _DIM.value
-  unknown = set(_ESTIMATORS.value) - set(multisample.MULTISAMPLE) - set(
-      multisample.REPARAMETERISED)
+  unknown = set(_ESTIMATORS.value) - set(OBJECTIVES)
   if unknown:
     raise app.UsageError(f"Unknown estimators {sorted(unknown)}.")
   reference = {}

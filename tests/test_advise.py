@@ -21,10 +21,10 @@ import pytest
 from configs import sbn_linear
 from configs import sbn_mnist
 from rebar_jax import advise
-from rebar_jax import estimators
 from rebar_jax import train
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import protocol
+from rebar_jax.estimators import registry
 from rebar_jax.utils import checkpoints
 import user_shell
 
@@ -97,7 +97,7 @@ def test_bootstrap_intervals_cover_known_values():
 
 def test_candidates_and_unbiased_sets():
   assert advise.candidates(("bernoulli",)) == list(
-      protocol.REGISTRY["bernoulli"])
+      registry.names(family="bernoulli", kind=registry.LAYER))
   mixed = advise.candidates(("categorical", "bernoulli"))
   assert "categorical:arsm,bernoulli:reinforce" in mixed
   assert "categorical:reinforce,bernoulli:disarm" in mixed
@@ -108,19 +108,17 @@ def test_candidates_and_unbiased_sets():
                                 ("categorical", "bernoulli"))
 
 
-def _biased_disarm(options):
-  del options
-  return protocol.stateless(
-      lambda key, logits, f, noise=None: 2.0 * bernoulli.disarm(
-          key, logits, f, noise=noise))
+def _biased_disarm(key, logits, f, noise=None):
+  return 2.0 * bernoulli.disarm(key, logits, f, noise=noise)
 
 
 def test_bias_check_catches_a_biased_estimator(monkeypatch):
-  monkeypatch.setitem(protocol.REGISTRY, "bernoulli", dict(
-      protocol.REGISTRY["bernoulli"], biased_disarm=_biased_disarm))
-  # Claimed unbiased, so only the exact check can tell.
-  monkeypatch.setattr(estimators, "UNBIASED",
-                      estimators.UNBIASED | {"biased_disarm"})
+  # Registered as unbiased, so only the exact check can tell.
+  entry = registry.Entry(
+      "biased_disarm", registry.LAYER,
+      {"bernoulli": protocol.one_layer(_biased_disarm)}, registry.GRAD_F,
+      {"bernoulli": "2 evaluations of f"}, "a test's own")
+  monkeypatch.setitem(registry.ENTRIES, "biased_disarm", entry)
   c = sbn_linear.get_config()
   c.num_latents, c.batch_size = 3, 8
   budget = advise.Budget(num_draws=64, num_batches=1, tune_steps=0,

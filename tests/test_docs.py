@@ -120,25 +120,21 @@ def test_notebooks_ran_on_this_interpreter_without_errors(site):
 
 def test_catalogue_has_every_registered_estimator(site):
   from rebar_jax import estimators  # pylint: disable=g-import-not-at-top
-  from rebar_jax.estimators import gaussian  # pylint: disable=g-import-not-at-top
-  from rebar_jax.estimators import multisample  # pylint: disable=g-import-not-at-top
-  from rebar_jax.estimators import protocol  # pylint: disable=g-import-not-at-top
+  from rebar_jax.estimators import registry  # pylint: disable=g-import-not-at-top
   out, _ = site
   html = (out / "html" / "catalogue.html").read_text()
   ids = set(re.findall(r'id="([^"]+)"', html))
   names = {"bernoulli": estimators.BERNOULLI,
            "categorical": estimators.CATEGORICAL,
-           "gaussian": gaussian.REGISTRY,
-           "multisample": {**multisample.MULTISAMPLE,
-                           **multisample.REPARAMETERISED,
-                           **multisample.LOCAL}}
-  for family, registry in names.items():
-    for name in registry:
+           "gaussian": estimators.GAUSSIAN,
+           "multisample": [n for n in registry.ENTRIES
+                           if registry.get(n).is_multisample]}
+  for family, listed in names.items():
+    for name in listed:
       anchor = f"{family}-{name}".replace(".", "-").replace("_", "-")
       assert anchor in ids, anchor
-  for family, registry in protocol.REGISTRY.items():
-    for name in registry:
-      assert f'<span class="pre">{name}</span>' in html, (family, name)
+  for name in registry.names(kind=registry.LAYER):
+    assert f'<span class="pre">{name}</span>' in html, name
 
 
 def python_blocks(page: pathlib.Path) -> list[str]:

@@ -10,8 +10,8 @@ import numpy as np
 from rebar_jax import estimators
 from rebar_jax import gradients
 from rebar_jax import models
-from rebar_jax.estimators import multisample
 from rebar_jax.estimators import protocol
+from rebar_jax.estimators import registry
 
 
 def _code_strings_and_names(module):
@@ -61,9 +61,7 @@ class ProtocolTest(absltest.TestCase):
 
   def test_composition_knows_no_estimator_and_no_model(self):
     strings, names = _code_strings_and_names(gradients)
-    estimator_names = {n for family in protocol.REGISTRY.values()
-                       for n in family} | set(multisample.MULTISAMPLE) | set(
-                           multisample.REPARAMETERISED)
+    estimator_names = set(registry.ENTRIES)
     self.assertEmpty(
         {s for s in strings for n in estimator_names if n in s.split()})
     self.assertEmpty(names & {"SBN", "CategoricalVAE", "sbn_lib", "cat_lib"})
@@ -71,9 +69,10 @@ class ProtocolTest(absltest.TestCase):
   def test_every_one_layer_estimator_trains(self):
     for family, fns in (("bernoulli", estimators.BERNOULLI),
                         ("categorical", estimators.CATEGORICAL)):
-      self.assertContainsSubset(set(fns), set(protocol.REGISTRY[family]))
-      for name in protocol.REGISTRY[family]:
-        self.assertIsInstance(protocol.get(family, name), protocol.Estimator)
+      layers = registry.names(family=family, kind=registry.LAYER)
+      self.assertContainsSubset(set(fns), set(layers))
+      for name in layers:
+        self.assertIsInstance(registry.build(name, family), protocol.Estimator)
 
   def test_summary_reports_the_tuned_scalars(self):
     model = models.SBN(num_layers=2, num_latents=3, data_dim=4)
@@ -91,7 +90,8 @@ class ProtocolTest(absltest.TestCase):
     self.assertEqual(gradients.EstimatorSpec("disarm").summary(()), {})
 
   def test_reinforce_loo_needs_two_samples(self):
-    with self.assertRaisesRegex(ValueError, "loo_samples must be >= 2"):
+    with self.assertRaisesRegex(ValueError,
+                                "loo_samples must be an integer >= 2"):
       gradients.EstimatorSpec("reinforce_loo", loo_samples=1)
 
 

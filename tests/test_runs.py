@@ -452,7 +452,7 @@ class GuardsTest(parameterized.TestCase):
        "config.relax_hidden must be a tuple of integers >= 1"),
       ("loo_with_one_sample", dict(estimator="reinforce_loo",
                                    loo_samples=1),
-       "loo_samples must be >= 2"),
+       "config.loo_samples must be an integer >= 2"),
       ("unknown_estimator", dict(estimator="rebbar"),
        "Unknown estimator 'rebbar'"),
       ("eval_not_multiple", dict(eval_every=150),
@@ -460,8 +460,8 @@ class GuardsTest(parameterized.TestCase):
       ("unknown_activation", dict(activation="relu"),
        r"config.activation must be one of \['leaky_relu', 'tanh'\]"),
       ("iw_samples_for_one_sample", dict(iw_samples=5),
-       r"config.iw_samples=5, but config.estimator='disarm' draws one "
-       "sample per data point and would ignore it; set iw_samples=1"),
+       r"config.estimator='disarm': iw_samples=5 is set, but 'disarm' does "
+       "not read it and would ignore it; leave it at 1"),
       ("family_named_twice", dict(estimator="bernoulli:disarm,bernoulli:rebar"),
        r"names \['bernoulli'\] more than once; name one estimator per family"),
       ("batch_over_the_data", dict(batch_size=4001),

@@ -26,7 +26,7 @@ from rebar_jax import models
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import noise as noise_lib
-from rebar_jax.estimators import protocol
+from rebar_jax.estimators import registry
 
 FAMILIES = {"bernoulli": (bernoulli, estimators.BERNOULLI, (5,)),
             "categorical": (categorical, estimators.CATEGORICAL, (3, 4))}
@@ -132,9 +132,9 @@ _EXTRA_DRAWS = {"reinforce_loo": 1, "double_cv": 1, "rodeo": 1, "gumbel_rao": 10
 class StepRandomnessTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      *[(fam, name) for fam in FAMILIES for name in protocol.REGISTRY[fam]
-        if not protocol.REGISTRY[fam][name](protocol.Options())
-        .relaxed_objective])
+      *[(fam, name) for fam in FAMILIES
+        for name in registry.names(family=fam, kind=registry.LAYER)
+        if not registry.build(name, fam).relaxed_objective])
   def test_one_noise_draw_per_layer(self, family, name):
     x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (_BATCH, 6)),
                     jnp.float32)

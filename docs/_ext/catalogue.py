@@ -1,24 +1,14 @@
-"""The estimator catalogue, generated from the registries at build time.
+"""The estimator catalogue, generated from the registry at build time.
 
 Sphinx extension: on `builder-inited` it writes `catalogue.md` beside
 conf.py (ignored by git) from
 
-* the one-layer registries `rebar_jax.estimators.BERNOULLI`, `CATEGORICAL`
-  and `rebar_jax.estimators.gaussian.REGISTRY`, with their unbiased sets
-  `UNBIASED`, `UNBIASED_CATEGORICAL`, `gaussian.UNBIASED`;
-* the training estimators of `rebar_jax.estimators.protocol.REGISTRY` (and
-  its `RELAXED`, `RESCALED` and `PATHWISE` sets);
-* the K-sample objectives of `rebar_jax.estimators.multisample`
-  (`MULTISAMPLE`, `REPARAMETERISED`, `LOCAL`, `UNBIASED_FOR_IW`,
-  `UNBIASED_FOR_ELBO`, `NEEDS_AUX`, `RENYI`);
-* each estimator function's signature (its options and their defaults) and
-  docstring (the summary line, the first displayed equation, the `Args:`
-  descriptions of the options, the `Reference:` paragraph).
+* the registry `rebar_jax.estimators.registry`: each entry's families, kind,
+  unbiasedness, cost, capabilities, paper and options (`options.OPTIONS`);
+* each estimator function's signature and docstring (the summary line, the
+  first displayed equation, the `Args:` descriptions of its options).
 
-Nothing about an estimator is written here except its cost, which no
-registry records yet: `COST` below, checked against the registries (a name
-without a cost, or a cost without an estimator, stops the build). When the
-registries become one typed registry, only `entries()` changes.
+Nothing about an estimator is written here.
 """
 import dataclasses
 import functools
@@ -27,71 +17,6 @@ import pathlib
 import re
 import textwrap
 from typing import Any, Callable, Optional
-
-# f evaluations (and gradients of f) of one draw, per family and name, until
-# the registry holds it. "K" and "n" are the estimator's `num_samples`.
-COST = {
-    "bernoulli": {
-        "reinforce": "1 evaluation of f",
-        "reinforce_loo": "n evaluations of f (`num_samples=n`)",
-        "arm": "2 evaluations of f",
-        "disarm": "2 evaluations of f",
-        "arms": "K evaluations of f (`num_samples=K`)",
-        "double_cv": "K evaluations and K gradients of f",
-        "rodeo": "K evaluations and K gradients of f",
-        "indecater": "N (D + 1) evaluations of f (`num_samples=N`, D latents)",
-        "muprop": "2 evaluations and 1 gradient of f",
-        "concrete": "1 gradient of f",
-        "straight_through": "1 gradient of f",
-        "straight_through_gumbel": "1 gradient of f",
-        "reinmax": "1 gradient of f",
-        "rebar": "1 evaluation and 2 gradients of f",
-        "relax": "1 evaluation and 2 gradients of f",
-    },
-    "categorical": {
-        "reinforce": "1 evaluation of f",
-        "reinforce_loo": "n evaluations of f (`num_samples=n`)",
-        "ars": "C evaluations of f (C classes)",
-        "arsm": "C(C-1)/2 + 1 evaluations of f",
-        "ars_plus": "C evaluations of f",
-        "arsm_plus": "C(C-1)/2 + 1 evaluations of f",
-        "disarm_stick_breaking": "2 evaluations of f",
-        "disarm_stick_breaking_rb": "2 evaluations of f",
-        "disarm_stick_breaking_iw": "2 evaluations of f",
-        "carms": "K evaluations of f (`num_samples=K`)",
-        "gumbel_softmax": "1 gradient of f",
-        "straight_through_gumbel": "1 gradient of f",
-        "gumbel_rao": "1 gradient of f (averaged over `num_samples` "
-                      "relaxations)",
-        "reinmax": "1 gradient of f",
-        "gapped_straight_through": "1 gradient of f",
-        "indecater": "N (V (C - 1) + 1) evaluations of f (V variables)",
-        "unordered_set": "V k evaluations of f (`num_samples=k`)",
-        "rebar": "1 evaluation and 2 gradients of f",
-        "relax": "1 evaluation and 2 gradients of f",
-    },
-    "gaussian": {
-        "reinforce": "1 evaluation of f",
-        "reinforce_loo": "n evaluations of f (`num_samples=n`)",
-        "pathwise": "1 gradient of f",
-    },
-    "multisample": {
-        "iwae_reinforce": "K chains",
-        "vimco_arithmetic": "K chains",
-        "vimco_geometric": "K chains",
-        "ovis_gamma0": "K chains",
-        "ovis_gamma0.5": "K chains",
-        "ovis_gamma1": "K chains",
-        "ovis_mc": "K chains and S auxiliary chains (`aux_samples`)",
-        "rws": "K chains",
-        "elbo_loo": "K chains",
-        "vargrad": "K chains",
-        "tvo": "K chains",
-        "iwae_pathwise": "K chains, pathwise",
-        "dreg": "K chains, pathwise",
-        "disarm_iw": "K chains, 2 continuations of each chain per layer",
-    },
-}
 
 # The estimator's own arguments, not options.
 CONTRACT_ARGS = ("key", "logits", "params", "f", "noise", "log_w", "log_q",
@@ -249,123 +174,113 @@ def entry_markdown(e: Entry) -> list[str]:
 # The registries.
 # ----------------------------------------------------------------------------
 
-def one_layer_registries():
-  """(family, {name: fn}, unbiased names) of the one-layer estimators."""
-  from rebar_jax import estimators  # pylint: disable=g-import-not-at-top
-  from rebar_jax.estimators import gaussian  # pylint: disable=g-import-not-at-top
-  return [("bernoulli", estimators.BERNOULLI, estimators.UNBIASED),
-          ("categorical", estimators.CATEGORICAL,
-           estimators.UNBIASED_CATEGORICAL),
-          ("gaussian", gaussian.REGISTRY, gaussian.UNBIASED)]
+FAMILIES = ("bernoulli", "categorical", "gaussian")
+UNBIASED_FOR = {
+    "layer": "yes, for d/dlogits E[f(b)]",
+    "iw": "yes, for -grad E[L_K] (the importance-weighted bound)",
+    "elbo": "yes, for -grad ELBO"}
+
+
+def _unbiased(registry, entry) -> str:
+  return {None: "**no**", registry.GRAD_F: UNBIASED_FOR["layer"],
+          registry.GRAD_IW: UNBIASED_FOR["iw"],
+          registry.GRAD_ELBO: UNBIASED_FOR["elbo"]}[entry.unbiased_for]
 
 
 def entries() -> dict[str, list[Entry]]:
-  """Every estimator, by section, from the registries."""
-  from rebar_jax.estimators import multisample  # pylint: disable=g-import-not-at-top
-  from rebar_jax.estimators import protocol  # pylint: disable=g-import-not-at-top
+  """Every estimator, by section, from the registry."""
+  from rebar_jax.estimators import registry  # pylint: disable=g-import-not-at-top
   out: dict[str, list[Entry]] = {}
-  for family, registry, unbiased in one_layer_registries():
-    relaxed = protocol.RELAXED.get(family, frozenset())
+  for family in FAMILIES:
     out[family] = []
-    for name, fn in registry.items():
+    for name, fn in registry.one_layer(family).items():
+      e = registry.get(name)
       notes = []
-      if name in relaxed:
+      if e.has(registry.RELAXED):
         notes.append("**Needs** f continuous on the relaxed domain (it is "
                      "evaluated and differentiated at relaxed samples; see "
                      "{py:mod}`rebar_jax.estimators.continuity`).")
-      out[family].append(Entry(
-          name, family, fn,
-          "yes, for d/dlogits E[f(b)]" if name in unbiased else "**no**",
-          _cost(family, name), notes=notes))
+      out[family].append(Entry(name, family, fn, _unbiased(registry, e),
+                               e.cost[family], notes=notes))
   out["multisample"] = []
-  for name, fn in {**multisample.MULTISAMPLE,
-                   **multisample.REPARAMETERISED}.items():
-    if name in multisample.UNBIASED_FOR_IW or name in multisample.REPARAMETERISED:
-      unbiased = "yes, for -grad E[L_K] (the importance-weighted bound)"
-    elif name in multisample.UNBIASED_FOR_ELBO:
-      unbiased = "yes, for -grad ELBO"
-    else:
-      unbiased = "**no**"
+  for name in registry.ENTRIES:
+    e = registry.get(name)
+    if not e.is_multisample:
+      continue
     notes = []
-    if name in multisample.NEEDS_AUX:
+    if e.has(registry.NEEDS_AUX):
       notes.append("Also takes `log_w_aux`, the log-weights of independent "
                    "auxiliary chains.")
-    if name in multisample.RENYI:
+    if e.has(registry.RENYI):
       notes.append("Takes `alpha=`, the Rényi bound's alpha "
                    "({py:func}`rebar_jax.estimators.multisample.renyi_bound`)."
                    )
-    if name in multisample.REPARAMETERISED:
+    cost = next(iter(e.cost.values()))
+    if e.kind == registry.LOCAL:
+      from rebar_jax import gradients  # pylint: disable=g-import-not-at-top
+      notes.append(
+          f"Runs [`{e.objective}`](#{anchor('bernoulli', e.objective)}) for "
+          "each chain and layer; built by {py:mod}`rebar_jax.gradients`, "
+          "which holds the chains.")
+      out["multisample"].append(Entry(
+          name, "multisample", gradients._local_gradients,  # pylint: disable=protected-access
+          _unbiased(registry, e), cost, notes=notes))
+      continue
+    fn = e.objective
+    if e.kind == registry.REPARAMETERISED:
       notes.append("Every layer Gaussian (reparameterised chains).")
-      public = getattr(multisample, f"{name}_surrogate", None)
-      fn = public or fn
+      from rebar_jax.estimators import multisample  # pylint: disable=g-import-not-at-top
+      fn = getattr(multisample, f"{name}_surrogate", None) or fn
     fixed = dict(getattr(fn, "keywords", {}) or {})
-    out["multisample"].append(Entry(name, "multisample", fn, unbiased,
-                                    _cost("multisample", name), fixed, notes))
-  from rebar_jax import gradients  # pylint: disable=g-import-not-at-top
-  for name, one_layer in multisample.LOCAL.items():
-    out["multisample"].append(Entry(
-        name, "multisample", gradients._local_gradients,  # pylint: disable=protected-access
-        "yes, for -grad E[L_K]", _cost("multisample", name),
-        notes=[f"Runs [`{one_layer}`](#{anchor('bernoulli', one_layer)}) for "
-               "each chain and layer (`multisample.LOCAL`); built by "
-               "{py:mod}`rebar_jax.gradients`, which holds the chains."]))
-  _check_costs(out)
+    out["multisample"].append(Entry(name, "multisample", fn,
+                                    _unbiased(registry, e), cost, fixed,
+                                    notes))
   return out
 
 
-def _cost(family: str, name: str) -> str:
-  try:
-    return COST[family][name]
-  except KeyError:
-    raise ValueError(f"catalogue: no cost for {family} estimator {name!r}; "
-                     f"add it to COST in {__file__}") from None
-
-
-def _check_costs(out: dict[str, list[Entry]]) -> None:
-  for family, costs in COST.items():
-    extra = set(costs) - {e.name for e in out.get(family, [])}
-    if extra:
-      raise ValueError(f"catalogue: COST names {sorted(extra)} that no "
-                       f"{family} registry holds")
-
-
 def training_rows() -> list[str]:
-  """The training estimators of `protocol.REGISTRY`, one table per family."""
-  from rebar_jax.estimators import protocol  # pylint: disable=g-import-not-at-top
-  one_layer = {f: r for f, r, _ in one_layer_registries()}
+  """The registry's layer estimators, one table per family."""
+  from rebar_jax.estimators import registry  # pylint: disable=g-import-not-at-top
   out = []
-  for family, registry in protocol.REGISTRY.items():
+  for family in FAMILIES:
     out += [f"**{FAMILY_TITLES[family]}** "
             f"(`--config.estimator=NAME` or `{family}:NAME`):", "",
-            "| name | what it runs | trained state | note |",
-            "| --- | --- | --- | --- |"]
-    for name, build in registry.items():
-      if name in one_layer.get(family, {}):
+            "| name | what it runs | options | paper | note |",
+            "| --- | --- | --- | --- | --- |"]
+    for name in registry.names(family=family, kind=registry.LAYER):
+      e = registry.get(name)
+      build = e.families[family]
+      if family in e.one_layer:
         runs = f"[`{name}`](#{anchor(family, name)}) per layer"
       else:
-        runs = f"{{py:func}}`{qualified(build)}`: {md(summary(docstring(build)))}"
-      state = ("tuned" if _has_params(protocol, family, name) else "none")
+        runs = (f"{{py:func}}`{qualified(build)}`: "
+                f"{md(summary(docstring(build)))}")
       note = []
-      if name in protocol.RELAXED.get(family, ()):
+      if e.has(registry.RELAXED):
         note.append("relaxed: needs a continuous learning signal")
-      if name in protocol.RESCALED:
+      if e.has(registry.RESCALED):
         note.append("unbiased up to a positive scale per layer")
-      if name in protocol.PATHWISE.get(family, ()):
+      if e.has(registry.PATHWISE):
         note.append("pathwise")
-      out.append(f"| `{name}` | {runs} | {state} | {'; '.join(note)} |")
+      opts = ", ".join(f"`{o}`" for o in e.options) or "none"
+      out.append(f"| `{name}` | {runs} | {opts} | {md(e.reference)} | "
+                 f"{'; '.join(note)} |")
     out.append("")
   return out
 
 
-@functools.lru_cache(maxsize=None)
-def _has_params(protocol, family: str, name: str) -> bool:
-  """Whether the estimator's built state holds trained parameters."""
-  source = inspect.getsource(protocol.REGISTRY[family][name])
-  return bool(re.search(r"\btuned\(|EstimatorState\(\s*\[|nvil|init_", source))
+def option_rows() -> list[str]:
+  """The options' schema: name, config field, default, meaning."""
+  from rebar_jax.estimators import options as options_lib  # pylint: disable=g-import-not-at-top
+  out = ["| option | config field | default | meaning |",
+         "| --- | --- | --- | --- |"]
+  for o in options_lib.OPTIONS.values():
+    out.append(f"| `{o.name}` | `config.{o.field}` | `{o.default!r}` | "
+               f"{md(o.meaning)} |")
+  return out + [""]
 
 
 def render() -> str:
-  from rebar_jax.estimators import protocol  # pylint: disable=g-import-not-at-top
   sections = entries()
   lines = [
       "# Estimator catalogue", "",
@@ -381,7 +296,7 @@ def render() -> str:
       "notation: l the logits, b the sample, `g^` one draw of the estimate.",
       "",
       "| family | estimators | unbiased |", "| --- | --- | --- |"]
-  for family, _, _ in one_layer_registries():
+  for family in FAMILIES:
     es = sections[family]
     lines.append(
         f"| {FAMILY_TITLES[family]} | "
@@ -392,7 +307,7 @@ def render() -> str:
       f"[`{e.name}`](#{anchor('multisample', e.name)})" for e in ms)
       + f" | {sum(e.unbiased.startswith('yes') for e in ms)} of {len(ms)} |")
   lines.append("")
-  for family, _, _ in one_layer_registries():
+  for family in FAMILIES:
     es = sections[family]
     lines += [f"## {FAMILY_TITLES[family]}", "",
               f"{FAMILY_SHAPES[family]}. `rebar_jax.estimators.get(name, "
@@ -413,15 +328,16 @@ def render() -> str:
     lines += entry_markdown(e)
   lines += ["## Training estimators", "",
             "What `--config.estimator=` names in training: "
-            "`rebar_jax.estimators.protocol.REGISTRY[family][name](options)` "
+            "`rebar_jax.estimators.registry.build(name, family, options)` "
             "builds an `init` / `estimate` / `summary` triple "
             "({py:class}`rebar_jax.estimators.protocol.Estimator`) from the "
-            "options of {py:class}`rebar_jax.estimators.protocol.Options`. "
+            "options below ({py:mod}`rebar_jax.estimators.options`); an "
+            "option an estimator does not read must keep its default. "
             "Most are a one-layer estimator above, vmapped over data points "
             "and layers; \"tuned\" ones train their control variate on its "
             "own variance.", ""]
   lines += training_rows()
-  del protocol
+  lines += ["### Options", ""] + option_rows()
   return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,7 @@ with the contract of the discrete families, `est(key, params, f, **options)`
 
 The multi-sample objectives (`multisample`) work on Gaussian layers through
 their log-probability; the reparameterised K-sample gradients (the pathwise
-IWAE gradient and DReG) are `multisample.REPARAMETERISED`.
+IWAE gradient and DReG) are the registry's `REPARAMETERISED` entries.
 
 Shapes: the last axis of params has size 2; the noise and the sample have
 shape params.shape[:-1]; H units are independent.
@@ -199,11 +199,3 @@ def pathwise(key: PRNGKey, params: Array, f: Fn,
   params, f = _prepare(key, params, f)
   eps, _, _ = _sample(key, params, noise)
   return jax.grad(lambda p: f(sample_from_noise(p, eps)))(params)
-
-
-REGISTRY: dict[str, Callable[..., Array]] = {
-    "reinforce": reinforce,
-    "reinforce_loo": reinforce_loo,
-    "pathwise": pathwise,
-}
-UNBIASED: frozenset[str] = frozenset(REGISTRY)

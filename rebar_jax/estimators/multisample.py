@@ -40,8 +40,7 @@ signals are stop-gradiented.
 Cost: the leave-one-out baselines build a (K, K) matrix per data point
 (O(K^2) memory), like the reference implementations; fine for K <= ~1000.
 """
-import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -591,94 +590,11 @@ class LogWeightViews(NamedTuple):
   log_w_phi: Array
 
 
-def _iwae_pathwise_views(views: LogWeightViews, alpha=0.0) -> Array:
+def iwae_pathwise_views(views: LogWeightViews, alpha=0.0) -> Array:
+  """`iwae_pathwise_surrogate` of the views' log-weights."""
   return iwae_pathwise_surrogate(views.log_w, alpha)
 
 
-def _dreg_views(views: LogWeightViews) -> Array:
+def dreg_views(views: LogWeightViews) -> Array:
+  """`dreg_surrogate` of the views' log-weights."""
   return dreg_surrogate(views.log_w_theta, views.log_w_phi)
-
-
-REPARAMETERISED: dict[str, Callable[..., Array]] = {
-    "iwae_pathwise": _iwae_pathwise_views,
-    "dreg": _dreg_views,
-}
-"""name -> surrogate(LogWeightViews) of reparameterised chains (every layer
-Gaussian): the pathwise IWAE gradient and DReG, both unbiased for
--grad E[L_K]. `rebar_jax.gradients` builds the views from a model (a view a
-surrogate does not read is never computed: XLA drops it)."""
-
-
-# ----------------------------------------------------------------------------
-# Registry.
-# ----------------------------------------------------------------------------
-
-MULTISAMPLE: dict[str, Callable[..., Array]] = {
-    "iwae_reinforce": iwae_reinforce_surrogate,
-    "vimco_arithmetic": functools.partial(vimco_surrogate,
-                                          baseline="arithmetic"),
-    "vimco_geometric": functools.partial(vimco_surrogate, baseline="geometric"),
-    "ovis_gamma0": functools.partial(ovis_gamma_surrogate, gamma=0.0),
-    "ovis_gamma0.5": functools.partial(ovis_gamma_surrogate, gamma=0.5),
-    "ovis_gamma1": functools.partial(ovis_gamma_surrogate, gamma=1.0),
-    "ovis_mc": ovis_mc_surrogate,  # also needs log_w_aux=(S,)
-    "rws": rws_surrogate,
-    "elbo_loo": elbo_loo_surrogate,
-    "vargrad": vargrad_surrogate,
-    "tvo": functools.partial(tvo_surrogate, betas=tuple(tvo_partition(5))),
-}
-"""name -> surrogate(log_w, log_q) -> scalar loss; names in NEEDS_AUX also
-take `log_w_aux` (S,) log-weights of independent auxiliary samples."""
-
-NEEDS_AUX: frozenset[str] = frozenset({"ovis_mc"})
-
-
-LOCAL: dict[str, str] = {"disarm_iw": "disarm"}
-r"""name -> a one-layer estimator of the layers' family, applied per chain.
-
-Local learning signals for L_K (Dong, Mnih & Tucker 2020, Sec. 5, their
-"local DisARM" for VIMCO's objective): for chain k and layer l, with the
-other K - 1 chains held as sampled,
-
-    f_kl(b) = L_K(log w_1, .., log w_k(b_<l, b, continued from b), .., log w_K),
-
-and the one-layer estimator (DisARM: its antithetic pair from chain k's noise
-at layer l) estimates d/dlogits_kl E[f_kl]; summed over chains with the
-pathwise sum_k v_k (grad log p(x, b_k) - grad log q(b_k | x)) at fixed
-samples, the gradient is unbiased for grad E[L_K]. Built by
-`rebar_jax.gradients` (it needs the chains, not only their log-weights): two
-evaluations of each chain's continuation per layer."""
-
-
-PARTITIONED: frozenset[str] = frozenset({"tvo"})
-"""Objectives over a partition of [0, 1] (`tvo_partition`)."""
-
-
-def build(name: str, alpha: Any = 0.0, tvo_partitions: int = 5,
-          tvo_beta_min: float = 0.01) -> Callable[..., Array]:
-  """The objective `name` (MULTISAMPLE or REPARAMETERISED) with its options.
-
-  alpha: the Renyi alpha (RENYI names only; may be traced); tvo_partitions,
-  tvo_beta_min: the TVO's partition (`tvo_partition`).
-  """
-  if name in PARTITIONED:
-    return functools.partial(tvo_surrogate, betas=tuple(
-        tvo_partition(tvo_partitions, tvo_beta_min)))
-  fn = MULTISAMPLE.get(name) or REPARAMETERISED[name]
-  if name in RENYI and not (isinstance(alpha, (int, float)) and alpha == 0):
-    return functools.partial(fn, alpha=alpha)
-  return fn
-
-RENYI: frozenset[str] = frozenset(
-    {"iwae_reinforce", "vimco_arithmetic", "vimco_geometric", "ovis_gamma0",
-     "ovis_gamma0.5", "ovis_gamma1", "ovis_mc", "iwae_pathwise"})
-"""Objectives that take `alpha=`, the Renyi bound's alpha (`renyi_bound`);
-at alpha > 0 the unbiased ones are unbiased for grad E[L_K^alpha]."""
-
-UNBIASED_FOR_IW: frozenset[str] = frozenset(
-    {"iwae_reinforce", "vimco_arithmetic", "vimco_geometric", "ovis_gamma0",
-     "ovis_mc"})
-"""Surrogates whose gradient is unbiased for -grad_{theta,phi} E[L_K]."""
-
-UNBIASED_FOR_ELBO: frozenset[str] = frozenset({"elbo_loo", "vargrad"})
-"""Surrogates whose gradient is unbiased for -grad_{theta,phi} ELBO."""

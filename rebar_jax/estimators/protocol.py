@@ -21,12 +21,12 @@ NVIL, Mnih & Gregor 2014 Sec. 2.3), its updated untrained statistics, and that
 loss. The composition (`rebar_jax.gradients`) pulls g^ back through the
 encoders and never asks which estimator it holds.
 
-`REGISTRY[family][name](options)` builds an Estimator; it is the only place an
-estimator name is mapped to code. A one-layer estimator with the contract
-`est(key, logits, f, **options) -> grad` becomes a training estimator through
-`stateless`; one with trained control-variate parameters through `tuned`.
+A builder `build(options: Options) -> Estimator` makes one; the registry
+(`rebar_jax.estimators.registry`) maps names to builders. A one-layer
+estimator with the contract `est(key, logits, f, **options) -> grad` becomes
+a training estimator through `stateless` (`one_layer`, `k_samples`); one with
+trained control-variate parameters through `tuned`.
 """
-import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -35,13 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rebar_jax.estimators import bernoulli
-from rebar_jax.estimators import carms
 from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates as cv
-from rebar_jax.estimators import copulas
 from rebar_jax.estimators import gaussian
-from rebar_jax.estimators import stick_breaking
-from rebar_jax.estimators import unordered_set
+from rebar_jax.estimators.options import Options
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -63,37 +60,6 @@ class EstimatorState(NamedTuple):
   """
   params: Any
   stats: Any
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Options:
-  """The fixed options an estimator may read when it is built.
-
-  Attributes:
-    temperature: lambda of relaxed estimators (initial value when tuned).
-    eta: REBAR's control-variate scale (initial value when tuned).
-    loo_samples: n, the samples (f evaluations) per data point of the
-      leave-one-out estimators: reinforce_loo, arms, double_cv, rodeo,
-      carms; k, the classes drawn without replacement of unordered_set.
-    copula: ARMS's antithetic copula, "dirichlet" or "gaussian".
-    alpha: double_cv's Taylor control-variate scale, and RODEO's scalar
-      Stein control variate's (initial values when tuned; 0 is
-      leave-one-out, as the authors start).
-    tune: train the control variate's parameters on the variance loss.
-    relax_hidden: hidden widths of RELAX's network r_rho(z).
-    rodeo_hidden: hidden widths of RODEO's surrogate network (the authors'
-      100).
-    nvil_decay: decay of NVIL's running mean and variance of the signal.
-  """
-  temperature: float = 0.5
-  eta: float = 1.0
-  loo_samples: int = 2
-  copula: str = "dirichlet"
-  alpha: float = 0.0
-  tune: bool = True
-  relax_hidden: tuple[int, ...] = (50,)
-  rodeo_hidden: tuple[int, ...] = (100,)
-  nvil_decay: float = 0.8
 
 
 class ModelInfo(NamedTuple):
@@ -457,7 +423,7 @@ def _size(shape: Sequence[int]) -> int:
   return int(np.prod(shape))
 
 
-def _relaxed_objective(options: Options) -> Estimator:
+def relaxed_objective(options: Options) -> Estimator:
   """Concrete / Gumbel-softmax: the pathwise gradient of the relaxed ELBO."""
   del options
   return Estimator(_empty_init, _pathwise_only, relaxed_objective=True)
@@ -469,45 +435,29 @@ def _pathwise_only(state, problem):
                    "per-layer estimate.")
 
 
-def _one_layer(name: str, module, *option_names: str
-               ) -> Callable[[Options], Estimator]:
-  """The stateless one-layer estimator `module.name`, with the named options.
-
-  `module`: the family's module (`bernoulli`, `categorical`, `gaussian`) or
-  one of the categorical family's own (`stick_breaking`).
-  """
+def one_layer(estimator: Callable[..., Array], *option_names: str
+              ) -> Callable[[Options], Estimator]:
+  """The stateless one-layer `estimator`, given the named options."""
   def build(options: Options) -> Estimator:
-    return stateless(getattr(module, name),
+    return stateless(estimator,
                      **{n: getattr(options, n) for n in option_names})
   return build
 
 
-def _check_loo_samples(options: Options) -> None:
-  if options.loo_samples < 2:
-    raise ValueError(
-        f"loo_samples must be >= 2 (n, the samples of the leave-one-out "
-        f"baseline), got {options.loo_samples}: e.g. --config.loo_samples=2.")
-
-
-def _k_samples(estimator: Callable[..., Array]
-               ) -> Callable[[Options], Estimator]:
-  """A stateless estimator with num_samples = options.loo_samples (>= 2).
+def k_samples(estimator: Callable[..., Array]
+              ) -> Callable[[Options], Estimator]:
+  """A stateless estimator with num_samples = options.loo_samples.
 
   Leave-one-out REINFORCE (n samples), CARMS (K coupled samples), the
   unordered set estimator (k classes without replacement).
   """
   def build(options: Options) -> Estimator:
-    _check_loo_samples(options)
     return stateless(estimator, num_samples=options.loo_samples)
   return build
 
 
-def _arms(options: Options) -> Estimator:
+def arms(options: Options) -> Estimator:
   """ARMS over K = options.loo_samples antithetic samples of options.copula."""
-  _check_loo_samples(options)
-  if options.copula not in copulas.COPULAS:
-    raise ValueError(f"copula must be one of {copulas.COPULAS}, got "
-                     f"{options.copula!r}: e.g. --config.copula=dirichlet.")
   return stateless(bernoulli.arms, num_samples=options.loo_samples,
                    copula=options.copula)
 
@@ -521,8 +471,6 @@ def double_cv(options: Options) -> Estimator:
   Reference: Titsias & Shi (2022), "Double control variates for gradient
   estimation in discrete latent variable models", AISTATS.
   """
-  _check_loo_samples(options)
-
   def init(key, info):
     del key, info
     return EstimatorState(jnp.asarray(options.alpha, jnp.float32), ())
@@ -549,8 +497,6 @@ def rodeo(options: Options) -> Estimator:
   Reference: Shi, Zhou, Hwang, Titsias & Mackey (2022), "Gradient estimation
   with discrete Stein operators", NeurIPS.
   """
-  _check_loo_samples(options)
-
   def init(key, info):
     keys = jax.random.split(key, len(info.layer_shapes))
     return EstimatorState(
@@ -568,138 +514,6 @@ def rodeo(options: Options) -> Estimator:
             "beta": float(np.mean([q.beta for q in params]))}
 
   return tuned(init, draw, options.tune, summary)
-
-
-# The one map from names to training estimators, per distribution family.
-REGISTRY: dict[str, dict[str, Callable[[Options], Estimator]]] = {
-    "bernoulli": {
-        "reinforce": reinforce,
-        "nvil": nvil,
-        "reinforce_loo": _k_samples(bernoulli.reinforce_loo),
-        "arm": _one_layer("arm", bernoulli),
-        "disarm": _one_layer("disarm", bernoulli),
-        "arms": _arms,
-        "double_cv": double_cv,
-        "rodeo": rodeo,
-        "indecater": _one_layer("indecater", bernoulli),
-        "muprop": _one_layer("muprop", bernoulli),
-        "muprop_baseline": muprop_baseline,
-        "concrete": _relaxed_objective,
-        "straight_through": _one_layer("straight_through", bernoulli),
-        "straight_through_gumbel": _one_layer(
-            "straight_through_gumbel", bernoulli, "temperature"),
-        "reinmax": _one_layer("reinmax", bernoulli, "temperature"),
-        "rebar": rebar,
-        "relax": relax,
-    },
-    "categorical": {
-        "reinforce": reinforce,
-        "nvil": nvil,
-        "reinforce_loo": _k_samples(categorical.reinforce_loo),
-        "ars": _one_layer("ars", categorical),
-        "arsm": _one_layer("arsm", categorical),
-        "ars_plus": _one_layer("ars_plus", categorical),
-        "arsm_plus": _one_layer("arsm_plus", categorical),
-        "disarm_stick_breaking": _one_layer("disarm_stick_breaking",
-                                            stick_breaking),
-        "disarm_stick_breaking_rb": _one_layer("disarm_stick_breaking_rb",
-                                               stick_breaking),
-        "disarm_stick_breaking_iw": _one_layer("disarm_stick_breaking_iw",
-                                               stick_breaking),
-        "carms": _k_samples(carms.carms),
-        "gumbel_softmax": _relaxed_objective,
-        "straight_through_gumbel": _one_layer(
-            "straight_through_gumbel", categorical, "temperature"),
-        "gumbel_rao": _one_layer("gumbel_rao", categorical, "temperature"),
-        "indecater": _one_layer("indecater", categorical),
-        "unordered_set": _k_samples(unordered_set.unordered_set),
-        "reinmax": _one_layer("reinmax", categorical, "temperature"),
-        "gapped_straight_through": _one_layer(
-            "gapped_straight_through", categorical, "temperature"),
-        "rebar": rebar,
-        "relax": relax,
-    },
-    "gaussian": {
-        "reinforce": reinforce,
-        "nvil": nvil,
-        "reinforce_loo": _k_samples(gaussian.reinforce_loo),
-        "pathwise": _one_layer("pathwise", gaussian),
-    },
-}
-
-
-# The estimators that differentiate f along the layer's own sample (the
-# reparameterisation gradient). In a chain, the composition carries the
-# estimates of the discrete layers below such a layer back along its sample
-# (`rebar_jax.gradients`), which the derivative of the thresholded
-# continuation misses.
-PATHWISE: dict[str, frozenset[str]] = {"gaussian": frozenset({"pathwise"})}
-# The estimators that evaluate f on relaxed samples and differentiate it there
-# (REBAR's and RELAX's control variates, the Concrete / Gumbel-softmax
-# objective): f must be continuous on the relaxed domain (`continuity`).
-RELAXED: dict[str, frozenset[str]] = {
-    "bernoulli": frozenset({"rebar", "relax", "concrete"}),
-    "categorical": frozenset({"rebar", "relax", "gumbel_softmax"})}
-# Estimators whose estimate is rescaled by a running statistic (NVIL's
-# variance normalisation): unbiased up to a positive factor per layer, which a
-# pathwise layer above would mix with its own unscaled terms.
-RESCALED: frozenset[str] = frozenset({"nvil", "muprop_baseline"})
-
-
-def get(family: str, name: str, options: Options = Options()) -> Estimator:
-  """The training estimator `name` of `family`, built with `options`."""
-  if family not in REGISTRY:
-    raise ValueError(f"Unknown family {family!r}; choose one of "
-                     f"{sorted(REGISTRY)}.")
-  if name not in REGISTRY[family]:
-    raise ValueError(f"Unknown {family} estimator {name!r}; choose one of "
-                     f"{sorted(REGISTRY[family])}.")
-  return REGISTRY[family][name](options)
-
-
-def names_by_family(name: str, families: Sequence[str]) -> dict[str, str]:
-  """The estimator of each family a model's layers use.
-
-  `name` is one estimator for every family ("rebar"), or one per family,
-  "family:name" pairs separated by commas ("bernoulli:disarm,categorical:arsm").
-  """
-  families = tuple(dict.fromkeys(families))
-  if ":" not in name:
-    return {f: name for f in families}
-  parts = [p.split(":", 1) for p in name.replace(" ", "").split(",")]
-  if any(len(p) != 2 for p in parts):
-    raise ValueError(
-        f"Estimator {name!r}: write one estimator for every family, or "
-        "family:name pairs separated by commas, e.g. "
-        + ",".join(f"{f}:reinforce" for f in families) + ".")
-  named = [f for f, _ in parts]
-  twice = sorted({f for f in named if named.count(f) > 1})
-  if twice:
-    raise ValueError(
-        f"Estimator {name!r} names {twice} more than once; name one "
-        "estimator per family, e.g. "
-        + ",".join(f"{f}:reinforce" for f in families) + ".")
-  pairs = dict(parts)
-  if set(pairs) != set(families):
-    raise ValueError(
-        f"Estimator {name!r} names the families {sorted(pairs)}; the model's "
-        f"layers are of the families {sorted(families)}: name one estimator "
-        "for each, e.g. " + ",".join(f"{f}:reinforce" for f in families) + ".")
-  return pairs
-
-
-def for_layers(name: str, families: Sequence[str],
-               options: Options = Options()) -> Estimator:
-  """One training estimator for a model whose layers are of `families`.
-
-  With one family, `get(family, name)`; with several, `by_family` of each
-  family's estimator (see `names_by_family` for the two forms of `name`).
-  """
-  names = names_by_family(name, families)
-  parts = {f: get(f, n, options) for f, n in names.items()}
-  if len(parts) == 1:
-    return next(iter(parts.values()))
-  return by_family(parts)
 
 
 def by_family(parts: dict[str, Estimator]) -> Estimator:

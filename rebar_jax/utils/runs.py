@@ -19,6 +19,8 @@ import socket
 import time
 from typing import Any, Optional
 
+from rebar_jax.estimators import options
+
 RECORD_FILE = "run.json"
 LOCK_FILE = "lock"
 
@@ -42,11 +44,10 @@ RESULT_FREE_FIELDS = frozenset({
 # reproduces what those runs did: a record that lacks one holds this value.
 ADDED_FIELDS = {
     "activation": "tanh",  # the nonlinear SBN's hidden units
-    "aux_samples": 0,  # OVIS-MC's auxiliary chains
-    "renyi_alpha": 0.0,  # the Renyi bound's alpha
-    "renyi_warmup_steps": 0,
-    "tvo_partitions": 5,  # the TVO's partition
-    "tvo_beta_min": 0.01,
+    # Every estimator option, added or not: its default is what the runs
+    # recorded without it did (aux_samples, renyi_*, tvo_*, rodeo_hidden and
+    # nvil_decay were added so).
+    **{o.field: o.default for o in options.OPTIONS.values()},
 }
 
 
