@@ -280,13 +280,12 @@ def f_evaluations(exp: train.Experiment, params: Params, x: Array) -> float:
     return f_counted
 
   def estimate(params, x, key):
-    layers = gradients._layers(exp.model, params, x, key)[3]  # pylint: disable=protected-access
+    problem = gradients.estimation_problem(exp.model, params, x, key)
     layers = [layer._replace(f_hard=counted(layer.f_hard),
                              f_soft=counted(layer.f_soft))
-              for layer in layers]
-    inputs = x - gradients._mean(exp.model)  # pylint: disable=protected-access
-    return estimator.estimate(state, protocol.Problem(
-        layers, jnp.zeros(x.shape[:1]), inputs)).grads
+              for layer in problem.layers]
+    return estimator.estimate(state, problem._replace(
+        layers=layers, signal=jnp.zeros(x.shape[:1]))).grads
 
   jaxpr = jax.make_jaxpr(estimate)(params, x[:1], jax.random.key(0))
   per_layer = _count_callbacks(jaxpr.jaxpr) / len(

@@ -580,6 +580,17 @@ def _objective(spec: EstimatorSpec, step):
       tvo_partitions=spec.tvo_partitions, tvo_beta_min=spec.tvo_beta_min)
 
 
+def estimation_problem(model, params: Params, x: Array, key: PRNGKey
+                       ) -> protocol.Problem:
+  """What a training estimator is given for batch x (`protocol.Problem`):
+  each layer's estimation problem on the hard chain sampled from `key`, the
+  chain's signal F = log p(x, b) - log q(b | x) (B,), no gradient, and the
+  baseline inputs x minus the model's training mean."""
+  log_p, log_q, _, layers, _ = _layers(model, params, x, key)
+  return protocol.Problem(layers, jax.lax.stop_gradient(log_p - log_q),
+                          x - _mean(model))
+
+
 def _mean(model):
   return (np.zeros(model.data_dim, np.float32) if model.train_mean is None
           else np.asarray(model.train_mean, np.float32))
