@@ -4,20 +4,24 @@ Every estimator here estimates
 
     g(l) = d/dl E_{b ~ Bernoulli(sigmoid(l))}[f(b)],
 
-for logits l of any shape (D = l.size latents, independent) and a scalar function
-f of a sample b of the same shape, and has the signature
+for logits l of any shape (D = l.size latents, independent) and a scalar
+function f of a sample b of the same shape, and has the signature
 
     grad = estimator(key, logits, f, **options)   # one draw, shape of logits
 
 All randomness comes from `key`; draw many estimates with
-`jax.vmap(estimator, in_axes=(0, None, None))(jax.random.split(key, n), logits, f)`.
+
+    keys = jax.random.split(key, n)
+    jax.vmap(estimator, in_axes=(0, None, None))(keys, logits, f)
+
 Every estimator also takes `noise=`, the `noise.logistic_noise` of its key
 drawn already (a model's chain does, to sample b): the same estimate, without
 drawing that noise twice (`generic.sample`).
 
 Shared reparameterisation (Tucker et al. 2017, Sec. 2; Maddison et al. 2017):
 
-    u ~ U(0, 1),   z = l + log u - log(1 - u)   (logistic noise),   b = H(z) = 1[z >= 0],
+    u ~ U(0, 1),   z = l + log u - log(1 - u)   (logistic noise),
+    b = H(z) = 1[z >= 0],
 
 so b ~ Bernoulli(sigmoid(l)); all estimators that need a hard sample draw b from
 the same u, so on one key they see the same b (REBAR with eta=0 equals REINFORCE
@@ -219,7 +223,8 @@ def reinforce_loo(key: PRNGKey, logits: Array, f: Fn,
                   ) -> Array:
   r"""REINFORCE with the leave-one-out baseline over n samples, unbiased.
 
-      g^ = (1/n) sum_i (f(b_i) - (1/(n-1)) sum_{j != i} f(b_j)) (b_i - sigmoid(l))
+      g^ = (1/n) sum_i (f(b_i) - (1/(n-1)) sum_{j != i} f(b_j))
+                 (b_i - sigmoid(l))
          = 1/(n-1) sum_i (f(b_i) - f_bar) (b_i - sigmoid(l)),
 
   with b_1..b_n i.i.d. One call costs n evaluations of f and returns one draw of
@@ -302,7 +307,8 @@ def muprop(key: PRNGKey, logits: Array, f: Fn,
   With the mean-field point m = sigmoid(l) and the linearisation
   c(b) = f(m) + f'(m) . (b - m), whose expectation has a known gradient,
 
-      g^ = [f(b) - f(m) - f'(m) . (b - m)] (b - sigmoid(l)) + f'(m) * sigmoid'(l).
+      g^ = [f(b) - f(m) - f'(m) . (b - m)] (b - sigmoid(l))
+           + f'(m) * sigmoid'(l).
 
   f must be defined and differentiable on [0, 1]^D (it is evaluated at m).
   Costs two evaluations of f and one gradient of f.
@@ -523,13 +529,14 @@ def rodeo(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 2,
   # the neighbours of b_k phi + g_jd step_kd.
   others = np.array([[j for j in range(k) if j != i] for i in range(k)])
   phi = (bf @ gf.T - jnp.sum(gf * bf, axis=1)[None, :])[
-      np.arange(k)[:, None], others]                                    # (K, K-1)
-  phi_nbr = phi[:, :, None] + gf[others] * step[:, None, :]             # (K, K-1, D)
+      np.arange(k)[:, None], others]                             # (K, K-1)
+  phi_nbr = phi[:, :, None] + gf[others] * step[:, None, :]      # (K, K-1, D)
   f_other = fs[others]
-  h_x = jnp.mean(_stein_surrogate(cv_params.net, phi, f_other), axis=1)  # (K, 2)
+  h_x = jnp.mean(_stein_surrogate(cv_params.net, phi, f_other),
+                 axis=1)                                         # (K, 2)
   h_nbr = jnp.mean(_stein_surrogate(cv_params.net, phi_nbr,
-                                    f_other[..., None]), axis=1)        # (K, D, 2)
-  delta = h_nbr - h_x[:, None, :]                                      # (K, D, 2)
+                                    f_other[..., None]), axis=1)  # (K, D, 2)
+  delta = h_nbr - h_x[:, None, :]                                # (K, D, 2)
   a = jnp.mean(w * delta[..., 0], axis=1)
   v = (s * jnp.mean(w * delta[..., 1], axis=1, keepdims=True)
        + w * h_nbr[..., 1] * step / dim)
@@ -618,11 +625,13 @@ def straight_through(key: PRNGKey, logits: Array, f: Fn, gumbel: bool = False,
   Plain (Bengio et al. 2013): the forward pass uses the hard sample b, the
   backward pass the derivative of its mean,
 
-      g^ = f'(b) * sigmoid'(l),   i.e. b_st = sigmoid(l) + stop_grad(b - sigmoid(l)).
+      g^ = f'(b) * sigmoid'(l),
+      i.e. b_st = sigmoid(l) + stop_grad(b - sigmoid(l)).
 
   Gumbel (Jang et al. 2017): b = H(z) forward, the Concrete relaxation backward,
 
-      b_st = s + stop_grad(b - s),   s = sigmoid(z / lambda),   g^ = d/dl f(b_st).
+      b_st = s + stop_grad(b - s),   s = sigmoid(z / lambda),
+      g^ = d/dl f(b_st).
 
   f must be differentiable in b (it is evaluated at the hard b).
   """

@@ -42,7 +42,7 @@ def carms_orders(num_classes: int) -> np.ndarray:
 
 def _order_intervals(p: Array, orders: np.ndarray) -> tuple[Array, Array]:
   """(L, R), each (..., P, C): class c's interval [L, R) in order o's CDF."""
-  p_o = p[..., orders]                                   # (..., P, C) by position
+  p_o = p[..., orders]                          # (..., P, C) by position
   right_o = jnp.cumsum(p_o, axis=-1)
   positions = np.argsort(orders, axis=-1)                # position of class c
   take = lambda x: jnp.take_along_axis(
@@ -75,7 +75,7 @@ def carms_joint(logits: Array, num_samples: int) -> Array:
 
 def carms_samples(key: PRNGKey, logits: Array, num_samples: int,
                   noise: Optional[Array] = None) -> Array:
-  r"""K one-hot samples of CARMS's coupling, (K, ..., C); the first is the chain's.
+  r"""K coupled one-hot samples of CARMS, (K, ..., C); the first is the chain's.
 
   Per variable: an order o uniform over `carms_orders`, and uniforms
   u_1..u_K from the Dirichlet copula (d ~ Dir(1_K), u_k = (1 - d_k)^(K-1);

@@ -17,7 +17,10 @@ estimators:
     grad = estimator(key, logits, f, **options)   # one draw, shape of logits
 
 All randomness comes from `key`; draw many estimates with
-`jax.vmap(estimator, in_axes=(0, None, None))(jax.random.split(key, n), logits, f)`.
+
+    keys = jax.random.split(key, n)
+    jax.vmap(estimator, in_axes=(0, None, None))(keys, logits, f)
+
 Every estimator also takes `noise=`, the `noise.gumbel_noise` of its key
 drawn already (a model's chain does, to sample b): the same estimate, without
 drawing that noise twice (`generic.sample`).
@@ -30,10 +33,10 @@ Shared reparameterisation (Gumbel-max; Jang et al. 2017, Maddison et al. 2017):
 so b ~ Cat(softmax(l)). Every estimator that needs a hard sample draws it
 this way from the first split of its key (`noise.gumbel_noise`), so on one key
 REINFORCE, REBAR, ARS and ARSM see the same b (REBAR with eta = 0 equals
-REINFORCE draw for draw). The same u is the exponential race / Dirichlet augmentation of ARSM:
-with eps = -log u ~ Exp(1), pi = eps / sum(eps) = softmax(-g) ~ Dir(1_C) and
-b = argmin_c pi_c e^{-l_c} = argmax_c z_c. The score is
-d/dl log p(b) = b - softmax(l).
+REINFORCE draw for draw). The same u is the exponential race / Dirichlet
+augmentation of ARSM: with eps = -log u ~ Exp(1), pi = eps / sum(eps) =
+softmax(-g) ~ Dir(1_C) and b = argmin_c pi_c e^{-l_c} = argmax_c z_c. The
+score is d/dl log p(b) = b - softmax(l).
 
 Resolution: u is the pair (w, side) of `noise.uniform_halves_from_bits`
 (u = w or 1 - w, w uniform on (0, 1/2) at full float32 resolution), so
@@ -358,7 +361,8 @@ def indecater(key: PRNGKey, logits: Array, f: Fn, num_samples: int = 1,
 # ----------------------------------------------------------------------------
 
 
-def _swapped_argmax(log_p: Array, g: Array, c: Array, j: Array) -> Array:
+def _swapped_argmax(log_p: Array, g: Array, c: jax.typing.ArrayLike,
+                    j: jax.typing.ArrayLike) -> Array:
   r"""argmax_i (log p_i + g^{c<->j}_i): pseudo actions for the swapped noise.
 
   g^{c<->j} is g with entries c and j exchanged (in every variable), i.e. the
@@ -396,7 +400,8 @@ def ars(key: PRNGKey, logits: Array, f: Fn,
   d/dl_dc E[f] = E[f(b) (1 - C pi_dc)]. Swapping coordinates c and j of every
   pi_d (a measure-preserving map) gives pseudo actions b^{c<->j} and
 
-      g^_dc = (1 - delta_d) [f(b^{c<->j}) - 1/C sum_m f(b^{m<->j})] (1 - C pi_dj),
+      g^_dc = (1 - delta_d) [f(b^{c<->j}) - 1/C sum_m f(b^{m<->j})]
+              (1 - C pi_dj),
 
   one reference j ~ U{1..C} shared by all variables, C evaluations of f
   (b^{j<->j} = b). delta_d = 1 when all pseudo actions b_d^{m<->j} agree: that
@@ -678,7 +683,7 @@ def gumbel_rao(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 1.0,
 
 
 def _softmax_vjp(probs: Array, cotangent: Array) -> Array:
-  """J(p)^T v with J(p) = diag(p) - p p^T, the Jacobian of softmax, per variable."""
+  """J(p)^T v with J(p) = diag(p) - p p^T, softmax's Jacobian, per variable."""
   return probs * cotangent - probs * jnp.sum(probs * cotangent, axis=-1,
                                              keepdims=True)
 
@@ -818,7 +823,7 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
           control_variate: Optional[ControlVariate] = None,
           temperature: Any = None, f_relaxed: Optional[RelaxedFn] = None,
           tied: bool = True, noise: Optional[Array] = None) -> Array:
-  r"""Categorical RELAX with a learned control variate c_phi; unbiased for all phi.
+  r"""Categorical RELAX with a learned control variate c_phi; unbiased, any phi.
 
       g^ = [f(b) - c_phi(z~)] (b - softmax(l)) + d/dl c_phi(z) - d/dl c_phi(z~),
 

@@ -116,7 +116,8 @@ def uniform_halves(key: PRNGKey,
   return uniform_halves_from_bits(random_words(key, NOISE_WORDS, shape))
 
 
-def uniform_open(key: PRNGKey, shape: Sequence[int], dtype=jnp.float32) -> Array:
+def uniform_open(key: PRNGKey, shape: Sequence[int],
+                 dtype=jnp.float32) -> Array:
   """u ~ U(0, 1) as one float, never 0 or 1.
 
   u = w or min(1 - w, 1 - 2^-24) from `uniform_halves`: full resolution below
@@ -146,7 +147,7 @@ def split_log(x: Array) -> tuple[Array, Array]:
 
 
 def logistic_from_halves(w: Array, side: Array) -> Array:
-  r"""logit(u) = log u - log(1 - u) for u = (w, side), see `uniform_halves_from_bits`.
+  r"""logit(u) = log u - log(1 - u), u = (w, side): `uniform_halves_from_bits`.
 
       logit(u) = +-(log w - log1p(-w))   (+ for side 0),
 
@@ -166,7 +167,7 @@ def logistic_noise_from_bits(bits: Array) -> Array:
 
 def logistic_noise(key: PRNGKey, shape: Sequence[int],
                    dtype=jnp.float32) -> Array:
-  r"""logit(u), u ~ U(0, 1): the noise behind the hard sample of every estimator.
+  r"""logit(u), u ~ U(0, 1): the noise behind every estimator's hard sample.
 
   The Bernoulli estimators (`bernoulli.reinforce`, `muprop`, `concrete`,
   `straight_through`, `rebar`, `relax`, ...) called with `key` all see

@@ -45,7 +45,7 @@ def stick_breaking_logits(logits: Array) -> Array:
 
 
 def from_stick_breaking(z: Array) -> Array:
-  """One-hot b (..., C) of the binary chain z (..., C-1): first k with z_k = 1."""
+  """One-hot b (..., C) of binary chain z (..., C-1): first k with z_k = 1."""
   none_yet = jnp.cumprod(1.0 - z, axis=-1)  # z_0 = ... = z_k = 0
   before = jnp.concatenate([jnp.ones_like(z[..., :1]), none_yet[..., :-1]],
                            axis=-1)
@@ -75,7 +75,7 @@ def _in_order(x: Array, order: str, logits: Optional[Array] = None,
 
 def stick_breaking_pair(key: PRNGKey, logits: Array, order: str = "descending",
                         noise: Optional[Array] = None) -> tuple[Array, Array]:
-  """The antithetic binary chains (z, z~), each (..., C-1), of `disarm_stick_breaking`.
+  """The antithetic chains (z, z~), each (..., C-1), of `disarm_stick_breaking`.
 
   sb(z), back in the categories' order, is the Gumbel-max sample of key (or
   of `noise`).
@@ -114,7 +114,8 @@ def disarm_stick_breaking(key: PRNGKey, logits: Array, f: Fn,
   D (C - 1) independent Bernoulli variables. Their antithetic twins z~ share
   the uniforms (u, 1 - u), and DisARM (Dong, Mnih & Tucker 2020) gives
 
-      g^_alpha = 1/2 (f(sb(z)) - f(sb(z~))) (-1)^{z~} 1[z != z~] sigmoid(|alpha|),
+      g^_alpha = 1/2 (f(sb(z)) - f(sb(z~))) (-1)^{z~} 1[z != z~]
+                 sigmoid(|alpha|),
       g^_l = (d alpha / d l)^T g^_alpha,
 
   two evaluations of f per draw, the pair of categorical samples
@@ -185,7 +186,7 @@ def disarm_stick_breaking_rb(key: PRNGKey, logits: Array, f: Fn,
 
 def coupled_importance_weights(logits: Array, order: str = "ascending"
                                ) -> Array:
-  r"""log w_n = log q(b) q(b~) / P(b, b~) of the antithetic chain pair, (..., C-1).
+  r"""log w_n = log q(b) q(b~) / P(b, b~) of the antithetic pair, (..., C-1).
 
   For the pair of `stick_breaking_pair` whose first difference is at chain
   position n (min of the two stops), with p_k = sigmoid(alpha_k): both chains
