@@ -592,5 +592,6 @@ def estimation_problem(model, params: Params, x: Array, key: PRNGKey
 
 
 def _mean(model):
-  return (np.zeros(model.data_dim, np.float32) if model.train_mean is None
-          else np.asarray(model.train_mean, np.float32))
+  mean = getattr(model, "train_mean", None)
+  return (np.zeros(model.data_dim, np.float32) if mean is None
+          else np.asarray(mean, np.float32))

@@ -5,6 +5,7 @@ import functools
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -479,6 +480,49 @@ class _IntLogits(custom_model.MixedVAE):
     return super().layer_logits(layer, x, above).astype(jnp.int32)
 
 
+def _bernoulli_log_prob(logits, b):
+  return jnp.sum(b * jax.nn.log_sigmoid(logits)
+                 + (1 - b) * jax.nn.log_sigmoid(-logits), axis=-1)
+
+
+class _Minimal(nn.Module):
+  """One Bernoulli layer of 2 units; q's module is `encoder`; no train_mean
+  field (it is optional)."""
+  data_dim: int = 5
+
+  def setup(self):
+    self.encoder = nn.Dense(2)
+    self.decoder = nn.Dense(self.data_dim)
+
+  def q_logits(self, x):
+    return self.encoder(x)
+
+  def stochastic_layers(self):
+    return (protocol.StochasticLayer("bernoulli", (2,)),)
+
+  def layer_logits(self, layer, x, above):
+    del layer, above
+    return self.q_logits(x)
+
+  def log_joint(self, x, bs):
+    (b,) = bs
+    log_q = _bernoulli_log_prob(self.q_logits(x), b)
+    log_p = (_bernoulli_log_prob(jnp.zeros_like(b), b)
+             + _bernoulli_log_prob(self.decoder(b), x))
+    return log_p, log_q
+
+
+class _Unnamed(_Minimal):
+  """q's parameters under a module not named "encoder"."""
+
+  def setup(self):
+    self.q_net = nn.Dense(2)
+    self.decoder = nn.Dense(self.data_dim)
+
+  def q_logits(self, x):
+    return self.q_net(x)
+
+
 class ModelProtocolCheckTest(parameterized.TestCase):
   """`models.protocol.check` names the method, what it returned, the fix."""
 
@@ -530,6 +574,25 @@ class ModelProtocolCheckTest(parameterized.TestCase):
                          (BadShape, "tuple of positive ints")):
       with self.assertRaisesRegex(protocol.ModelError, message):
         protocol.check(cls(data_dim=5))
+
+  def test_q_lives_under_encoder_modules_and_train_mean_is_optional(self):
+    with self.assertRaisesRegex(protocol.ModelError,
+                                "no parameters under a submodule whose name "
+                                "contains 'encoder'"):
+      protocol.check(_Unnamed())
+    model = _Minimal()
+    protocol.check(model)
+    self.assertFalse(hasattr(model, "train_mean"))
+    x = jnp.ones((3, 5))
+    params = model.init(jax.random.key(0), x, (jnp.zeros((3, 2)),),
+                        method="log_joint")
+    spec = gradients.EstimatorSpec("nvil")  # reads the baseline inputs
+    grads, _, _, metrics = gradients.model_gradients(
+        model, spec, params, spec.init(jax.random.key(1), model), x,
+        jax.random.key(2))
+    self.assertTrue(np.isfinite(float(metrics["elbo"])))
+    self.assertTrue(np.any(np.asarray(
+        grads["params"]["encoder"]["kernel"]) != 0))
 
 if __name__ == "__main__":
   absltest.main()

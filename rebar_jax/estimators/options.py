@@ -110,7 +110,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("renyi_alpha", 0.0, "alpha of the Renyi bound L_K^alpha trained "
            "instead of L_K (0: L_K)", _in_range(0.0, 1.0), refuse_unread=True),
     Option("renyi_warmup_steps", 0, "steps over which alpha falls linearly "
-           "to 0 (OVIS's Renyi warm-up; 0: constant)", _int_at_least(0), refuse_unread=True),
+           "to 0 (OVIS's Renyi warm-up; 0: constant)", _int_at_least(0),
+           refuse_unread=True),
     Option("tvo_partitions", 5, "N, the TVO's partition points after 0, "
            "log-spaced up to 1", _int_at_least(1), refuse_unread=True),
     Option("tvo_beta_min", 0.01, "the TVO's smallest nonzero partition point",

@@ -35,20 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from rebar_jax.estimators import bernoulli
-from rebar_jax.estimators import categorical
 from rebar_jax.estimators import control_variates as cv
-from rebar_jax.estimators import gaussian
+from rebar_jax.estimators.families import FAMILIES
 from rebar_jax.estimators.options import Options
 
 Array = jax.Array
 PRNGKey = jax.Array
 Params = Any
 
-
-# Distribution families by name: the modules of their one-layer estimators and
-# chain functions (noise, sample_from_noise, relaxed_from_noise, score, mean).
-FAMILIES = {"bernoulli": bernoulli, "categorical": categorical,
-            "gaussian": gaussian}
 
 
 class EstimatorState(NamedTuple):

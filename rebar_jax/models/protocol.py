@@ -11,18 +11,19 @@ and generative model p(x, b) is a Flax linen module with
     layer_logits(l, x, above) -> (..., *event_shape_l)  logits of q(b_l | .)
     log_joint(x, bs) -> (log p(x, b), log q(b | x))     each of shape (...)
 
-and the fields `data_dim` (D) and `train_mean` (the mean training pixel (D,)
-or None). x is (..., D); bs and `above` are tuples of arrays
-(..., *event_shape_l), one per layer, top (closest to x) first; `above` holds
-b_1..b_{l-1}. A layer's family names the distribution (`"bernoulli"`: units in
+the field `data_dim` (D) and, optionally, `train_mean` (the mean training
+pixel (D,), which the baselines subtract from x; absent or None: zeros).
+x is (..., D); bs and `above` are tuples of arrays (..., *event_shape_l), one
+per layer, top (closest to x) first; `above` holds b_1..b_{l-1}. A layer's family names the distribution (`"bernoulli"`: units in
 {0, 1}; `"categorical"`: one-hot over the last axis; `"gaussian"`: real units,
 whose "logits" are (..., *event_shape, 2), the mean and log standard
 deviation of each unit, `rebar_jax.estimators.gaussian`), and with it the
 estimators that apply to that layer; layers of different families may be
 mixed. `log_joint` must accept relaxed samples (points of [0, 1] or of the
 simplex) for the relaxed estimators, and create every parameter when called
-under `init`. The gradient diagnostics read the parameters of q from the
-submodules whose names contain "encoder".
+under `init`. The parameters of q live in submodules whose names contain
+"encoder" (`encoder`, `encoders_0`, ...): the gradient diagnostics and the
+advisor read q's gradient there, and `check` refuses a model without one.
 
 Everything else (ancestral sampling, importance weights, the training chain)
 is written once against these three methods: `sample` and `log_weight` below,
@@ -34,7 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rebar_jax.estimators.protocol import FAMILIES
+from rebar_jax.estimators.families import FAMILIES
 
 Array = jax.Array
 
@@ -128,6 +129,14 @@ def check(model, params: Any = None, batch: int = 3) -> None:
                        f"on x of shape (1, {dim}): {e}") from e
   for lead in ((batch,), ()):
     _check_calls(model, params, fams, layers, lead)
+  paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  if not any("encoder" in str(getattr(p, "key", "")) for path, _ in paths
+             for p in path):
+    raise ModelError(
+        f"{name} has no parameters under a submodule whose name contains "
+        "'encoder': name the modules of q(b | x) so (e.g. self.encoder = "
+        "nn.Dense(...)); the gradient diagnostics and the advisor read q's "
+        "gradient there (rebar_jax/models/protocol.py).")
 
 
 def _check_calls(model, params, fams, layers, lead) -> None:
