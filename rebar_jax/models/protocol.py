@@ -14,8 +14,9 @@ and generative model p(x, b) is a Flax linen module with
 the field `data_dim` (D) and, optionally, `train_mean` (the mean training
 pixel (D,), which the baselines subtract from x; absent or None: zeros).
 x is (..., D); bs and `above` are tuples of arrays (..., *event_shape_l), one
-per layer, top (closest to x) first; `above` holds b_1..b_{l-1}. A layer's family names the distribution (`"bernoulli"`: units in
-{0, 1}; `"categorical"`: one-hot over the last axis; `"gaussian"`: real units,
+per layer, top (closest to x) first; `above` holds b_1..b_{l-1}. A layer's
+family names the distribution (`"bernoulli"`: units in {0, 1};
+`"categorical"`: one-hot over the last axis; `"gaussian"`: real units,
 whose "logits" are (..., *event_shape, 2), the mean and log standard
 deviation of each unit, `rebar_jax.estimators.gaussian`), and with it the
 estimators that apply to that layer; layers of different families may be
