@@ -58,6 +58,10 @@ ELSEWHERE = {
     "python -m rebar_jax.data.prepare --data_dir=$REBAR_JAX_DATA_DIR":
         "tests/test_prepare.py::test_command_line_with_the_real_checksums runs "
         "it with --mirror= a local server (these machines have no internet)",
+    "python -m rebar_jax.train --config=examples/scaled_disarm_config.py "
+    "--config.scale=0.5":
+        "tests/test_registry.py::test_a_users_estimator_trains_from_the_"
+        "command_line runs it from a user's directory with 100 steps",
     "python -m rebar_jax.advise --config=configs/sbn_linear.py":
         "tests/test_advise.py::test_command_as_typed runs it with tiny "
         "budgets (three estimators, four draws) and checks its files",

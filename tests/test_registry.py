@@ -1,9 +1,10 @@
 """The estimator registry: one entry per estimator, open to a user's own.
 
 * A user's Bernoulli estimator with one option of its own is one function and
-  one `registry.register` call in the user's file; the user's config file
-  imports it, and `python -m rebar_jax.train` trains with it, the option set
-  and checked from the command line, as typed from the user's directory.
+  one `registry.register` call in the user's file (examples/scaled_disarm.py,
+  copied outside the package); the user's config file imports it, and
+  `python -m rebar_jax.train` trains with it, the option set and checked
+  from the command line, as typed from the user's directory.
 * `register` refuses what would break the registry (a name taken, an option
   that is neither in the schema nor new, a kind or family it does not know).
 * Every entry is whole: a LAYER entry builds for each of its families, each
@@ -21,43 +22,12 @@ from rebar_jax.estimators import protocol
 from rebar_jax.estimators import registry
 import user_shell
 
-USER_ESTIMATOR = '''\
-"""A user's estimator: DisARM scaled by an option of its own."""
-from rebar_jax.estimators import bernoulli
-from rebar_jax.estimators import options
-from rebar_jax.estimators import protocol
-from rebar_jax.estimators import registry
-
-
-def scaled_disarm(key, logits, f, scale=1.0, noise=None):
-  return scale * bernoulli.disarm(key, logits, f, noise=noise)
-
-
-registry.register(registry.Entry(
-    "scaled_disarm", registry.LAYER,
-    {"bernoulli": protocol.one_layer(scaled_disarm, "scale")},
-    unbiased_for=None, cost={"bernoulli": "2 evaluations of f"},
-    reference="the user's own", options=("scale",),
-    one_layer={"bernoulli": scaled_disarm},
-    new_options=(options.Option(
-        "scale", 1.0, "the factor on DisARM's estimate",
-        lambda v: None if isinstance(v, float) and v > 0 else "a float > 0"),)))
-'''
-
-USER_CONFIG = '''\
-"""The linear SBN trained with the user's estimator."""
-import my_estimator  # registers scaled_disarm and its option
-from configs import sbn_linear
-
-
-def get_config():
-  c = sbn_linear.get_config()
-  c.estimator = "scaled_disarm"
-  return c
-'''
-
-COMMAND = (
-    "python -m rebar_jax.train --config=my_config.py --workdir=run "
+# The command of examples/scaled_disarm.py and docs/guides/estimators.md,
+# shortened (a smaller model, 100 steps, a workdir).
+COMMAND = ("python -m rebar_jax.train --config=examples/scaled_disarm_config.py "
+           "--config.scale=0.5")
+SHORT = (
+    " --workdir=run "
     "--config.num_latents=10 --config.num_steps=100 "
     "--config.steps_per_call=50 --config.checkpoint_every=50 "
     "--config.eval_every=100 --config.eval_num_samples=2 "
@@ -66,10 +36,10 @@ COMMAND = (
 
 
 def test_a_users_estimator_trains_from_the_command_line(tmp_path):
+  """examples/scaled_disarm.py, copied to a user's directory (outside the
+  package), registers the estimator its config trains with."""
   clone = user_shell.user_dir(tmp_path)
-  (clone / "my_estimator.py").write_text(USER_ESTIMATOR)
-  (clone / "my_config.py").write_text(USER_CONFIG)
-  done = user_shell.run(COMMAND + " --config.scale=0.5", clone)
+  done = user_shell.run(COMMAND + SHORT, clone)
   assert done.returncode == 0, done.stderr[-3000:]
   record = json.loads((clone / "run" / "run.json").read_text())
   assert record["config"]["estimator"] == "scaled_disarm"
@@ -78,8 +48,8 @@ def test_a_users_estimator_trains_from_the_command_line(tmp_path):
   assert final["step"] == 100 and final["train_elbo_last_1000_steps"] < 0
 
   refused = user_shell.run(
-      COMMAND.replace("--workdir=run", "--workdir=run2")
-      + " --config.scale=-1.0", clone)
+      COMMAND.replace("0.5", "-1.0") + SHORT.replace("=run ", "=run2 "),
+      clone)
   assert refused.returncode == 1
   assert refused.stderr.strip().splitlines() == [
       "error: config.scale must be a float > 0, got -1.0."], refused.stderr

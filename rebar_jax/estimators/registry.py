@@ -26,7 +26,8 @@ set that the chosen estimators do not read), the composition's dispatch
 (`rebar_jax.defaults`) and the documentation's catalogue are read from here.
 
 A user's estimator is one function and one `register(Entry(...))`, e.g. in a
-module the user's config file imports (see docs/guides/estimators.md).
+module the user's config file imports (examples/scaled_disarm.py, and the
+guide docs/guides/estimators.md).
 """
 import dataclasses
 import functools
