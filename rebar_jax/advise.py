@@ -114,6 +114,12 @@ class Budget:
   max_states: the largest enumeration of the automatic exact check.
   workers: programs compiled at once, ahead of the measurements.
   seed: of the draws (the model's parameters come from config.seed).
+  timing: time each step against the reference's and rank by variance x
+    time; False: no timing, cost in f evaluations (`f_evaluations`, relative
+    to the reference's) and ranking by variance x evaluations, a function of
+    the model's parameters and the seeds alone (training with
+    estimator=auto decides so, and an interrupted run decides as an
+    uninterrupted one).
   """
   num_draws: int = 16
   num_batches: int = 2
@@ -125,6 +131,7 @@ class Budget:
   max_states: int = 4096
   workers: int = 2
   seed: int = 0
+  timing: bool = True
 
 
 # ----------------------------------------------------------------------------
@@ -499,9 +506,10 @@ def _g(x: Optional[float]) -> str:
       f"{x:.3g}")
 
 
-def recommend(ranked: Sequence[dict]) -> tuple[Optional[str], str]:
+def recommend(ranked: Sequence[dict], work: str = "variance x time"
+              ) -> tuple[Optional[str], str]:
   """(name, one line with its reason) from `rank`'s rows; name None if no
-  unbiased estimator passed."""
+  unbiased estimator passed. `work`: what the rows' work is."""
   first = [r for r in ranked if r["rank"] == 1]
   if not first:
     return None, ("no recommendation: no unbiased estimator was measured "
@@ -509,13 +517,15 @@ def recommend(ranked: Sequence[dict]) -> tuple[Optional[str], str]:
   best = first[0]
   span = f"{_g(best['work'])} [{_g(best['work_lo'])}, {_g(best['work_hi'])}]"
   if best["tied_with"]:
-    reason = (f"tie on variance x time with {', '.join(best['tied_with'])} "
+    cheapest = (f"{1e3 * best['seconds']:.3g} ms" if work.endswith("time")
+                else f"{_g(best['evals'])} f evaluations")
+    reason = (f"tie on {work} with {', '.join(best['tied_with'])} "
               f"(95% intervals overlap; {span}), and the cheapest step of "
-              f"them ({1e3 * best['seconds']:.3g} ms)")
+              f"them ({cheapest})")
   else:
     after = sorted((r for r in ranked if r["rank"] == 2),
                    key=lambda r: r["work"])
-    reason = f"lowest variance x time, {span}"
+    reason = f"lowest {work}, {span}"
     if after:
       reason += (f", {after[0]['work'] / best['work']:.3g}x below the next "
                  f"({after[0]['name']})")
@@ -526,7 +536,7 @@ def recommend(ranked: Sequence[dict]) -> tuple[Optional[str], str]:
   for r in faster[:1]:
     how = (" (it fails the exact check)" if r.get("exact_pass") is False
            else " by construction")
-    reason += f". {r['name']} has less variance x time but is biased{how}"
+    reason += f". {r['name']} has less {work} but is biased{how}"
     if "bias2" in r:
       resolved = r["bias2_lo"] > 0
       reason += (f"; {'its' if resolved else 'these draws do not resolve its'}"
@@ -700,7 +710,40 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
       if best_draws is not None:
         row.update(_bias_of(best_draws, budget, draws_of_row))
 
-  # Timing after every compile, so that no compile runs during it.
+  if budget.timing:
+    _time(measured, ref, state, batches, root, budget)
+  else:
+    ref_evals = ref.evals
+    for _, row, _ in measured:
+      cost = row["evals"] / ref_evals
+      row.update(cost=cost, cost_lo=cost, cost_hi=cost, seconds=cost,
+                 seconds_lo=cost, seconds_hi=cost)
+  rows = []
+  for _, row, _ in measured:
+    row.update(work=row["variance"] * row["seconds"],
+               work_lo=row["variance_lo"] * row["seconds_lo"],
+               work_hi=row["variance_hi"] * row["seconds_hi"],
+               variance_x_evals=row["variance"] * row["evals"])
+    rows.append(row)
+  ranked = rank(rows)
+  name, reason = recommend(ranked, "variance x time" if budget.timing
+                           else "variance x f evaluations")
+  log(f"measured in {time.perf_counter() - t0:.0f} s")
+  if not budget.timing:
+    notes.append("Not timed: cost is f evaluations per step relative to "
+                 f"{reference}'s, and work is variance x that cost.")
+  if best_draws is not None:
+    notes.append(f"Bias of the biased estimators: against the mean of "
+                 f"{best_draws[2]}, the unbiased one of lowest variance.")
+  return Advice(ranked, name, reason, skipped, notes,
+                [m for m, _ in modules])
+
+
+def _time(measured, ref: "_Prepared", state, batches, root, budget: Budget
+          ) -> None:
+  """Each row's step cost in reference steps, timed in alternation with the
+  reference after every compile (no compile runs during it), and its
+  seconds per step."""
   ref_state = state._replace(
       estimator=ref.exp.spec.init(root, ref.exp.model),
       estimator_opt_state=ref.exp.estimator_optimizer.init(
@@ -718,26 +761,12 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
                cost_hi=m["ratio_max"])
   seconds = 1.0 / float(np.median(ref_rates)) if ref_rates else _alone(
       ref_timer, budget)
-  rows = []
   for prepared, row, _ in measured:
     if prepared is ref:
       row.update(cost=1.0, cost_lo=1.0, cost_hi=1.0)
     row.update(seconds=row["cost"] * seconds,
                seconds_lo=row["cost_lo"] * seconds,
                seconds_hi=row["cost_hi"] * seconds)
-    row.update(work=row["variance"] * row["seconds"],
-               work_lo=row["variance_lo"] * row["seconds_lo"],
-               work_hi=row["variance_hi"] * row["seconds_hi"],
-               variance_x_evals=row["variance"] * row["evals"])
-    rows.append(row)
-  ranked = rank(rows)
-  name, reason = recommend(ranked)
-  log(f"measured in {time.perf_counter() - t0:.0f} s")
-  if best_draws is not None:
-    notes.append(f"Bias of the biased estimators: against the mean of "
-                 f"{best_draws[2]}, the unbiased one of lowest variance.")
-  return Advice(ranked, name, reason, skipped, notes,
-                [m for m, _ in modules])
 
 
 def _claimed(name: str, families) -> bool:

@@ -58,11 +58,33 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_estimator_name(config.estimator)
   _check_numbers(config)
   _check_model_fields(config)
+  _check_auto(config)
   for name in ("eval_every", "checkpoint_every"):
     if config[name] % config.steps_per_call:
       raise errors.ConfigError(
           f"config.{name}={config[name]} must be a multiple of "
           f"config.steps_per_call={config.steps_per_call}.")
+
+
+def _check_auto(config: ml_collections.ConfigDict) -> None:
+  """advise_every and advise_candidates: estimator=auto's alone."""
+  if not _is_int(config.advise_every) or config.advise_every < 0:
+    _fail(config, "advise_every", "an integer >= 0")
+  if config.estimator != "auto":
+    for name in ("advise_every", "advise_candidates"):
+      if config[name]:
+        raise errors.ConfigError(
+            f"config.{name}={config[name]!r} is for config.estimator='auto' "
+            f"alone; config.estimator={config.estimator!r} would ignore it.")
+    return
+  if config.advise_every % config.steps_per_call:
+    raise errors.ConfigError(
+        f"config.advise_every={config.advise_every} must be a multiple of "
+        f"config.steps_per_call={config.steps_per_call}.")
+  if config.iw_samples != 1:
+    raise errors.ConfigError(
+        "config.estimator='auto' chooses among the one-sample estimators: "
+        f"set iw_samples=1 (got {config.iw_samples}).")
 
 
 def _check_numbers(config: ml_collections.ConfigDict) -> None:

@@ -44,6 +44,12 @@ def config() -> ml_collections.ConfigDict:
   # an option the chosen estimator does not read must keep its default.
   for option in options.OPTIONS.values():
     c[option.field] = option.default
+  # estimator="auto": the advisor (rebar_jax.advise, ranking by variance x
+  # f evaluations) chooses the estimator at step 0 and every advise_every
+  # steps (0: once), among advise_candidates (comma-separated names; "":
+  # every one that applies); each decision is recorded in run.json.
+  c.advise_every = 0
+  c.advise_candidates = ""
   # Optimisation.
   c.batch_size = 24
   c.learning_rate = 3e-4

@@ -89,6 +89,15 @@ Params = Any
 # reported `train_elbo_last_1000_steps` comes from the checkpoint, exactly,
 # whatever happens to metrics.jsonl.
 RECENT = 1000
+# config.estimator that lets the advisor choose (`_advised`); until it has,
+# the experiment is built with AUTO_START.
+AUTO = "auto"
+AUTO_START = "reinforce"
+# The advisor's budget at each decision (`advise.Budget`): no timing (the
+# decision is a function of the state), no exact check.
+AUTO_BUDGET: dict[str, Any] = {
+    "num_draws": 8, "num_batches": 1, "tune_steps": 20, "bootstrap": 200,
+    "bias_check": False, "timing": False}
 
 
 class Monitor(NamedTuple):
@@ -146,6 +155,8 @@ def build(config: ml_collections.ConfigDict,
       the data set cannot be loaded (the message says how to provide it).
   """
   config_checks.check_config(config)
+  if config.estimator == AUTO:
+    config = _with_estimator(config, AUTO_START)
   if dataset is None:
     dataset = load_data(config)
   config_checks.check_batch_size(config, dataset)
@@ -156,6 +167,14 @@ def build(config: ml_collections.ConfigDict,
   config_checks.check_iw_samples(config, spec)
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),
                     optax.adam(config.estimator_learning_rate))
+
+
+def _with_estimator(config: ml_collections.ConfigDict, name: str
+                    ) -> ml_collections.ConfigDict:
+  c = config.copy_and_resolve_references()
+  c.estimator = name
+  c.advise_every, c.advise_candidates = 0, ""
+  return c
 
 
 def init_state(exp: Experiment, seed: int) -> TrainState:
@@ -558,6 +577,8 @@ def _train(run: _Run, changes: dict[str, Any], stop_after: Optional[int],
            fresh: TrainState) -> dict[str, Any]:
   """The body of `train_and_evaluate`, with the workdir locked and checked."""
   config = run.config
+  if config.estimator == AUTO:  # the checkpoint's state is its estimator's
+    run, fresh = _switch(run, fresh, _auto_at(run, run.ckpt.latest_step()))
   state = _restore(run, fresh)
   start = int(state.step)
   run.record.write(_config_dict(config), run.data_sha256, start,
@@ -565,7 +586,6 @@ def _train(run: _Run, changes: dict[str, Any], stop_after: Optional[int],
   runs.write_atomic(os.path.join(run.workdir, "config.json"),
                     config.to_json_best_effort(indent=2))
 
-  train_chunk = make_train_chunk(run.exp, config.seed, mesh=run.mesh)
   train_x = parallel.replicate(jnp.asarray(run.exp.dataset.train), run.mesh)
   metric_writer = writers.MetricWriter(run.workdir, resume_step=start)
   end = config.num_steps if stop_after is None else min(
@@ -574,8 +594,17 @@ def _train(run: _Run, changes: dict[str, Any], stop_after: Optional[int],
   print(f"{run.exp.dataset}\n{run.exp.model.__class__.__name__}, estimator "
         f"{config.estimator}: steps {start}..{end} on {jax.default_backend()} "
         f"({devices})")
-  state, step, saved, stopping = _loop(
-      run, state, start, end, train_chunk, train_x, metric_writer)
+  step, saved, stopping = start, start, False
+  while step < end and not stopping:  # one segment per estimator=auto advice
+    segment_end = end
+    if config.estimator == AUTO:
+      run, state = _advised(run, state, step)
+      if config.advise_every:
+        segment_end = min(end, (step // config.advise_every + 1)
+                          * config.advise_every)
+    train_chunk = make_train_chunk(run.exp, config.seed, mesh=run.mesh)
+    state, step, saved, stopping = _loop(
+        run, state, step, segment_end, train_chunk, train_x, metric_writer)
   run.ckpt.wait()
   if stopping:
     if saved != step:
@@ -588,6 +617,68 @@ def _train(run: _Run, changes: dict[str, Any], stop_after: Optional[int],
     final.update(_final_metrics(run, state, metric_writer.rows()))
   metric_writer.close()
   return final
+
+
+def _auto_at(run: _Run, step: Optional[int]) -> str:
+  """The recorded estimator=auto decision in force at `step` (the advice at
+  or before step - 1: a checkpoint at an advice point holds the state of the
+  segment before it); AUTO_START before any."""
+  decisions = run.record.advice()
+  if not step or not decisions:
+    return AUTO_START
+  point = 0 if not run.config.advise_every else (
+      (step - 1) // run.config.advise_every * run.config.advise_every)
+  return decisions[point]["estimator"] if point in decisions else AUTO_START
+
+
+def _switch(run: _Run, state: TrainState, name: str
+            ) -> tuple[_Run, TrainState]:
+  """The run and state with estimator `name`: unchanged if it is the
+  current one (its tuned state kept), else a new experiment and the
+  estimator's initial state (from the run's seed and step)."""
+  if name == run.exp.spec.name:
+    return run, state
+  exp = build(_with_estimator(run.config, name), run.exp.dataset)
+  key = jax.random.fold_in(jax.random.key(run.config.seed), int(state.step))
+  est = exp.spec.init(key, exp.model)
+  return dataclasses.replace(run, exp=exp), parallel.replicate(
+      state._replace(estimator=est, estimator_opt_state=(
+          exp.estimator_optimizer.init(est.params))), run.mesh)
+
+
+def _advised(run: _Run, state: TrainState, step: int
+             ) -> tuple[_Run, TrainState]:
+  """estimator=auto at `step`: at an advice point (step 0 and every
+  config.advise_every), the recorded decision, or the advisor's now (ranked
+  by variance x f evaluations at the current parameters: a function of the
+  run's state and seed, so an interrupted run decides as an uninterrupted
+  one), recorded in run.json with its table in <workdir>/advice/step_<n>/;
+  between points, the decision in force."""
+  config = run.config
+  every = config.advise_every
+  if step and (not every or step % every):
+    return _switch(run, state, _auto_at(run, step + 1))
+  if step not in run.record.advice():
+    from rebar_jax import advise  # pylint: disable=g-import-not-at-top
+    names = [n for n in config.advise_candidates.replace(" ", "").split(",")
+             if n]
+    advice = advise.advise(
+        _with_estimator(config, AUTO_START),
+        params=parallel.local(state.params), start_step=step,
+        budget=advise.Budget(**AUTO_BUDGET, seed=config.seed + step),
+        names=names or None,
+        log=lambda line: None)
+    if advice.recommendation is None:
+      raise errors.TrainingStopped(
+          f"estimator=auto at step {step}: {advice.reason} Choose "
+          "config.estimator yourself.")
+    table = os.path.join("advice", f"step_{step}")
+    advise.write(advice, os.path.join(run.workdir, table),
+                 f"estimator=auto at step {step}")
+    run.record.add_advice(step, advice.recommendation, advice.reason,
+                          table)
+    print(f"estimator=auto at step {step}: {advice.reason}")
+  return _switch(run, state, run.record.advice()[step]["estimator"])
 
 
 def _restore(run: _Run, fresh: TrainState) -> TrainState:
@@ -723,7 +814,7 @@ def _final_metrics(run: _Run, state: TrainState, rows: list[dict[str, Any]]
                             split))
   final["config_sha256"] = config_digest(config)
   final["data_sha256"] = run.data_sha256
-  changed_at = [h["step"] for h in run.record.data["history"]
+  changed_at = [h["step"] for h in (run.record.data or {}).get("history", [])
                 if h.get("changes")]
   if changed_at:
     final["config_changed_at_steps"] = changed_at

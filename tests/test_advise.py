@@ -21,6 +21,7 @@ import pytest
 from configs import sbn_linear
 from configs import sbn_mnist
 from rebar_jax import advise
+from rebar_jax import errors
 from rebar_jax import train
 from rebar_jax.estimators import bernoulli
 from rebar_jax.estimators import protocol
@@ -183,3 +184,64 @@ def test_command_as_typed(tmp_path):
   assert recorded["recommendation"] in ("reinforce", "disarm")
   concrete = next(r for r in recorded["rows"] if r["name"] == "concrete")
   assert concrete["rank"] is None and "bias2" in concrete
+
+
+AUTO = ("python -m rebar_jax.train --config=configs/sbn_linear.py "
+        "--config.estimator=auto --config.advise_every=5000")
+AUTO_SHORT = {"num_latents": 5, "batch_size": 8, "num_steps": 100,
+              "advise_every": 50, "steps_per_call": 25,
+              "checkpoint_every": 25, "eval_every": 100,
+              "eval_num_samples": 2, "eval_max_examples": 50,
+              "diagnostic_draws": 0, "progress_bar": False,
+              "advise_candidates": "reinforce,disarm,reinforce_loo"}
+
+
+@pytest.mark.optimized  # in-process as the command compiles: the same numbers
+def test_auto_decides_records_and_resumes_to_the_same_run(tmp_path):
+  """The documented estimator=auto command, shortened (a 5-unit model, 100
+  steps, advice at 0 and 50 among three estimators), run as typed; then the
+  same config in-process, stopped after 75 steps and resumed: the decisions,
+  the metrics rows and the final metrics are the uninterrupted run's."""
+  cwd = user_shell.user_dir(tmp_path)
+  flags = AUTO.replace("--config.advise_every=5000", "") + " ".join(
+      f" --config.{k}={v}" for k, v in AUTO_SHORT.items()) + " --workdir=a"
+  done = user_shell.run(flags, cwd)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.count("estimator=auto at step") == 2, done.stdout
+  record = json.loads((cwd / "a" / "run.json").read_text())
+  decisions = [(d["step"], d["estimator"]) for d in record["advice"]]
+  assert [s for s, _ in decisions] == [0, 50]
+  assert all(n in ("reinforce", "disarm", "reinforce_loo")
+             for _, n in decisions)
+  assert [h["step"] for h in record["history"]
+          if h["event"] == "advice"] == [0, 50]
+  for step in (0, 50):
+    table = cwd / "a" / "advice" / f"step_{step}" / "advice.json"
+    assert json.loads(table.read_text())["recommendation"] == dict(
+        decisions)[step]
+
+  config = sbn_linear.get_config()
+  config.estimator = "auto"
+  for k, v in AUTO_SHORT.items():
+    config[k] = v
+  workdir = str(tmp_path / "b")
+  partial = train.train_and_evaluate(config, workdir, stop_after=75)
+  assert partial == {"step": 75}
+  final = train.train_and_evaluate(config, workdir)
+  resumed = json.loads((tmp_path / "b" / "run.json").read_text())
+  assert [(d["step"], d["estimator"]) for d in resumed["advice"]] == decisions
+  assert [h["event"] for h in resumed["history"]] == [
+      "start", "advice", "advice", "resume"]
+  expected = json.loads((cwd / "a" / "final_metrics.json").read_text())
+  assert final == expected
+  assert user_shell.rows(tmp_path / "b" / "metrics.jsonl") == (
+      user_shell.rows(cwd / "a" / "metrics.jsonl"))
+
+
+def test_auto_options_are_refused_for_a_named_estimator():
+  config = sbn_linear.get_config()
+  config.estimator, config.advise_every = "disarm", 100
+  with pytest.raises(errors.ConfigError,
+                     match="config.advise_every=100 is for "
+                           "config.estimator='auto' alone"):
+    train.build(config)

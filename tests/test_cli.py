@@ -62,6 +62,10 @@ ELSEWHERE = {
     "--config.scale=0.5":
         "tests/test_registry.py::test_a_users_estimator_trains_from_the_"
         "command_line runs it from a user's directory with 100 steps",
+    "python -m rebar_jax.train --config=configs/sbn_linear.py "
+    "--config.estimator=auto --config.advise_every=5000":
+        "tests/test_advise.py::test_auto_decides_records_and_resumes_to_the_"
+        "same_run runs it with 100 steps, advice every 50, three candidates",
     "python -m rebar_jax.advise --config=configs/sbn_linear.py":
         "tests/test_advise.py::test_command_as_typed runs it with tiny "
         "budgets (three estimators, four draws) and checks its files",

@@ -164,7 +164,8 @@ def test_every_trial_is_built_before_anything_runs(tmp_path):
   for grid, message in [
       ({"estimator": ["disarm", "nope"]},
        "trial estimator=nope: config.estimator='nope': Unknown estimator"),
-      ({"iw_samples": [1, 5]}, "trial iw_samples=5: config.iw_samples=5"),
+      ({"iw_samples": [1, 5]},
+       "trial iw_samples=5: config.estimator='[a-z_]+': iw_samples=5 is set"),
   ]:
     sweep = sweep_lib.Sweep(str(tmp_path / "s"), base, grid)
     with pytest.raises(errors.ConfigError, match=message):

@@ -44,6 +44,8 @@ RESULT_FREE_FIELDS = frozenset({
 # reproduces what those runs did: a record that lacks one holds this value.
 ADDED_FIELDS = {
     "activation": "tanh",  # the nonlinear SBN's hidden units
+    "advise_every": 0,  # estimator=auto's decisions
+    "advise_candidates": "",
     # Every estimator option, added or not: its default is what the runs
     # recorded without it did (aux_samples, renyi_*, tvo_*, rodeo_hidden and
     # nvil_decay were added so).
@@ -176,6 +178,23 @@ class RunRecord:
     self.data = {**(self.data or {}), "config": _normalise(config),
                  "data_sha256": data_sha256, "versions": versions,
                  "history": history}
+    write_atomic(self.path, json.dumps(self.data, indent=2))
+
+  def advice(self) -> dict[int, dict[str, Any]]:
+    """{step: decision} of an estimator=auto run (`add_advice`)."""
+    return {int(d["step"]): d for d in (self.data or {}).get("advice", [])}
+
+  def add_advice(self, step: int, estimator: str, reason: str,
+                 table: str) -> None:
+    """Records an estimator=auto decision: from `step` on, `estimator`;
+    also a history event. A resumed run reuses it (never decides again)."""
+    assert self.data is not None, "the run is recorded before it is advised"
+    decision = {"step": step, "estimator": estimator, "reason": reason,
+                "table": table}
+    self.data["advice"] = list(self.data.get("advice", [])) + [decision]
+    self.data["history"] = list(self.data["history"]) + [
+        {"step": step, "event": "advice", "estimator": estimator,
+         "time": time.strftime("%Y-%m-%d %H:%M:%S")}]
     write_atomic(self.path, json.dumps(self.data, indent=2))
 
 
