@@ -203,6 +203,7 @@ class EstimatorSpec(options_lib.Options):
           "own unscaled gradients (a biased mix); use a score-function "
           f"estimator for the {pathwise} layers, or a discrete estimator "
           "without that normalisation.")
+    _ = self.estimator  # builds the composition: its parts must combine
 
   def summary(self, params) -> dict[str, float]:
     """The tuned scalars worth watching (host values of state.params)."""

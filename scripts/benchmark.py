@@ -89,6 +89,9 @@ _SERVE = flags.DEFINE_string(
     "serve", "", "Internal: serve the train step of estimator NAME "
     "(linear SBN, --serve_batch) on stdin/stdout for --compare_to.")
 _SERVE_BATCH = flags.DEFINE_integer("serve_batch", 24, "Batch of --serve.")
+_SERVE_SAMPLES = flags.DEFINE_integer(
+    "serve_samples", 1, "K (iw_samples) of --serve: a multi-sample objective "
+    "is served, and compared by --compare_to, at K = 10.")
 
 _PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                             "peers", "storchastic_sbn.py")
@@ -303,6 +306,16 @@ def export_revision(rev: str, directory: str) -> str:
   return commit.stdout.strip()
 
 
+COMPARE_SAMPLES = 10  # K of a multi-sample objective in --compare_to
+
+
+def _is_multisample(name: str) -> bool:
+  # Imported here: a revision's step server runs this script on a tree that
+  # may predate the registry.
+  from rebar_jax.estimators import registry  # pylint: disable=g-import-not-at-top
+  return registry.get(name).is_multisample
+
+
 def compare(rev: str, names: Sequence[str], repeats: int, seconds: float,
             out_dir: str) -> dict:
   """This checkout's train step against revision `rev`'s, in alternation.
@@ -330,7 +343,8 @@ def compare(rev: str, names: Sequence[str], repeats: int, seconds: float,
                   timing)
     env = dict(os.environ, PYTHONPATH=tree)
     for name in names:
-      args = [f"--serve={name}", "--serve_batch=24",
+      k = COMPARE_SAMPLES if _is_multisample(name) else 1
+      args = [f"--serve={name}", "--serve_batch=24", f"--serve_samples={k}",
               f"--steps_per_call={_STEPS.value}"]
       servers = []
       try:
@@ -393,8 +407,10 @@ def main(argv):
   quick, repeats, seconds = _QUICK.value, _REPEATS.value, _BLOCK_SECONDS.value
   if _SERVE.value:
     step = TrainStep("linear", _SERVE.value, _SERVE_BATCH.value,
+                     num_samples=_SERVE_SAMPLES.value,
                      steps_per_call=_STEPS.value)
-    serve(step, {"estimator": _SERVE.value, "batch": _SERVE_BATCH.value})
+    serve(step, {"estimator": _SERVE.value, "batch": _SERVE_BATCH.value,
+                 "num_samples": _SERVE_SAMPLES.value})
     return
   out_dir = _OUTPUT_DIR.value
   os.makedirs(out_dir, exist_ok=True)

@@ -111,7 +111,8 @@ class TwoLayerSBNTest(parameterized.TestCase):
   def test_unknown_estimator_is_rejected_with_the_choices(self):
     with self.assertRaisesRegex(ValueError, "choose one of .*disarm.*nvil"):
       gradients.EstimatorSpec("vimco")
-    with self.assertRaisesRegex(ValueError, "temperature must be > 0"):
+    with self.assertRaisesRegex(ValueError,
+                                "temperature must be a finite number > 0"):
       gradients.EstimatorSpec("rebar", temperature=0.0)
 
 

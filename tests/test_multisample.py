@@ -21,6 +21,7 @@ import pytest
 from rebar_jax import testing
 from rebar_jax.estimators import exact
 from rebar_jax.estimators import multisample as ms
+from rebar_jax.estimators import registry
 
 D = 3
 NUM_DRAWS = 2**15
@@ -32,8 +33,18 @@ PARAMS = jnp.array([0.3, -0.5, 1.0,      # phi: logits of q
                     1.5, -1.0, 0.7],     # u: pairwise terms of log p
                    jnp.float32)
 STATES = exact.bernoulli_states((D,))  # (8, 3)
-ALL = sorted(ms.MULTISAMPLE)
-UNBIASED = sorted(ms.UNBIASED_FOR_IW | ms.UNBIASED_FOR_ELBO)
+# The registry's score-function objectives, with their options' defaults bound
+# (the TVO's partition), and their capability sets.
+SURROGATES = {n: registry.objective(registry.get(n))
+              for n in registry.names(kind=registry.MULTISAMPLE)}
+NEEDS_AUX = set(registry.names(capability=registry.NEEDS_AUX))
+RENYI = set(registry.names(capability=registry.RENYI))
+UNBIASED_FOR_IW = {n for n in SURROGATES
+                   if registry.get(n).unbiased_for == registry.GRAD_IW}
+UNBIASED_FOR_ELBO = {n for n in SURROGATES
+                     if registry.get(n).unbiased_for == registry.GRAD_ELBO}
+ALL = sorted(SURROGATES)
+UNBIASED = sorted(UNBIASED_FOR_IW | UNBIASED_FOR_ELBO)
 
 
 def log_q_fn(params, b):
@@ -56,10 +67,10 @@ def log_w_q(params, b):
 def loss_fn(name, params, b, b_aux=None):
   """The surrogate of `name` at fixed samples b (K, D) [and b_aux (S, D)]."""
   log_w, log_q = log_w_q(params, b)
-  if name in ms.NEEDS_AUX:
+  if name in NEEDS_AUX:
     log_w_aux, _ = log_w_q(params, b_aux)
-    return ms.MULTISAMPLE[name](log_w, log_q, log_w_aux=log_w_aux)
-  return ms.MULTISAMPLE[name](log_w, log_q)
+    return SURROGATES[name](log_w, log_q, log_w_aux=log_w_aux)
+  return SURROGATES[name](log_w, log_q)
 
 
 # --- exact quantities by enumeration ----------------------------------------
@@ -101,13 +112,13 @@ def exact_means(k):
   One jitted enumeration per K for all estimators; OVIS-MC enumerates its S
   auxiliary samples too (8^(K+S) states), so it is only included for K + S <= 5.
   """
-  names = [n for n in ALL if n not in ms.NEEDS_AUX]
+  names = [n for n in ALL if n not in NEEDS_AUX]
 
   def all_means():
     out = {n: _enumerated_mean(functools.partial(loss_fn, n), k) for n in names}
     out["v_score"] = _enumerated_mean(_v_score_fn, k)
     if k + S_AUX <= 5:
-      for n in ms.NEEDS_AUX:
+      for n in NEEDS_AUX:
         out[n] = _enumerated_mean(
             lambda p, b, n=n: loss_fn(n, p, b[:k], b[k:]), k + S_AUX)
     return out
@@ -127,7 +138,7 @@ _grad_elbo = jax.jit(jax.grad(expected_elbo))
 
 def target(name, k):
   """The gradient the loss estimates: -grad E[L_K] or -grad ELBO."""
-  if name in ms.UNBIASED_FOR_ELBO:
+  if name in UNBIASED_FOR_ELBO:
     return -np.asarray(_grad_elbo(PARAMS))
   return -np.asarray(_grad_iw(PARAMS, k))
 
@@ -296,8 +307,8 @@ class NumericsTest(parameterized.TestCase):
     # signal but the plain one (L_K) is invariant to a common shift of log w.
     offsets = jnp.array([0.0, -0.7, 0.4, -150.0, 1.3])
     log_q = jnp.array([-1.0, -2.0, -0.5, -3.0, -1.5])
-    aux = {"log_w_aux": jnp.array([-0.2, 0.9])} if name in ms.NEEDS_AUX else {}
-    fn = ms.MULTISAMPLE[name]
+    aux = {"log_w_aux": jnp.array([-0.2, 0.9])} if name in NEEDS_AUX else {}
+    fn = SURROGATES[name]
 
     def grads(shift):
       kw = {key: val + shift for key, val in aux.items()}
@@ -320,37 +331,37 @@ class NumericsTest(parameterized.TestCase):
     one = jnp.zeros((1,))
     for name in ALL:
       if name in ("iwae_reinforce", "rws"):
-        assert np.isfinite(float(ms.MULTISAMPLE[name](one, one)))
+        assert np.isfinite(float(SURROGATES[name](one, one)))
         continue
-      kw = {"log_w_aux": one} if name in ms.NEEDS_AUX else {}
+      kw = {"log_w_aux": one} if name in NEEDS_AUX else {}
       with pytest.raises(ValueError):
-        ms.MULTISAMPLE[name](one, one, **kw)
+        SURROGATES[name](one, one, **kw)
 
   def test_jit_matches_eager_and_vmaps_over_data_points(self):
     log_w = jax.random.normal(jax.random.key(0), (6, 4))
     log_q = -jnp.abs(jax.random.normal(jax.random.key(1), (6, 4)))
     for name in ALL:
-      if name in ms.NEEDS_AUX:
-        fn = functools.partial(ms.MULTISAMPLE[name], log_w_aux=log_w[0, :2])
+      if name in NEEDS_AUX:
+        fn = functools.partial(SURROGATES[name], log_w_aux=log_w[0, :2])
       else:
-        fn = ms.MULTISAMPLE[name]
+        fn = SURROGATES[name]
       eager = np.array([fn(a, b) for a, b in zip(log_w, log_q)])
       np.testing.assert_allclose(jax.jit(jax.vmap(fn))(log_w, log_q), eager,
                                  rtol=1e-5, atol=1e-5)
 
   def test_registry(self):
-    assert ms.UNBIASED_FOR_IW <= set(ms.MULTISAMPLE)
-    assert ms.UNBIASED_FOR_ELBO <= set(ms.MULTISAMPLE)
-    assert not ms.UNBIASED_FOR_IW & ms.UNBIASED_FOR_ELBO
+    assert UNBIASED_FOR_IW <= set(SURROGATES)
+    assert UNBIASED_FOR_ELBO <= set(SURROGATES)
+    assert not UNBIASED_FOR_IW & UNBIASED_FOR_ELBO
     assert {"iwae_reinforce", "vimco_arithmetic", "vimco_geometric",
             "ovis_gamma0", "ovis_gamma0.5", "ovis_gamma1", "ovis_mc",
-            "elbo_loo", "vargrad"} <= set(ms.MULTISAMPLE)
+            "elbo_loo", "vargrad"} <= set(SURROGATES)
 
 
 # --- the Renyi bound (IWR) ----------------------------------------------------
 
 RENYI_K = 3
-RENYI_SCORE = sorted(ms.RENYI - {"iwae_pathwise"})  # Bernoulli: score only
+RENYI_SCORE = sorted(RENYI - {"iwae_pathwise"})  # Bernoulli: score only
 
 
 def expected_renyi_bound(params, k, alpha):
@@ -363,10 +374,10 @@ def expected_renyi_bound(params, k, alpha):
 
 def renyi_loss(name, alpha, params, b):
   log_w, log_q = log_w_q(params, b[:RENYI_K])
-  if name in ms.NEEDS_AUX:
-    return ms.MULTISAMPLE[name](log_w, log_q, log_w_aux=log_w_q(
+  if name in NEEDS_AUX:
+    return SURROGATES[name](log_w, log_q, log_w_aux=log_w_q(
         params, b[RENYI_K:])[0], alpha=alpha)
-  return ms.MULTISAMPLE[name](log_w, log_q, alpha=alpha)
+  return SURROGATES[name](log_w, log_q, alpha=alpha)
 
 
 class RenyiTest(parameterized.TestCase):
@@ -391,7 +402,7 @@ class RenyiTest(parameterized.TestCase):
     def means():
       out = {}
       for name in RENYI_SCORE:
-        n = RENYI_K + (S_AUX if name in ms.NEEDS_AUX else 0)
+        n = RENYI_K + (S_AUX if name in NEEDS_AUX else 0)
         out[name] = _enumerated_mean(
             functools.partial(renyi_loss, name, alpha), n)
       return out
