@@ -99,13 +99,10 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   for name in POSITIVE_FLOATS:
     if not (math.isfinite(float(config[name])) and float(config[name]) > 0):
       _fail(config, name, "a finite number > 0")
-  for option in options_lib.OPTIONS.values():
-    if option.field in config:
-      value = config[option.field]
-      expected = option.check(tuple(value) if isinstance(value, list)
-                              else value)
-      if expected is not None:
-        _fail(config, option.field, expected)
+  for name, value in estimator_options(config).items():
+    expected = options_lib.OPTIONS[name].check(value)
+    if expected is not None:
+      _fail(config, options_lib.OPTIONS[name].field, expected)
   if not float(config.divergence_threshold) > 0:
     _fail(config, "divergence_threshold",
           "> 0 (nats; inf turns the guard off)")
@@ -148,17 +145,21 @@ def check_batch_size(config: ml_collections.ConfigDict,
         f"choose at most {num_train}.")
 
 
+def estimator_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{option: value} of the estimator options the config holds (a list set
+  from the command line read as a tuple)."""
+  return {name: tuple(config[o.field]) if isinstance(config[o.field], list)
+          else config[o.field]
+          for name, o in options_lib.OPTIONS.items() if o.field in config}
+
+
 def estimator_spec(config: ml_collections.ConfigDict,
                    model) -> gradients.EstimatorSpec:
   """config's estimator for `model` (ConfigError naming config.estimator)."""
-  values = {name: config[o.field] for name, o in options_lib.OPTIONS.items()
-            if o.field in config}
-  for name, value in values.items():
-    if isinstance(value, list):  # a tuple set from the command line
-      values[name] = tuple(value)
   try:
     return gradients.EstimatorSpec(
-        config.estimator, gradients.layer_families(model), **values)
+        config.estimator, gradients.layer_families(model),
+        **estimator_options(config))
   except ValueError as e:
     raise errors.ConfigError(
         f"config.estimator={config.estimator!r}: {e}") from e
@@ -182,14 +183,3 @@ def check_relaxed_signal(config: ml_collections.ConfigDict,
     raise errors.ConfigError(
         f"config.model={config.model!r} with "
         f"config.estimator={config.estimator!r}: {e}") from e
-
-
-def check_iw_samples(config: ml_collections.ConfigDict,
-                     spec: gradients.EstimatorSpec) -> None:
-  """config.iw_samples is 1 unless the estimator draws several chains."""
-  if not spec.is_multisample and config.iw_samples != 1:
-    raise errors.ConfigError(
-        f"config.iw_samples={config.iw_samples}, but "
-        f"config.estimator={config.estimator!r} draws one sample per data "
-        "point and would ignore it; set iw_samples=1, or choose a "
-        "multi-sample objective (e.g. vimco_arithmetic, ovis_gamma0).")

@@ -188,10 +188,10 @@ class EstimatorSpec(options_lib.Options):
             f"aux_samples (S) = {self.aux_samples}: {self.name!r} draws "
             "auxiliary samples and needs S >= 1, e.g. --config.aux_samples=5.")
       return
-    for family, name in registry.names_by_family(
-        self.name, self.families).items():
-      registry.build(name, family, self)  # ValueError naming the choices
     names = registry.names_by_family(self.name, self.families)
+    for family, name in names.items():  # each registered for its family
+      if name not in registry.names(family=family, kind=registry.LAYER):
+        registry.build(name, family)  # the ValueError naming the choices
     pathwise = [f for f, n in names.items()
                 if registry.get(n).has(registry.PATHWISE)]
     rescaled = sorted({n for n in names.values()

@@ -164,7 +164,6 @@ def build(config: ml_collections.ConfigDict,
   spec = config_checks.estimator_spec(config, model)
   if config.model not in model_registry.MODELS:  # the library's are continuous
     config_checks.check_relaxed_signal(config, dataset, model, spec)
-  config_checks.check_iw_samples(config, spec)
   return Experiment(dataset, model, spec, optax.adam(config.learning_rate),
                     optax.adam(config.estimator_learning_rate))
 
