@@ -170,6 +170,32 @@ def candidates(families: Sequence[str], reference: str = REFERENCE
   return list(dict.fromkeys(names + shared))
 
 
+def group_names(tokens: Sequence[str]) -> list[str]:
+  """Estimator names from a comma-split list (the --estimators flag).
+
+  A plain name stands alone; consecutive "family:name" pairs form one
+  mixed-model estimator until a family repeats, which starts the next:
+  ["categorical:reinforce", "bernoulli:disarm", "categorical:indecater",
+  "bernoulli:reinforce"] -> ["categorical:reinforce,bernoulli:disarm",
+  "categorical:indecater,bernoulli:reinforce"].
+  """
+  names: list[str] = []
+  group: list[str] = []
+  for token in (t.strip() for t in tokens if t.strip()):
+    family = token.split(":")[0] if ":" in token else None
+    if group and (family is None
+                  or family in (g.split(":")[0] for g in group)):
+      names.append(",".join(group))
+      group = []
+    if family is None:
+      names.append(token)
+    else:
+      group.append(token)
+  if group:
+    names.append(",".join(group))
+  return names
+
+
 def is_unbiased(name: str, families: Sequence[str]) -> bool:
   """Whether `name` is unbiased for the ELBO's gradient on these families.
 
@@ -956,7 +982,10 @@ def define_flags() -> None:
   flags.DEFINE_string("output_dir", None, "Where advice.md/csv/json/png go "
                       "(default: advice/<config name>).")
   flags.DEFINE_list("estimators", [], "Estimators to compare (default: every "
-                    "one registered for the model's families).")
+                    "one registered for the model's families); a mixed "
+                    "model's are family:name pairs, e.g. categorical:"
+                    "reinforce,bernoulli:disarm,categorical:indecater,"
+                    "bernoulli:reinforce names two (`group_names`).")
   flags.DEFINE_string("reference", REFERENCE, "The timing reference (and the "
                       "estimator of the other families in a mixed model).")
   defaults = Budget()
@@ -1007,7 +1036,8 @@ def main(argv):
     where = f"step {step} of {f.checkpoint}" if f.checkpoint else (
         "initialisation")
     print(f"Advising on {config_path} at {where}.")
-    advice = advise(config, params, step, budget, f.estimators or None,
+    advice = advise(config, params, step, budget,
+                    group_names(f.estimators) or None,
                     f.reference)
   except cli.USER_ERRORS + (ValueError,) as e:
     print(f"error: {e}", file=sys.stderr)
