@@ -15,6 +15,7 @@ from rebar_jax import estimators
 from rebar_jax import gradients
 from rebar_jax import testing
 from rebar_jax.estimators import continuity
+from rebar_jax.models import protocol
 
 import tiny_models
 
@@ -80,6 +81,21 @@ class ContinuityTest(parameterized.TestCase):
     self.assertIsNone(gradients.relaxed_signal_jump(
         model, gradients.EstimatorSpec("disarm"), params, x,
         jax.random.key(1)))
+
+  def test_the_requirement_is_stated_where_users_read(self):
+    """The relaxed estimators' docstrings and the model protocol say that f
+    (log_joint) must be continuous on the relaxed domain, and name the probe
+    (issue 27: the contract did not say so)."""
+    for fn in (estimators.bernoulli.rebar, estimators.bernoulli.relax,
+               estimators.categorical.rebar, estimators.categorical.relax):
+      doc = " ".join(fn.__doc__.split())
+      self.assertIn("must be continuous", doc, fn.__qualname__)
+      self.assertIn("continuity.check_continuity", doc, fn.__qualname__)
+      self.assertNotRegex(doc.split(".")[0], r"unbiased for any \w+ and "
+                          r"(temperature|lambda)$")
+    doc = " ".join(protocol.__doc__.split())
+    self.assertIn("be continuous in them", doc)
+    self.assertIn("estimators.continuity", doc)
 
 
 if __name__ == "__main__":

@@ -779,7 +779,7 @@ def rebar_terms(key: PRNGKey, logits: Array, f: Fn, temperature: Any = 0.5,
 def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
           temperature: Any = 0.5, f_relaxed: Optional[RelaxedFn] = None,
           tied: bool = True, noise: Optional[Array] = None) -> Array:
-  r"""Categorical REBAR, unbiased for any eta and temperature.
+  r"""Categorical REBAR, unbiased for any eta and lambda if f is continuous.
 
       g^ = [f(b) - eta c(z~)] (b - softmax(l)) + eta d/dl c(z) - eta d/dl c(z~),
       c(z) = f_relaxed(softmax(z / lambda)),
@@ -788,6 +788,12 @@ def rebar(key: PRNGKey, logits: Array, f: Fn, eta: Any = 1.0,
   conditional Gumbel construction (`conditional_gumbel`); by default z~ uses the
   tied noise (same value as z, conditional gradient), `tied=False` an
   independent v.
+
+  Requirement: f_relaxed (f by default) must be continuous on the simplex of
+  each variable, since c is differentiated along z there. A jump (floor,
+  round, argmax, a comparison or `where` on b) biases the estimate without
+  an error; `continuity.check_continuity(key, logits, f,
+  family="categorical")` finds such jumps.
 
   Args:
     key: PRNG key.
@@ -828,7 +834,10 @@ def relax(key: PRNGKey, logits: Array, f: Fn, cv_params: Any = None,
       g^ = [f(b) - c_phi(z~)] (b - softmax(l)) + d/dl c_phi(z) - d/dl c_phi(z~),
 
   z, b, z~ as in `rebar`. phi is trained by the caller to minimise the
-  estimator's variance (`control_variates.variance_gradient`).
+  estimator's variance (`control_variates.variance_gradient`). As for
+  `rebar`, f_relaxed (f by default) must be continuous on the simplex, or the
+  estimate is biased without an error; `continuity.check_continuity` finds
+  a jump.
 
   Args:
     key: PRNG key.

@@ -21,10 +21,15 @@ whose "logits" are (..., *event_shape, 2), the mean and log standard
 deviation of each unit, `rebar_jax.estimators.gaussian`), and with it the
 estimators that apply to that layer; layers of different families may be
 mixed. `log_joint` must accept relaxed samples (points of [0, 1] or of the
-simplex) for the relaxed estimators, and create every parameter when called
-under `init`. The parameters of q live in submodules whose names contain
-"encoder" (`encoder`, `encoders_0`, ...): the gradient diagnostics and the
-advisor read q's gradient there, and `check` refuses a model without one.
+simplex) for the relaxed estimators (REBAR, RELAX, Concrete), and be
+continuous in them: those estimators differentiate it there, and a floor,
+round, comparison or `where` on b biases them without an error (the trainer
+refuses such a model for them, `gradients.relaxed_signal_jump` and
+`rebar_jax.estimators.continuity` probe it). It must also create every
+parameter when called under `init`. The parameters of q live in submodules
+whose names contain "encoder" (`encoder`, `encoders_0`, ...): the gradient
+diagnostics and the advisor read q's gradient there, and `check` refuses a
+model without one.
 
 Everything else (ancestral sampling, importance weights, the training chain)
 is written once against these three methods: `sample` and `log_weight` below,
