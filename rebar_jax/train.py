@@ -607,7 +607,7 @@ def _train(run: _Run, changes: dict[str, Any], stop_after: Optional[int],
   run.ckpt.wait()
   if stopping:
     if saved != step:
-      run.ckpt.save(step, state)
+      _save(run, step, state)
     metric_writer.close()
     raise errors.Interrupted(run.stop.signum or signal.SIGTERM, step,
                              run.workdir)
@@ -751,12 +751,44 @@ def _loop(run: _Run, state: TrainState, start: int, end: int, train_chunk,
     bar.set_postfix(elbo=f"{row['train_elbo']:.2f}")
     if (step % config.checkpoint_every == 0 or step == end
         or stopping):
-      run.check_workdir()
-      run.ckpt.save(step, state)
+      _save(run, step, state)
       metric_writer.flush()
       saved = step
   bar.close()
   return state, step, saved, stopping
+
+
+def _save(run: _Run, step: int, state: TrainState) -> None:
+  """Saves a checkpoint of `state` at `step`.
+
+  Raises:
+    rebar_jax.utils.runs.WorkdirError: the workdir was deleted before or
+      while the checkpoint was written (orbax then fails on its vanished
+      files, with an error of its own).
+  """
+  run.check_workdir()
+  try:
+    run.ckpt.save(step, state)
+  except Exception as e:  # pylint: disable=broad-except
+    if not checkpoints.is_disk_full(e):
+      _check_not_deleted(run)
+    raise
+
+
+def _check_not_deleted(run: _Run, wait: float = 1.0) -> None:
+  """After a failed write: raises WorkdirError if the workdir is deleted or
+  being deleted. An `rm -rf` under way removes the files before the
+  directory (given `wait` seconds), and a directory that orbax recreated
+  under it can keep the workdir from going: a workdir without its run.json
+  counts as deleted."""
+  deadline = time.monotonic() + wait
+  while True:
+    run.check_workdir()
+    if not os.path.exists(os.path.join(run.workdir, runs.RECORD_FILE)):
+      raise runs.workdir_gone(run.workdir)
+    if time.monotonic() >= deadline:
+      return
+    time.sleep(0.05)
 
 
 def _train_row(run: _Run, state: TrainState, metrics: dict[str, np.ndarray],

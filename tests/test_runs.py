@@ -196,6 +196,42 @@ class IdentityTest(parameterized.TestCase):
         train.train_and_evaluate(tiny_config(num_steps=300), workdir)
     self.assertFalse(runs.is_locked(workdir))
 
+  @parameterized.named_parameters(("removed", "removed"),
+                                  ("left_behind", "left_behind"),
+                                  ("still_going", "still_going"))
+  def test_a_workdir_deleted_while_a_checkpoint_is_saved_says_so(self, how):
+    """rm -rf of the workdir while orbax writes a checkpoint: orbax fails on
+    its vanished files (issue 28: its ValueError was a raw traceback). The
+    directory is removed; or left behind, holding a directory orbax recreated
+    under it; or removed a moment after orbax failed."""
+    workdir = pathlib.Path(self.copy())
+
+    def deleted_midway(*args, **kwargs):
+      del args, kwargs
+      if how == "removed":
+        shutil.rmtree(workdir)
+      elif how == "left_behind":
+        for path in workdir.iterdir():
+          if path.is_dir():
+            shutil.rmtree(path)
+          else:
+            path.unlink()
+        (workdir / "checkpoints" / "300.orbax-checkpoint-tmp").mkdir(
+            parents=True)
+      else:  # the checkpoints are gone, run.json and the directory not yet
+        shutil.rmtree(workdir / "checkpoints")
+        threading.Timer(0.3, shutil.rmtree, [workdir]).start()
+      raise ValueError("No ArrayMetadata found for process_index=0 in the "
+                       "checkpoint directory")
+
+    with mock.patch.object(checkpoints.ocp.CheckpointManager, "save",
+                           deleted_midway), \
+        mock.patch.object(sys, "stderr", io.StringIO()):
+      with self.assertRaisesRegex(
+          runs.WorkdirError, f"the workdir {workdir} is gone .deleted while "
+          "the run was going.; run the same command to start again"):
+        train.train_and_evaluate(tiny_config(num_steps=400), str(workdir))
+
   def test_a_lock_that_is_a_directory_is_one_clear_error(self):
     workdir = self.copy()
     os.remove(os.path.join(workdir, "lock"))

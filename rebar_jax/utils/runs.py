@@ -230,6 +230,12 @@ def is_locked(workdir: str) -> bool:
   return False
 
 
+def workdir_gone(workdir: str) -> WorkdirError:
+  """The error of a run whose workdir was deleted while it was going."""
+  return WorkdirError(f"the workdir {workdir} is gone (deleted while the run "
+                      "was going); run the same command to start again.")
+
+
 class WorkdirLock:
   """An exclusive, non-blocking OS lock on the workdir (a context manager).
 
@@ -276,9 +282,7 @@ class WorkdirLock:
     except FileNotFoundError:
       same = False
     if not same or held.st_nlink == 0:
-      raise WorkdirError(
-          f"the workdir {self.workdir} is gone (deleted while the run was "
-          "going); run the same command to start again.")
+      raise workdir_gone(self.workdir)
 
   def __exit__(self, *exc) -> None:
     if self._fd is not None:
