@@ -634,7 +634,8 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
            start_step: int = 0, budget: Budget = Budget(),
            names: Optional[Sequence[str]] = None,
            reference: str = REFERENCE,
-           log: Callable[[str], None] = print) -> Advice:
+           log: Callable[[str], None] = print,
+           programs: Optional[dict[str, Any]] = None) -> Advice:
   """Measures every applicable estimator on the config's model; ranks them.
 
   Args:
@@ -647,6 +648,10 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
     reference: the timing reference, also the estimator of the families not
       compared in a mixed model.
     log: progress lines.
+    programs: a dict the caller keeps across calls on one config: each
+      estimator's compiled step (or why it cannot be built) is kept in it and
+      reused, so a later call compiles nothing (estimator=auto's decisions
+      after the first).
   """
   notes = []
   if config.iw_samples != 1:
@@ -688,6 +693,14 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
   order = sorted(names, key=lambda n: not _claimed(n, families))
 
   def prepare(name: str) -> _Prepared:
+    if programs is not None and name in programs:
+      return programs[name]
+    prepared = _prepare(name)
+    if programs is not None:
+      programs[name] = prepared
+    return prepared
+
+  def _prepare(name: str) -> _Prepared:
     try:
       exp = train.build(_copy(config, estimator=name), dataset)
     except (errors.ConfigError, ValueError) as e:  # refused for this model

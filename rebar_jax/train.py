@@ -560,6 +560,9 @@ class _Run:
 
   workdir: this process's files (process 0: the run's workdir).
   check_workdir: raises if the workdir was deleted.
+  programs: estimator=auto's compiled programs, kept across its decisions:
+    the advisor's steps (`advise.advise`'s programs) and the training chunk
+    of each estimator trained (under "train_chunk:<name>").
   """
   exp: Experiment
   config: ml_collections.ConfigDict
@@ -570,6 +573,7 @@ class _Run:
   mesh: Optional[jax.sharding.Mesh]
   stop: _StopOnSignals
   check_workdir: Callable[[], None]
+  programs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _train(run: _Run, changes: dict[str, Any], stop_after: Optional[int],
@@ -601,7 +605,11 @@ def _train(run: _Run, changes: dict[str, Any], stop_after: Optional[int],
       if config.advise_every:
         segment_end = min(end, (step // config.advise_every + 1)
                           * config.advise_every)
-    train_chunk = make_train_chunk(run.exp, config.seed, mesh=run.mesh)
+    chunk_key = f"train_chunk:{run.exp.spec.name}"
+    if chunk_key not in run.programs:  # one compile per estimator trained
+      run.programs[chunk_key] = make_train_chunk(run.exp, config.seed,
+                                                 mesh=run.mesh)
+    train_chunk = run.programs[chunk_key]
     state, step, saved, stopping = _loop(
         run, state, step, segment_end, train_chunk, train_x, metric_writer)
   run.ckpt.wait()
@@ -666,7 +674,7 @@ def _advised(run: _Run, state: TrainState, step: int
         params=parallel.local(state.params), start_step=step,
         budget=advise.Budget(**AUTO_BUDGET, seed=config.seed + step),
         names=names or None,
-        log=lambda line: None)
+        log=lambda line: None, programs=run.programs)
     if advice.recommendation is None:
       raise errors.TrainingStopped(
           f"estimator=auto at step {step}: {advice.reason} Choose "

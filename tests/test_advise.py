@@ -140,6 +140,35 @@ def test_bias_check_catches_a_biased_estimator(monkeypatch):
   assert "FAIL" in advise.markdown(advice)
 
 
+def test_programs_kept_across_calls_compile_once_and_advise_the_same(
+    monkeypatch):
+  """estimator=auto's later decisions reuse the first one's compiled steps
+  (`advise.advise(programs=)`): no step is built again, and the advice is the
+  one freshly compiled programs give (no timing: a function of the state)."""
+  c = sbn_linear.get_config()
+  c.num_latents, c.batch_size = 3, 8
+  budget = advise.Budget(num_draws=8, num_batches=1, tune_steps=2,
+                         bootstrap=20, bias_check=False, timing=False)
+  built = []
+  make_step = advise.make_step
+  monkeypatch.setattr(advise, "make_step",
+                      lambda exp: built.append(exp.spec.name) or make_step(exp))
+  names = ["reinforce", "disarm", "relax"]
+  programs = {}
+  advise.advise(c, budget=budget, names=names, log=lambda _: None,
+                programs=programs)
+  assert sorted(built) == sorted(names) and set(programs) == set(names)
+  again = advise.advise(c, budget=budget, names=names, log=lambda _: None,
+                        programs=programs)
+  assert len(built) == len(names)  # nothing compiled the second time
+  fresh = advise.advise(c, budget=budget, names=names, log=lambda _: None)
+  assert len(built) == 2 * len(names)
+  for kept, new in zip(again.rows, fresh.rows):
+    assert kept["name"] == new["name"]
+    assert kept["variance"] == new["variance"], (kept, new)
+  assert again.recommendation == fresh.recommendation
+
+
 def test_custom_model_mixed_families_and_a_checkpoint(tmp_path):
   c = sbn_mnist.get_config()
   c.model = "examples/custom_model.py:make"
