@@ -232,8 +232,9 @@ def _read_manifest(path: str) -> dict[str, Any]:
   except (OSError, ValueError) as e:
     raise SweepError(
         f"{path} is unreadable ({type(e).__name__}: {e}); it defines the "
-        "sweep, so rerun the command that started the sweep to write it "
-        "again (the trials' workdirs are kept).") from e
+        f"sweep: move it away (mv {path} {path}.damaged) and rerun the "
+        "command that started the sweep, which writes it again (the trials' "
+        "workdirs are kept).") from e
   return manifest
 
 

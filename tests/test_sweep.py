@@ -5,6 +5,7 @@ a local Ray instance that survives a killed worker and a whole interruption.
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -155,8 +156,15 @@ def test_a_torn_manifest_is_one_clear_error(tmp_path):
   for use in (lambda: sweep_lib.load(sweep.sweep_dir),
               sweep.write_or_check_manifest):
     with pytest.raises(sweep_lib.SweepError,
-                       match="sweep.json is unreadable .*rerun the command"):
+                       match="sweep.json is unreadable .*: move it away " +
+                       re.escape(f"(mv {path} {path}.damaged)") +
+                       " and rerun the command"):
       use()
+  # The advice works (issue 28: rerunning the starting command was refused
+  # with the same advice).
+  path.rename(f"{path}.damaged")
+  sweep.write_or_check_manifest()
+  assert sweep_lib.load(sweep.sweep_dir).grid == {"seed": [0, 1]}
 
 
 def test_every_trial_is_built_before_anything_runs(tmp_path):
