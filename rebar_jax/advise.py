@@ -36,8 +36,9 @@ Reported for each (`Advice.rows`):
              variance x evals is the variance at an equal number of them;
   bias       for an estimator not unbiased: the squared distance of its mean
              from the mean of the lowest-variance unbiased one, per
-             parameter, less what both means' noise alone gives, with its
-             95% interval; and that distance over the gradient's size;
+             parameter, less what the noise of the paired differences'
+             mean alone gives (both from the same keys), with its 95%
+             interval; and that distance over the gradient's size;
   exact      (--bias_check; automatic for models of at most --max_states
              joint latent states) each estimator's mean against the exact
              gradient of the enumerated ELBO (`testing.exact_elbo`): the
@@ -450,34 +451,40 @@ def bias_statistics(batch_draws: Sequence[np.ndarray],
                     bootstrap: int) -> dict[str, float]:
   """Squared bias per parameter of one estimator against a reference's mean.
 
-  Per batch, |m - m_ref|^2 / P - v / n - v_ref / n_ref (its expectation is
-  the squared bias: each mean's noise adds its variance over n), averaged
-  over batches, with a bootstrap interval resampling both sets of draws;
-  and relative_bias, sqrt of that over the root mean square of the
-  reference's mean (corrected the same way).
+  The draws are paired: draw i of both estimators comes from the same key
+  (`_measure`), so the pairs (d_i, r_i) are independent across i but d_i and
+  r_i are not (they share the chain's samples). Per batch, with the paired
+  differences D_i = d_i - r_i (n, P),
+
+      |mean D|^2 / P - v_D / n,    v_D = per-parameter variance of D,
+
+  whose expectation is the squared bias |E d - E r|^2 / P whatever the
+  correlation of d_i and r_i (subtracting v_d / n + v_r / n instead, as for
+  independent sets, over-corrects positively correlated draws and can give
+  an interval entirely below 0). Averaged over batches, with a bootstrap
+  interval resampling the pairs; and relative_bias, sqrt of that over the
+  root mean square of the reference's mean (corrected the same way).
   """
   totals, truths, signal = [], [], []
   for d, r in zip(batch_draws, reference):
     d, r = np.asarray(d, np.float64), np.asarray(r, np.float64)
+    if d.shape != r.shape:
+      raise ValueError(f"bias_statistics: paired draws of one shape, got "
+                       f"{d.shape} and {r.shape}")
     n, size = d.shape
-    n_r = r.shape[0]
-    w, u = _resamples(rng, bootstrap, n), _resamples(rng, bootstrap, n_r)
-    cd, cr = d - d.mean(0), r - r.mean(0)
-    delta = d.mean(0) - r.mean(0)
-    # |delta + w'C_d/n - u'C_r/n_r|^2, term by term in the Gram matrix of
-    # both sets of draws.
-    gram = _gram(np.concatenate([cd, cr]))
-    g_dd, g_rr, g_dr = gram[:n, :n], gram[n:, n:], gram[:n, n:]
-    a_d, a_r = np.einsum("ip,p->i", cd, delta), np.einsum("ip,p->i", cr, delta)
-    dist = (delta @ delta + 2 * (w @ a_d) / n - 2 * (u @ a_r) / n_r
-            + np.einsum("rn,nm,rm->r", w, g_dd, w) / n**2
-            + np.einsum("rn,nm,rm->r", u, g_rr, u) / n_r**2
-            - 2 * np.einsum("rn,nm,rm->r", w, g_dr, u) / (n * n_r))
-    v, v_r = _variances(cd, w, g_dd), _variances(cr, u, g_rr)
-    totals.append(dist / size - v / n - v_r / n_r)
+    w = _resamples(rng, bootstrap, n)
+    diff = d - r
+    delta = diff.mean(0)
+    centred = diff - delta
+    gram = _gram(centred)
+    # |delta + w'C/n|^2 for each resample w, in the Gram matrix of C.
+    dist = (delta @ delta + 2 * (w @ (centred @ delta)) / n
+            + np.einsum("rn,nm,rm->r", w, gram, w) / n**2)
+    totals.append(dist / size - _variances(centred, w, gram) / n)
     truths.append(delta @ delta / size)  # the bootstrap world's squared bias
-    mean_r = r.mean(0)
-    signal.append(mean_r @ mean_r / size - v_r[0] / n_r)
+    mean_r, centred_r = r.mean(0), r - r.mean(0)
+    v_r = float(np.sum(centred_r**2)) / ((n - 1) * size)
+    signal.append(mean_r @ mean_r / size - v_r / n)
   bias2 = np.mean(totals, axis=0)
   lo, hi = _interval(bias2[0], bias2[1:], float(np.mean(truths)))
   size_of_grad = max(float(np.mean(signal)), 1e-30)
