@@ -653,6 +653,19 @@ def _switch(run: _Run, state: TrainState, name: str
           exp.estimator_optimizer.init(est.params))), run.mesh)
 
 
+def auto_decision(current: str, advice: Any) -> tuple[str, str]:
+  """estimator=auto's choice, (name, reason), given the estimator training
+  uses now and an `advise.Advice`: its recommendation, unless `current` ties
+  with it (ranks first too), when `current` is kept: no switch for a
+  difference the draws do not resolve (the tuned state and the compiled
+  chunk are kept)."""
+  leaders = {r["name"] for r in advice.rows if r["rank"] == 1}
+  if current != advice.recommendation and current in leaders:
+    return current, (f"{current}: kept, tied with the leader (advice: "
+                     f"{advice.reason})")
+  return advice.recommendation, advice.reason
+
+
 def _advised(run: _Run, state: TrainState, step: int
              ) -> tuple[_Run, TrainState]:
   """estimator=auto at `step`: at an advice point (step 0 and every
@@ -660,6 +673,7 @@ def _advised(run: _Run, state: TrainState, step: int
   by variance x f evaluations at the current parameters: a function of the
   run's state and seed, so an interrupted run decides as an uninterrupted
   one), recorded in run.json with its table in <workdir>/advice/step_<n>/;
+  the current estimator is kept when it ties with the leader (rank 1);
   between points, the decision in force."""
   config = run.config
   every = config.advise_every
@@ -679,12 +693,12 @@ def _advised(run: _Run, state: TrainState, step: int
       raise errors.TrainingStopped(
           f"estimator=auto at step {step}: {advice.reason} Choose "
           "config.estimator yourself.")
+    chosen, reason = auto_decision(run.exp.spec.name, advice)
     table = os.path.join("advice", f"step_{step}")
     advise.write(advice, os.path.join(run.workdir, table),
                  f"estimator=auto at step {step}")
-    run.record.add_advice(step, advice.recommendation, advice.reason,
-                          table)
-    print(f"estimator=auto at step {step}: {advice.reason}")
+    run.record.add_advice(step, chosen, reason, table)
+    print(f"estimator=auto at step {step}: {reason}")
   return _switch(run, state, run.record.advice()[step]["estimator"])
 
 

@@ -304,7 +304,8 @@ AUTO_SHORT = {"num_latents": 5, "batch_size": 8, "num_steps": 100,
 @pytest.mark.optimized  # in-process as the command compiles: the same numbers
 def test_auto_decides_records_and_resumes_to_the_same_run(tmp_path):
   """The documented estimator=auto command, shortened (a 5-unit model, 100
-  steps, advice at 0 and 50 among three estimators), run as typed; then the
+  steps, advice at 0 and 50 among three estimators; the current estimator
+  kept where it ties with the leader), run as typed; then the
   same config in-process, stopped after 75 steps and resumed: the decisions,
   the metrics rows and the final metrics are the uninterrupted run's."""
   cwd = user_shell.user_dir(tmp_path)
@@ -320,10 +321,13 @@ def test_auto_decides_records_and_resumes_to_the_same_run(tmp_path):
              for _, n in decisions)
   assert [h["step"] for h in record["history"]
           if h["event"] == "advice"] == [0, 50]
-  for step in (0, 50):
+  current = train.AUTO_START
+  for step in (0, 50):  # the leader, unless the current one ties with it
     table = cwd / "a" / "advice" / f"step_{step}" / "advice.json"
-    assert json.loads(table.read_text())["recommendation"] == dict(
-        decisions)[step]
+    advice = json.loads(table.read_text())
+    leaders = {r["name"] for r in advice["rows"] if r["rank"] == 1}
+    current = current if current in leaders else advice["recommendation"]
+    assert dict(decisions)[step] == current, (step, advice["rows"])
 
   config = sbn_linear.get_config()
   config.estimator = "auto"
@@ -341,6 +345,19 @@ def test_auto_decides_records_and_resumes_to_the_same_run(tmp_path):
   assert final == expected
   assert user_shell.rows(tmp_path / "b" / "metrics.jsonl") == (
       user_shell.rows(cwd / "a" / "metrics.jsonl"))
+
+
+def test_auto_keeps_the_current_estimator_where_it_ties():
+  ranked = advise.rank([row("a", 1.0, 0.8, 1.2, 2e-3),
+                        row("b", 1.1, 0.9, 1.3, 1e-3),
+                        row("c", 5.0, 4.0, 6.0, 1e-3)])
+  name, reason = advise.recommend(ranked)
+  advice = advise.Advice(ranked, name, reason, [], [], [])
+  assert name == "b"  # the tie's cheaper step
+  assert train.auto_decision("b", advice) == ("b", reason)
+  kept, why = train.auto_decision("a", advice)
+  assert kept == "a" and why.startswith("a: kept, tied with the leader")
+  assert train.auto_decision("c", advice) == ("b", reason)  # behind: switch
 
 
 def test_auto_options_are_refused_for_a_named_estimator():
