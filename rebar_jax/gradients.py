@@ -456,6 +456,10 @@ def model_gradients(model, spec: EstimatorSpec, params: Params,
       layers, jax.lax.stop_gradient(elbo), x - _mean(model)))
   grads = _carry_back(spec.layers_in(model, registry.PATHWISE), layers,
                       out.grads, continuation)
+  # In the logits' dtype, as every one-layer estimator returns it: a model
+  # computing in float16/bfloat16 gets estimates computed in float32 (the
+  # samples are float32), rounded once (`_checks.float32_inside`).
+  grads = [g.astype(layer.logits.dtype) for g, layer in zip(grads, layers)]
   (model_grads,) = vjp_fn((tuple(-e / batch for e in grads),
                            -jnp.ones_like(log_p) / batch))
   metrics = {"elbo": jnp.mean(elbo), "estimator_loss": out.loss}
