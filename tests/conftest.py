@@ -24,7 +24,10 @@
   helper tests set the same option in their subprocesses; the users'
   commands (tests/test_cli.py, test_faults.py, ...) run as users run them.
 * The summary says how many tests used the paper data and how many were
-  skipped for want of it (`paper_data.require`).
+  skipped for want of it (`paper_data.require`), and how much of the test
+  processes' time was XLA compiling (jax.monitoring's backend-compile
+  events, in the pytest processes; the processes tests start are not
+  counted, their tests' time is given apart).
 """
 import os
 import sys
@@ -47,6 +50,32 @@ if not flags.FLAGS.is_parsed():
 
 
 jax.config.update("jax_disable_most_optimizations", True)
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiled = [0.0, 0.0]  # seconds compiling: in all, at the last report
+_spawned = [0, 0]  # processes started: in all, at the last report
+_SPAWN_EVENTS = ("subprocess.Popen", "os.posix_spawn", "os.fork")
+
+
+def _on_audit(event, args):
+  # A process running code of its own (python, bash, make), not a probe such
+  # as platform's `uname -p`.
+  if event in _SPAWN_EVENTS and (event == "os.fork" or any(
+      name in os.path.basename(str(args[0])) for name in ("python", "sh",
+                                                          "make"))):
+    _spawned[0] += 1
+
+
+sys.addaudithook(_on_audit)
+
+
+def _on_duration(event, duration, **kwargs):
+  del kwargs
+  if event == _COMPILE_EVENT:
+    _compiled[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +117,44 @@ def pytest_collection_modifyitems(session, config, items):
   items.sort(key=rank)  # stable: the order within each group is kept
 
 
+def pytest_runtest_logstart(nodeid, location):
+  """What a test's reports count starts here (not at collection)."""
+  del nodeid, location
+  _compiled[1], _spawned[1] = _compiled[0], _spawned[0]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """Each phase's report carries the seconds this process compiled in it."""
+  del item, call
+  outcome = yield
+  report = outcome.get_result()
+  report.user_properties.append(("xla_compile_s",
+                                 _compiled[0] - _compiled[1]))
+  report.user_properties.append(("spawned", _spawned[0] - _spawned[1]))
+  _compiled[1], _spawned[1] = _compiled[0], _spawned[0]
+
+
+def _compile_summary(terminalreporter) -> str:
+  """Compile seconds of the in-process tests against their time, and the
+  time of the tests that start processes."""
+  phases = [r for reports in terminalreporter.stats.values() for r in reports
+            if getattr(r, "when", None) in ("setup", "call", "teardown")]
+  spawning = {r.nodeid for r in phases
+              if dict(r.user_properties).get("spawned", 0)}
+  compile_s = sum(dict(r.user_properties).get("xla_compile_s", 0.0)
+                  for r in phases if r.nodeid not in spawning)
+  in_process = sum(r.duration for r in phases if r.nodeid not in spawning)
+  outside = sum(r.duration for r in phases if r.nodeid in spawning)
+  alone = len({r.nodeid for r in phases} - spawning)
+  return (f"time in tests: {in_process:.0f} s in {alone} in-process tests "
+          f"({compile_s:.0f} s of it XLA compiling), "
+          f"{outside:.0f} s in {len(spawning)} tests that start processes "
+          "(their compiles not counted)")
+
+
 def pytest_terminal_summary(terminalreporter, config):
+  terminalreporter.write_line(_compile_summary(terminalreporter))
   path = getattr(config, "paper_data_log", None)
   if path is None:
     return
