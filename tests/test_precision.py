@@ -7,9 +7,11 @@ Three proofs, each against the exact gradient (enumeration in float64,
   it in float32 with c = 1e4 (a VAE's learning signal of hundreds or
   thousands of nats): the Monte Carlo mean of f + 1e4 is tested against the
   exact gradient of f, z <= 4.5, for every unbiased Bernoulli, categorical
-  and Gaussian estimator. The textbook IndeCateR (p F - p (p . F)) and the
-  unordered set estimator (probability ratios times f) failed it before they
-  were centred (`categorical.indecater`, `unordered_set.unordered_set`).
+  and Gaussian estimator, and through a model (log p + 1e4) for those
+  without a one-layer function (NVIL, MuProp with a baseline). The textbook
+  IndeCateR (p F - p (p . F)) and the unordered set estimator (probability
+  ratios times f) failed it before they were centred
+  (`categorical.indecater`, `unordered_set.unordered_set`).
 * Exactness at extreme gaps: the unordered set estimator at k = C and
   IndeCateR with one variable sum over every class, so every draw is the
   exact gradient; it must stay so, to float32 precision, for logit gaps up to
@@ -42,10 +44,12 @@ from rebar_jax.estimators import gaussian
 from rebar_jax.estimators import registry
 from rebar_jax.estimators import unordered_set
 from rebar_jax.models import protocol
+from rebar_jax.models import sbn
 
 import test_bernoulli
 import test_categorical
 import test_gaussian
+import test_gradients
 
 OFFSET = 1e4
 HALF = (jnp.float16, jnp.bfloat16)
@@ -202,6 +206,41 @@ def test_every_unbiased_estimator_is_tested_with_the_offset():
   tested = {est for est, _ in GAUSSIAN_ALL.values()}
   for name in estimators.UNBIASED_GAUSSIAN:
     assert estimators.GAUSSIAN[name] in tested, name
+
+
+class _OffsetSBN(sbn.SBN):
+  """test_gradients' two-layer SBN with log p + 1e4 (the gradient unmoved)."""
+
+  def __call__(self, x, bs):
+    log_p, log_q = super().__call__(x, bs)
+    return log_p + OFFSET, log_q
+
+
+def test_model_only_estimators_with_a_large_offset_in_log_p():
+  # The unbiased layer estimators without a one-layer function (NVIL and
+  # MuProp with a baseline keep their state in the composition) see the
+  # offset through a model: every one of them, on the Bernoulli SBN.
+  names = sorted({n for family in registry.FAMILIES
+                  for n in registry.names(family=family, kind=registry.LAYER)
+                  if registry.get(n).unbiased_for
+                  and family not in registry.get(n).one_layer})
+  model = _OffsetSBN(**{f: getattr(test_gradients.MODEL, f) for f in (
+      "num_layers", "num_latents", "data_dim", "train_mean")})
+  params = test_gradients._params()
+  target = np.asarray(test_gradients._flat(
+      test_gradients.exact_neg_elbo_grad(params)))
+  for name in names:
+    assert "bernoulli" in registry.get(name).families, name
+    spec = gradients.EstimatorSpec(name)
+    state = spec.init(jax.random.key(2), model)
+    samples = testing.draws(
+        lambda k, l, f, spec=spec, state=state: test_gradients._flat(
+            gradients.model_gradients(model, spec, params, state,
+                                      test_gradients.X, k)[0]),
+        jax.random.key(3), jnp.zeros(target.shape), None, 2**14)
+    testing.assert_unbiased(samples, target,
+                            name=f"{name}, log p + {OFFSET:g}")
+  assert names == ["muprop_baseline", "nvil"], names
 
 
 # ----------------------------------------------------------------------------
