@@ -25,6 +25,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,6 +66,9 @@ _REPORT_PREFIX = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # jax logs its backend probe at INFO; a refused grid is one line, as the
+  # trainer's errors (Ray and Tune keep their own loggers).
+  logging.set_verbosity(logging.WARNING)
   try:
     if _STATUS.value:
       print(sweep_lib.status_table(sweep_lib.status(

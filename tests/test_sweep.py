@@ -192,7 +192,9 @@ def test_bad_sweep_commands_fail_before_ray_starts(tmp_path):
         f"python scripts/sweep.py --config=configs/sbn_linear.py "
         f"--sweep_dir=s {extra}", clone)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert message in done.stderr and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()  # no log line before it
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert message in lines[0]
     assert "ray" not in done.stdout.lower()
   done = user_shell.run("python scripts/sweep.py --sweep_dir=s --status",
                         clone)
