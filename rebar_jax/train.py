@@ -21,7 +21,7 @@ run.json (the run's identity: config, data fingerprint, history), config.json,
 metrics.jsonl, metrics.csv, tensorboard/ event files, curves.png, and the final
 evaluation in final_metrics.json.
 
-What a run guarantees (README, "Runs and failures"):
+What a run guarantees (docs/guides/runs.md, "Runs and failures"):
   * Exact resume: rerunning the same command continues from the newest intact
     checkpoint and gives the numbers of an uninterrupted run (on the same
     software: run.json records the versions, a resume under others warns).
@@ -591,8 +591,8 @@ def _train(run: _Run, changes: dict[str, Any], stop_after: Optional[int],
 
   train_x = parallel.replicate(jnp.asarray(run.exp.dataset.train), run.mesh)
   metric_writer = writers.MetricWriter(run.workdir, resume_step=start)
-  end = config.num_steps if stop_after is None else min(
-      config.num_steps, start + stop_after)
+  end = max(start, config.num_steps if stop_after is None else min(
+      config.num_steps, start + stop_after))  # a run is never shortened
   devices = "1 device" if run.mesh is None else f"{run.mesh.size} devices"
   print(f"{run.exp.dataset}\n{run.exp.model.__class__.__name__}, estimator "
         f"{config.estimator}: steps {start}..{end} on {jax.default_backend()} "

@@ -247,6 +247,7 @@ class IdentityTest(parameterized.TestCase):
     self.assertEqual(final["step"], 200)
     self.assertIn("Warning: the checkpoint is at step 200, past "
                   "config.num_steps=100; a run cannot be shortened", out)
+    self.assertIn("steps 200..200 on", out)  # not "200..100"
 
   def test_a_workdir_without_checkpoints_takes_a_new_config(self):
     workdir = self.copy()
