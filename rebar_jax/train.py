@@ -560,9 +560,10 @@ class _Run:
 
   workdir: this process's files (process 0: the run's workdir).
   check_workdir: raises if the workdir was deleted.
-  programs: estimator=auto's compiled programs, kept across its decisions:
-    the advisor's steps (`advise.advise`'s programs) and the training chunk
-    of each estimator trained (under "train_chunk:<name>").
+  programs: compiled programs kept across estimator=auto's segments: the
+    advisor's steps (`advise.advise`'s programs), and the training chunk and
+    the evaluation of each estimator trained ("train_chunk:<name>",
+    "evaluation:<name>").
   """
   exp: Experiment
   config: ml_collections.ConfigDict
@@ -742,7 +743,10 @@ def _loop(run: _Run, state: TrainState, start: int, end: int, train_chunk,
   """Steps start..end in chunks, each logged, evaluated and checkpointed when
   due. Returns (state, step, the last saved step, whether a stop came)."""
   config = run.config
-  evaluate_all = _make_evaluation(run)
+  evaluation_key = f"evaluation:{run.exp.spec.name}"
+  if evaluation_key not in run.programs:  # one compile per estimator
+    run.programs[evaluation_key] = _make_evaluation(run)
+  evaluate_all = run.programs[evaluation_key]
   bar = tqdm(total=end - start, desc=f"{config.estimator}", unit="step",
              dynamic_ncols=True, disable=not config.progress_bar)
   tic, step, saved = time.perf_counter(), start, start
