@@ -27,7 +27,15 @@ per-pair ratios, with its interquartile range
      with ours: the median ratio of steps per second and its spread;
   4. scaling: how cost grows with batch (24 -> 4096, with the roofline
      fraction), latents (50 -> 800) and samples K (VIMCO, 1 -> 100), with the
-     fitted log-log exponent.
+     fitted log-log exponent;
+  5. breakdown: where the linear SBN's step (batch 24) spends its time, by
+     ablation (`breakdown`): scanned programs of the step's parts (the loop
+     with its batch gather, the chunk's noise draw, one forward and backward
+     pass of the model, the estimator's whole gradient, Adam's update) and
+     the floor (the step's four B x 784 x 200 matmuls and Adam alone), each
+     timed in alternation with the full step; the estimator's arithmetic is
+     its gradient less the one pass, the residual what the parts leave of
+     the full step. Not in the default sections (--sections=breakdown).
 --compare_to=REV instead times this checkout's train step against the one of
 git revision REV (exported to a temporary directory), both as step servers
 (`--serve`) run by this script's code in alternation, per estimator of
@@ -53,6 +61,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import sbn_mnist  # pylint: disable=g-import-not-at-top
@@ -62,6 +71,8 @@ from rebar_jax.models import sbn
 from rebar_jax.utils.timing import Timer
 from rebar_jax.utils.timing import block_steps
 from rebar_jax.utils.timing import interleaved
+
+Array = jax.Array
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/benchmark", "Output.")
 _REPEATS = flags.DEFINE_integer(
@@ -73,7 +84,8 @@ _STEPS = flags.DEFINE_integer("steps_per_call", 100, "Scanned steps per call.")
 _SECTIONS = flags.DEFINE_list(
     "sections", ["alone", "steps", "peer", "scaling"],
     "Which measurements: alone (estimators by themselves), steps (train step "
-    "table), peer (Storchastic side by side), scaling.")
+    "table), peer (Storchastic side by side), scaling; breakdown (the step "
+    "by phase) when named.")
 _ESTIMATORS = flags.DEFINE_list(
     "estimators", [], "Estimators of the steps, peer and compare_to "
     "measurements (default: all of the steps table; reinforce, disarm, "
@@ -92,6 +104,10 @@ _SERVE_BATCH = flags.DEFINE_integer("serve_batch", 24, "Batch of --serve.")
 _SERVE_SAMPLES = flags.DEFINE_integer(
     "serve_samples", 1, "K (iw_samples) of --serve: a multi-sample objective "
     "is served, and compared by --compare_to, at K = 10.")
+
+# The estimators of issue 32's targets, broken down by phase.
+_BREAKDOWN = ("reinforce", "nvil", "arm", "disarm", "reinforce_loo",
+              "concrete", "straight_through_gumbel", "rebar", "relax")
 
 _PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                             "peers", "storchastic_sbn.py")
@@ -280,6 +296,181 @@ def step_row(kind: str, name: str, batch: int, flops_peak: float,
           "cost_q3": m["ratio_q3"]}
 
 
+class Program:
+  """A jitted program of `steps_per_call` scanned steps on fixed inputs:
+  `self(n)` runs n steps' worth of calls, returns the seconds, blocked."""
+
+  def __init__(self, fn: Callable, args: tuple, steps_per_call: int):
+    self._compiled = jax.jit(fn).lower(*args).compile()
+    self._args = args
+    self.steps_per_call = steps_per_call
+
+  def __call__(self, steps: int) -> float:
+    t = time.perf_counter()
+    for _ in range(max(1, steps // self.steps_per_call)):
+      out = self._compiled(*self._args)
+    jax.block_until_ready(out)
+    return time.perf_counter() - t
+
+
+def _tree_sum(tree) -> Array:
+  """A scalar that reads every leaf (keeps a program's outputs live)."""
+  return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree))
+
+
+def phase_programs(name: str, batch: int, n: int) -> dict[str, Program]:
+  """The linear SBN step's parts for estimator `name`, each a Program of n
+  scanned steps on the inputs the step sees (`breakdown`)."""
+  from rebar_jax import gradients  # pylint: disable=g-import-not-at-top
+  from rebar_jax.models import protocol as models_protocol  # pylint: disable=g-import-not-at-top
+  c = sbn_mnist.get_config()
+  c.nonlinear, c.estimator, c.batch_size = False, name, batch
+  exp = train.build(c)
+  state = train.init_state(exp, 0)
+  model, params = exp.model, state.params
+  train_x = jnp.asarray(exp.dataset.train)
+  idx = jnp.asarray(np.random.default_rng(0).integers(
+      0, train_x.shape[0], (n, batch)), jnp.int32)
+  root = jax.random.key(0)
+  keys = jax.vmap(lambda s: jax.random.split(jax.random.fold_in(root, s)))(
+      jnp.arange(n))
+  chain = jax.vmap(lambda k: gradients.chain_noise(model, batch, k))(
+      keys[:, 1])
+  zero = jax.tree.map(jnp.zeros_like, params)
+  family = models_protocol.families(model)[0]
+
+  def loop(idx, train_x):  # the scan and its batch gather
+    return jax.lax.scan(lambda acc, i: (acc + jnp.sum(train_x[i]), None),
+                        0.0, idx)[0]
+
+  def noise(keys):  # the chunk's draw before its loop
+    return _tree_sum(jax.vmap(lambda k: gradients.chain_noise(
+        model, batch, k).noise)(keys[:, 1]))
+
+  def one_pass(idx, chain, train_x):  # one forward and backward pass
+    def body(acc, inp):
+      i, nz = inp
+      x = train_x[i]
+
+      def loss(p):
+        logits = model.apply(p, 0, x, (), method="layer_logits")
+        b = family.sample_from_noise(jax.lax.stop_gradient(logits),
+                                     nz.noise[0])
+        log_p, log_q = model.apply(p, x, (b,), method="log_joint")
+        return -jnp.mean(log_p - log_q)
+      return jax.tree.map(jnp.add, acc, jax.grad(loss)(params)), None
+    return _tree_sum(jax.lax.scan(body, zero, (idx, chain))[0])
+
+  def gradient(idx, keys, chain, train_x):  # the estimator's whole gradient
+    def body(acc, inp):  # of the model, and of its own parameters (REBAR's
+      i, k, nz = inp  # eta and temperature, RELAX's network, NVIL's baseline)
+      grads, est_grads = gradients.model_gradients(
+          model, exp.spec, params, state.estimator, train_x[i], k[1],
+          state.step, noise=nz)[:2]
+      return (jax.tree.map(jnp.add, acc[0], grads),
+              acc[1] + _tree_sum(est_grads)), None
+    return _tree_sum(jax.lax.scan(body, (zero, 0.0), (idx, keys, chain))[0])
+
+  def adam(opt_state):  # the optimizer's update alone
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+
+    def body(carry, _):
+      p, o = carry
+      updates, o = exp.optimizer.update(grads, o, p)
+      return (optax.apply_updates(p, updates), o), None
+    return _tree_sum(jax.lax.scan(body, (params, opt_state), None,
+                                  length=n)[0][0])
+
+  w_e = jnp.ones((784, 200)) / 784  # the step's four matmuls, at its shapes
+  w_d = jnp.ones((200, 784)) / 200
+
+  def matmuls(idx, train_x):  # the gradients accumulated, as one_pass's
+    def body(acc, i):
+      x = train_x[i]
+      h = x @ w_e  # encoder forward                  (B x 784) (784 x 200)
+      out = h @ w_d  # decoder forward                (B x 200) (200 x 784)
+      return (acc[0] + h.T @ out,  # decoder weights  (200 x B) (B x 784)
+              acc[1] + x.T @ h), None  # encoder      (784 x B) (B x 200)
+    return _tree_sum(jax.lax.scan(body, (jnp.zeros((200, 784)),
+                                         jnp.zeros((784, 200))), idx)[0])
+
+  return {
+      "loop": Program(loop, (idx, train_x), n),
+      "noise": Program(noise, (keys,), n),
+      "one pass": Program(one_pass, (idx, chain, train_x), n),
+      "gradient": Program(gradient, (idx, keys, chain, train_x), n),
+      "adam": Program(adam, (state.opt_state,), n),
+      "matmuls": Program(matmuls, (idx, train_x), n),
+  }
+
+
+def breakdown(names: Sequence[str], batch: int, repeats: int,
+              seconds: float, n: int) -> list[dict]:
+  """Microseconds per step of the full step and of its parts, by ablation.
+
+  Each part (`phase_programs`) is timed in alternation with the full step
+  (`interleaved`); its time is the full step's median time over all the
+  pairings divided by the part's median ratio of rates. Derived phases:
+  forward and backward = one pass - loop; estimator arithmetic = gradient -
+  one pass (its extra evaluations of f and its own work); optimizer = adam
+  - loop; residual = full - (noise + gradient + adam - loop); floor =
+  matmuls - loop + optimizer.
+  """
+  rows = []
+  for name in names:
+    full = TrainStep("linear", name, batch, steps_per_call=n)
+    parts = phase_programs(name, batch, n)
+    ratios, full_rates = {}, []
+    for part, program in parts.items():
+      m = interleaved(program, full, repeats, seconds, n, n)
+      ratios[part] = m["ratio"]
+      full_rates.append(m["b_steps_per_sec"])
+    t_full = 1e6 / statistics.median(full_rates)
+    t = {part: t_full / r for part, r in ratios.items()}
+    row = {"estimator": name, "batch": batch, "full_us": t_full,
+           "loop_us": t["loop"], "noise_us": t["noise"],
+           "forward_backward_us": t["one pass"] - t["loop"],
+           "estimator_us": t["gradient"] - t["one pass"],
+           "optimizer_us": t["adam"] - t["loop"],
+           "matmuls_us": t["matmuls"] - t["loop"],
+           "ratios": ratios}
+    row["residual_us"] = t_full - (t["noise"] + t["gradient"] + t["adam"]
+                                   - t["loop"])
+    row["floor_us"] = row["matmuls_us"] + row["optimizer_us"]
+    row["full_over_floor"] = t_full / row["floor_us"]
+    rows.append(row)
+    print(f"{name:24s} full {t_full:7.1f} us  noise {row['noise_us']:6.1f}  "
+          f"fwd+bwd {row['forward_backward_us']:6.1f}  estimator "
+          f"{row['estimator_us']:6.1f}  adam {row['optimizer_us']:6.1f}  "
+          f"loop {row['loop_us']:6.1f}  residual {row['residual_us']:6.1f}  "
+          f"floor {row['floor_us']:6.1f} ({row['full_over_floor']:.2f}x)")
+  return rows
+
+
+def breakdown_markdown(rows: Sequence[dict]) -> str:
+  """The breakdown table."""
+  lines = [
+      "### The step by phase (linear SBN, batch %d)" % rows[0]["batch"], "",
+      "Microseconds per step, each part timed in alternation with the full "
+      "step (`scripts/benchmark.py --sections=breakdown`). The parts that "
+      "compute gradients (forward + backward, the estimator, the matmuls) "
+      "add them into their loop's carry, 314k adds a step that the full "
+      "step does not make; floor: the step's four B x 784 x 200 matmuls "
+      "and Adam alone.", "",
+      "| estimator | full | noise | forward + backward | estimator "
+      "arithmetic | Adam | loop + batch gather | residual | floor | full / "
+      "floor |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in rows:
+    lines.append(
+        f"| {r['estimator']} | {r['full_us']:.0f} | {r['noise_us']:.0f} | "
+        f"{r['forward_backward_us']:.0f} | {r['estimator_us']:.0f} | "
+        f"{r['optimizer_us']:.0f} | {r['loop_us']:.0f} | "
+        f"{r['residual_us']:.0f} | {r['floor_us']:.0f} | "
+        f"{r['full_over_floor']:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
 def slope(xs, ys) -> float:
   """Least-squares exponent of y ~ x^a on log-log axes."""
   return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
@@ -420,10 +611,22 @@ def main(argv):
             out_dir)
     return
   sections = set(_SECTIONS.value)
-  unknown = sections - {"alone", "steps", "peer", "scaling"}
+  unknown = sections - {"alone", "steps", "peer", "scaling", "breakdown"}
   if unknown:
     raise app.UsageError(f"Unknown sections {sorted(unknown)}; choose from "
-                         "alone, steps, peer, scaling.")
+                         "alone, steps, peer, scaling, breakdown.")
+  if "breakdown" in sections:
+    rows = breakdown(_ESTIMATORS.value or (
+        ["reinforce", "disarm"] if quick else list(_BREAKDOWN)), 24, repeats,
+                     seconds, _STEPS.value)
+    write_outputs(out_dir, "breakdown", {"machine": machine_line(),
+                                         "breakdown": rows,
+                                         "repeats": repeats,
+                                         "block_seconds": seconds},
+                  machine_line() + "\n\n" + breakdown_markdown(rows))
+    sections.discard("breakdown")
+    if not sections:
+      return
   peak = matmul_flops_per_sec(max(repeats, 9))
   machine = machine_line()
   print(f"{machine}\nmatmul roofline: {peak / 1e9:.1f} GFLOP/s")

@@ -106,6 +106,29 @@ def test_benchmark_alternation_servers_and_tables(tmp_path):
   assert "| rebar | 300.0 | 250.0 | 1.200 | 1.100-1.300 |" in out["compare"]
 
 
+def test_benchmark_breakdown_times_the_steps_parts():
+  """The breakdown section's programs compile and run on the linear SBN
+  (REINFORCE, 5-step chunks, one pair of tiny turns each: a smoke run, not
+  a measurement), and its derived phases add up to the full step."""
+  out = run_with_script("benchmark", """
+      rows = m.breakdown(['reinforce'], 24, repeats=1, seconds=0.01, n=5)
+      out['row'] = rows[0]
+      out['md'] = m.breakdown_markdown(rows)
+  """)
+  r = out["row"]
+  assert set(r["ratios"]) == {"loop", "noise", "one pass", "gradient",
+                              "adam", "matmuls"}
+  assert all(v > 0 for v in r["ratios"].values()), r
+  assert r["full_us"] > 0 and r["loop_us"] > 0 and r["noise_us"] > 0
+  t = {k: r["full_us"] / v for k, v in r["ratios"].items()}
+  assert r["residual_us"] == pytest.approx(
+      r["full_us"] - (t["noise"] + t["gradient"] + t["adam"] - t["loop"]))
+  assert r["floor_us"] == pytest.approx(t["matmuls"] + t["adam"]
+                                        - 2 * t["loop"])
+  assert r["full_over_floor"] == pytest.approx(r["full_us"] / r["floor_us"])
+  assert "| reinforce | %.0f |" % r["full_us"] in out["md"]
+
+
 def test_benchmark_exports_a_revision_to_compare_with(tmp_path):
   if not os.path.exists(os.path.join(ROOT, ".git")):
     pytest.skip("not a git clone: --compare_to exports revisions with git")
