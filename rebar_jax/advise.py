@@ -482,8 +482,8 @@ def bias_statistics(batch_draws: Sequence[np.ndarray],
             + np.einsum("rn,nm,rm->r", w, gram, w) / n**2)
     totals.append(dist / size - _variances(centred, w, gram) / n)
     truths.append(delta @ delta / size)  # the bootstrap world's squared bias
-    mean_r, centred_r = r.mean(0), r - r.mean(0)
-    v_r = float(np.sum(centred_r**2)) / ((n - 1) * size)
+    mean_r = r.mean(0)
+    v_r = float(np.mean(np.var(r, axis=0, ddof=1)))
     signal.append(mean_r @ mean_r / size - v_r / n)
   bias2 = np.mean(totals, axis=0)
   lo, hi = _interval(bias2[0], bias2[1:], float(np.mean(truths)))

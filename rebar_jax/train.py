@@ -682,8 +682,7 @@ def _advised(run: _Run, state: TrainState, step: int
     return _switch(run, state, _auto_at(run, step + 1))
   if step not in run.record.advice():
     from rebar_jax import advise  # pylint: disable=g-import-not-at-top
-    names = [n for n in config.advise_candidates.replace(" ", "").split(",")
-             if n]
+    names = advise.group_names(config.advise_candidates.split(","))
     advice = advise.advise(
         _with_estimator(config, AUTO_START),
         params=parallel.local(state.params), start_step=step,
