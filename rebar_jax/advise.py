@@ -150,23 +150,24 @@ def canonical(name: str, families: Sequence[str]) -> str:
   return ",".join(f"{f}:{pairs[f]}" for f in families)
 
 
-def candidates(families: Sequence[str], reference: str = REFERENCE
-               ) -> list[str]:
+def candidates(families: Sequence[str], reference: str = REFERENCE,
+               auto: bool = False) -> list[str]:
   """Every registered training estimator for a model of these families.
 
   One family: each layer estimator registered for it. Several: each name
   of each family with the reference's estimator for the other families
   ("categorical:reinforce,bernoulli:disarm"), then the names registered for
-  every family, used for all of them ("rebar").
+  every family, used for all of them ("rebar"). auto: only the registry's
+  estimator=auto defaults (`registry.Entry.auto`) as the names varied.
   """
   families = tuple(dict.fromkeys(families))
   if len(families) == 1:
-    return list(_layer_names(families[0]))
+    return list(_layer_names(families[0], auto))
   fixed = registry.names_by_family(reference, families)
   names = [",".join(f"{g}:{name if g == f else fixed[g]}" for g in families)
-           for f in families for name in _layer_names(f)]
-  shared = [n for n in _layer_names(families[0])
-            if all(n in _layer_names(f) for f in families)
+           for f in families for name in _layer_names(f, auto)]
+  shared = [n for n in _layer_names(families[0], auto)
+            if all(n in _layer_names(f, auto) for f in families)
             and canonical(n, families) not in names]
   return list(dict.fromkeys(names + shared))
 
@@ -208,8 +209,9 @@ def is_unbiased(name: str, families: Sequence[str]) -> bool:
              for n in registry.names_by_family(name, families).values())
 
 
-def _layer_names(family: str) -> tuple[str, ...]:
-  return registry.names(family=family, kind=registry.LAYER)
+def _layer_names(family: str, auto: bool = False) -> tuple[str, ...]:
+  return registry.names(family=family, kind=registry.LAYER,
+                        auto=True if auto else None)
 
 
 # ----------------------------------------------------------------------------

@@ -47,7 +47,8 @@ def config() -> ml_collections.ConfigDict:
   # estimator="auto": the advisor (rebar_jax.advise, ranking by variance x
   # f evaluations) chooses the estimator at step 0 and every advise_every
   # steps (0: once), among advise_candidates (comma-separated names; "":
-  # every one that applies); each decision is recorded in run.json.
+  # the registry's short list, registry.Entry.auto; "all": every one that
+  # applies); each decision is recorded in run.json.
   c.advise_every = 0
   c.advise_candidates = ""
   # Optimisation.

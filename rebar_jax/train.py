@@ -93,6 +93,9 @@ RECENT = 1000
 # the experiment is built with AUTO_START.
 AUTO = "auto"
 AUTO_START = "reinforce"
+# config.advise_candidates for every estimator that applies ("": the
+# registry's short list, `registry.Entry.auto`).
+AUTO_ALL = "all"
 # The advisor's budget at each decision (`advise.Budget`): no timing (the
 # decision is a function of the state), no exact check.
 AUTO_BUDGET: dict[str, Any] = {
@@ -682,13 +685,15 @@ def _advised(run: _Run, state: TrainState, step: int
     return _switch(run, state, _auto_at(run, step + 1))
   if step not in run.record.advice():
     from rebar_jax import advise  # pylint: disable=g-import-not-at-top
-    names = advise.group_names(config.advise_candidates.split(","))
+    names = (None if config.advise_candidates == AUTO_ALL else
+             advise.group_names(config.advise_candidates.split(","))
+             or advise.candidates(gradients.layer_families(run.exp.model),
+                                  auto=True))
     advice = advise.advise(
         _with_estimator(config, AUTO_START),
         params=parallel.local(state.params), start_step=step,
         budget=advise.Budget(**AUTO_BUDGET, seed=config.seed + step),
-        names=names or None,
-        log=lambda line: None, programs=run.programs)
+        names=names, log=lambda line: None, programs=run.programs)
     if advice.recommendation is None:
       raise errors.TrainingStopped(
           f"estimator=auto at step {step}: {advice.reason} Choose "

@@ -124,6 +124,19 @@ def test_candidates_and_unbiased_sets():
   assert "categorical:arsm,bernoulli:reinforce" in mixed
   assert "categorical:reinforce,bernoulli:disarm" in mixed
   assert "rebar" in mixed and "reinforce" not in mixed  # already a pair
+  # estimator=auto's defaults: the registry's short list, unbiased, and
+  # for a mixed model the pairs whose varied estimator is on it.
+  assert advise.candidates(("bernoulli",), auto=True) == [
+      "reinforce_loo", "disarm", "muprop_baseline"]
+  for family in registry.FAMILIES:
+    short = registry.names(family=family, kind=registry.LAYER, auto=True)
+    assert short and all(registry.get(n).unbiased_for for n in short)
+  mixed_auto = advise.candidates(("categorical", "bernoulli"), auto=True)
+  assert "categorical:disarm_stick_breaking_iw,bernoulli:reinforce" in (
+      mixed_auto)
+  assert "categorical:reinforce,bernoulli:disarm" in mixed_auto
+  assert "reinforce_loo" in mixed_auto  # on both families' lists
+  assert set(mixed_auto) < set(mixed)
   assert advise.is_unbiased("nvil", ("bernoulli",))
   assert not advise.is_unbiased("concrete", ("bernoulli",))
   assert not advise.is_unbiased("categorical:gumbel_rao,bernoulli:disarm",
@@ -297,15 +310,15 @@ AUTO_SHORT = {"num_latents": 5, "batch_size": 8, "num_steps": 100,
               "advise_every": 50, "steps_per_call": 25,
               "checkpoint_every": 25, "eval_every": 100,
               "eval_num_samples": 2, "eval_max_examples": 50,
-              "diagnostic_draws": 0, "progress_bar": False,
-              "advise_candidates": "reinforce,disarm,reinforce_loo"}
+              "diagnostic_draws": 0, "progress_bar": False}
 
 
 @pytest.mark.optimized  # in-process as the command compiles: the same numbers
 def test_auto_decides_records_and_resumes_to_the_same_run(tmp_path):
   """The documented estimator=auto command, shortened (a 5-unit model, 100
-  steps, advice at 0 and 50 among three estimators; the current estimator
-  kept where it ties with the leader), run as typed; then the
+  steps, advice at 0 and 50 among the registry's default candidates; the
+  current estimator kept where it ties with the leader), run as typed; then
+  the
   same config in-process, stopped after 75 steps and resumed: the decisions,
   the metrics rows and the final metrics are the uninterrupted run's."""
   cwd = user_shell.user_dir(tmp_path)
@@ -317,8 +330,13 @@ def test_auto_decides_records_and_resumes_to_the_same_run(tmp_path):
   record = json.loads((cwd / "a" / "run.json").read_text())
   decisions = [(d["step"], d["estimator"]) for d in record["advice"]]
   assert [s for s, _ in decisions] == [0, 50]
-  assert all(n in ("reinforce", "disarm", "reinforce_loo")
-             for _, n in decisions)
+  defaults = registry.names(family="bernoulli", kind=registry.LAYER,
+                            auto=True)
+  assert all(n in defaults for _, n in decisions)
+  for step in (0, 50):  # the short list was measured, and nothing else
+    rows = json.loads((cwd / "a" / "advice" / f"step_{step}" / "advice.json"
+                       ).read_text())["rows"]
+    assert sorted(r["name"] for r in rows) == sorted(defaults)
   assert [h["step"] for h in record["history"]
           if h["event"] == "advice"] == [0, 50]
   current = train.AUTO_START

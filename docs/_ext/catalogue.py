@@ -262,6 +262,8 @@ def training_rows() -> list[str]:
         note.append("unbiased up to a positive scale per layer")
       if e.has(registry.PATHWISE):
         note.append("pathwise")
+      if e.auto:
+        note.append("a default candidate of `--config.estimator=auto`")
       opts = ", ".join(f"`{o}`" for o in e.options) or "none"
       out.append(f"| `{name}` | {runs} | {opts} | {md(e.reference)} | "
                  f"{'; '.join(note)} |")

@@ -90,6 +90,9 @@ class Entry:
     LOCAL, the name of the one-layer estimator applied per chain.
   new_options: options this entry introduces (a user's estimator's own),
     added to `OPTIONS` by `register`.
+  auto: among estimator=auto's default candidates (`names(auto=True)`): a
+    short list, because each candidate costs the first decision a compile
+    (docs/guides/advise.md gives the measured cost of the full list).
   """
   name: str
   kind: str
@@ -103,6 +106,7 @@ class Entry:
       default_factory=dict)
   objective: Any = None
   new_options: tuple[Option, ...] = ()
+  auto: bool = False
 
   def has(self, capability: str) -> bool:
     return capability in self.capabilities
@@ -166,12 +170,14 @@ def get(name: str) -> Entry:
 
 def names(family: Optional[str] = None, kind: Optional[str] = None,
           capability: Optional[str] = None, unbiased: Optional[bool] = None,
-          one_layer: bool = False) -> tuple[str, ...]:
+          one_layer: bool = False, auto: Optional[bool] = None
+          ) -> tuple[str, ...]:
   """The registered names with every property asked for, in entry order.
 
   family: applies to this family; kind: of this kind; capability: has it;
   unbiased: True (unbiased for what it estimates) or False (biased);
-  one_layer: has a one-layer function for `family`.
+  one_layer: has a one-layer function for `family`; auto: is (True) or is
+  not (False) among estimator=auto's default candidates.
   """
   out = []
   for e in ENTRIES.values():
@@ -184,6 +190,8 @@ def names(family: Optional[str] = None, kind: Optional[str] = None,
     if unbiased is not None and (e.unbiased_for is not None) != unbiased:
       continue
     if one_layer and (family is None or family not in e.one_layer):
+      continue
+    if auto is not None and e.auto != auto:
       continue
     out.append(e.name)
   return tuple(out)
@@ -296,19 +304,20 @@ _K_CHAINS = "K chains"
 def _layer(name: str, families: Mapping[str, Callable[..., Any]],
            unbiased: bool, cost: Mapping[str, str] | str, reference: str,
            capabilities: Iterable[str] = (), options: tuple[str, ...] = (),
-           one_layer: Optional[Mapping[str, Callable[..., Any]]] = None
-           ) -> None:
+           one_layer: Optional[Mapping[str, Callable[..., Any]]] = None,
+           auto: bool = False) -> None:
   if isinstance(cost, str):
     cost = {f: cost for f in families}
   register(Entry(name, LAYER, families, GRAD_F if unbiased else None, cost,
                  reference, frozenset(capabilities), options,
-                 one_layer if one_layer is not None else {}))
+                 one_layer if one_layer is not None else {}, auto=auto))
 
 
 def _stateless(name: str, families: Iterable[str], unbiased: bool,
                cost: Mapping[str, str] | str, reference: str,
                options: tuple[str, ...] = (), num_samples: bool = False,
-               capabilities: Iterable[str] = (), module: Any = None) -> None:
+               capabilities: Iterable[str] = (), module: Any = None,
+               auto: bool = False) -> None:
   """A LAYER entry running the one-layer `name` of each family's module (or
   of `module`) per layer; with `num_samples`, num_samples =
   options.loo_samples."""
@@ -319,7 +328,8 @@ def _stateless(name: str, families: Iterable[str], unbiased: bool,
     options = ("loo_samples",) + options
   else:
     build = {f: protocol.one_layer(fns[f], *options) for f in families}
-  _layer(name, build, unbiased, cost, reference, capabilities, options, fns)
+  _layer(name, build, unbiased, cost, reference, capabilities, options, fns,
+         auto)
 
 
 def _multisample(name: str, objective: Any, unbiased_for: Optional[str],
@@ -368,15 +378,21 @@ _VARGRAD = "Richter, Boustati, Nusken, Ruiz & Akyildiz (2020), NeurIPS"
 _TVO = "Masrani, Le & Wood (2019), NeurIPS"
 _DREG = "Tucker, Lawson, Gu & Maddison (2019), ICLR"
 
+# auto=True: estimator=auto's default candidates, per family the unbiased
+# estimators of at most two evaluations of f per draw that lead or tie for
+# the lead among such estimators in the advisor's tables
+# (docs/results/advisor_sbn_linear*.md, advisor_catvae.md), and the Gaussian
+# pathwise gradient.
 _layer("reinforce", {f: protocol.reinforce for f in FAMILIES}, True,
        "1 evaluation of f", _WILLIAMS,
        one_layer={f: _MODULES[f].reinforce for f in FAMILIES})
 _layer("nvil", {f: protocol.nvil for f in FAMILIES}, True,
        "1 evaluation of f", _NVIL, (RESCALED,), ("nvil_decay",))
 _stateless("reinforce_loo", FAMILIES, True,
-           "n evaluations of f (`loo_samples=n`)", _LOO, num_samples=True)
+           "n evaluations of f (`loo_samples=n`)", _LOO, num_samples=True,
+           auto=True)
 _stateless("arm", (_B,), True, "2 evaluations of f", _ARM)
-_stateless("disarm", (_B,), True, "2 evaluations of f", _DISARM)
+_stateless("disarm", (_B,), True, "2 evaluations of f", _DISARM, auto=True)
 _layer("arms", {_B: protocol.arms}, True,
        "K evaluations of f (`loo_samples=K`)", _ARMS, (),
        ("loo_samples", "copula"), {_B: bernoulli.arms})
@@ -395,7 +411,7 @@ _stateless("muprop", (_B,), True, "2 evaluations and 1 gradient of f",
            _MUPROP)
 _layer("muprop_baseline", {_B: protocol.muprop_baseline}, True,
        "2 evaluations and 1 gradient of f", _MUPROP, (RESCALED,),
-       ("nvil_decay",))
+       ("nvil_decay",), auto=True)
 _layer("concrete", {_B: protocol.relaxed_objective}, False,
        "1 gradient of f", _CONCRETE, (RELAXED,), ("temperature",),
        {_B: bernoulli.concrete})
@@ -419,7 +435,7 @@ _stateless("arsm_plus", (_C,), True, "C(C-1)/2 + 1 evaluations of f", _ARSM)
 for _name in ("disarm_stick_breaking", "disarm_stick_breaking_rb",
               "disarm_stick_breaking_iw"):
   _stateless(_name, (_C,), True, "2 evaluations of f", _STICK,
-             module=stick_breaking)
+             module=stick_breaking, auto=_name.endswith("_iw"))
 _stateless("carms", (_C,), True, "K evaluations of f (`loo_samples=K`)",
            _CARMS, num_samples=True, module=carms)
 _layer("gumbel_softmax", {_C: protocol.relaxed_objective}, False,
@@ -433,7 +449,7 @@ _stateless("unordered_set", (_C,), True,
            "V k evaluations of f (`loo_samples=k`)", _UNORDERED,
            num_samples=True, module=unordered_set)
 _stateless("pathwise", (_G,), True, "1 gradient of f", _REPARAM,
-           capabilities=(PATHWISE,))
+           capabilities=(PATHWISE,), auto=True)
 
 _multisample("iwae_reinforce", multisample.iwae_reinforce_surrogate, GRAD_IW,
              _IWAE, (RENYI,))
