@@ -5,9 +5,11 @@ r"""Signal-to-noise ratio of inference-network gradients against K (OVIS Fig. 1)
 On the linear-Gaussian model of Rainforth et al. (2018)
 (`rebar_jax.models.LinearGaussian`: p(z) = N(mu, I), p(x | z) = N(z, I),
 q(z | x) = N(A x + b, 2/3 I), D = 20), with phi = (A, b) at the optimum
-A = I/2, b = mu/2 perturbed by N(0, `--perturbation`^2) noise and one data
-point x ~ N(mu, 2 I), every estimator of grad_phi E[L_K] is drawn
-`--num_draws` times at each K, and per coordinate of phi
+A = I/2, b = mu/2 perturbed by N(0, `--perturbation`^2) noise and
+`--num_data` data points x_n ~ N(mu, 2 I) (the gradient is their mean),
+every estimator of grad_phi E[L_K] is drawn `--num_draws` times at each K,
+and per coordinate of phi (all of them, or the D coordinates of b with
+`--coordinates=bias`)
 
     SNR = |E g| / (standard deviation of g),
 
@@ -23,6 +25,13 @@ Ks, is the result: the theory says -1/2 for the pathwise IWAE gradient
 OVIS's control variates (Lievin et al. 2020, Sec. 4). OVIS-MC uses
 `--aux_samples` S auxiliary chains at every K. Writes snr_vs_k.json,
 snr_vs_k.md and snr_vs_k.png (SNR and variance against K, log-log).
+
+The OVIS authors' extended Fig. 1 (vlievin/ovis, asymptotic_variance.py and
+experiments/asymptotic-variance-extended.json) measures the gradient of the
+mean over 1024 data points, on the bias coordinates only, at K = 3 to 1000:
+
+  python scripts/snr_vs_k.py --num_data=1024 --coordinates=bias \
+      --ks=3,12,54,233 --output_dir=results/snr_vs_k_ovis
 """
 import json
 import os
@@ -64,14 +73,20 @@ _PERTURBATION = flags.DEFINE_float(
     "optimum (Rainforth et al. 2018).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of mu, x, the perturbation and "
                              "the draws.")
+_NUM_DATA = flags.DEFINE_integer(
+    "num_data", 1, "Data points x_n ~ N(mu, 2 I); each draw is the gradient "
+    "of the mean over them (the OVIS authors: 1024).")
+_COORDINATES = flags.DEFINE_enum(
+    "coordinates", "all", ["all", "bias"], "The coordinates of phi averaged "
+    "over: all of (A, b), or b's D (the OVIS authors' choice).")
 _MAX_CHUNK_ELEMENTS = 2**25  # floats of the (S,) K x K work held at once
 
 
-def problem(dim: int, perturbation: float, seed: int):
-  """The model, its variables near q's optimum, and one data point x (1, D)."""
+def problem(dim: int, perturbation: float, seed: int, num_data: int = 1):
+  """The model, its variables near q's optimum, and data x (num_data, D)."""
   k_mu, k_x, k_phi = jax.random.split(jax.random.key(seed), 3)
   mu = jax.random.normal(k_mu, (dim,))
-  x = mu + jnp.sqrt(2.0) * jax.random.normal(k_x, (1, dim))
+  x = mu + jnp.sqrt(2.0) * jax.random.normal(k_x, (num_data, dim))
   variables = gaussian_models.linear_gaussian_optimum(mu)
   enc = variables["params"]["encoder"]
   leaves, tree = jax.tree.flatten(enc)
@@ -84,9 +99,11 @@ def problem(dim: int, perturbation: float, seed: int):
 
 
 def encoder_gradient_draws(model, variables, x, name: str, k: int,
-                           num_draws: int, aux_samples: int, key
-                           ) -> np.ndarray:
-  """(num_draws, P) draws of the estimator's gradient w.r.t. phi = (A, b)."""
+                           num_draws: int, aux_samples: int, key,
+                           coordinates: str = "all") -> np.ndarray:
+  """(num_draws, P) draws of the estimator's gradient w.r.t. phi = (A, b)
+  (P = D^2 + D), or w.r.t. b alone (P = D) for coordinates="bias"; each the
+  gradient of the mean over x's rows."""
   spec = gradients.EstimatorSpec(
       name, families=("gaussian",), iw_samples=k,
       aux_samples=aux_samples if name == "ovis_mc" else 0)
@@ -94,9 +111,11 @@ def encoder_gradient_draws(model, variables, x, name: str, k: int,
 
   def one(key_):
     g = gradients.model_gradients(model, spec, variables, state, x, key_)[0]
-    return flatten_util.ravel_pytree(g["params"]["encoder"])[0]
+    enc = g["params"]["encoder"]
+    return flatten_util.ravel_pytree(
+        enc["bias"] if coordinates == "bias" else enc)[0]
 
-  work = (k + spec.aux_samples) * k + k * model.dim
+  work = ((k + spec.aux_samples) * k + k * model.dim) * x.shape[0]
   chunk = int(max(1, min(num_draws, _MAX_CHUNK_ELEMENTS // work)))
   draw = jax.jit(jax.vmap(one))
   keys = jax.random.split(key, num_draws)
@@ -141,9 +160,12 @@ def markdown(results: dict, ks: list[int], meta: dict) -> str:
   lines = [
       f"SNR of the inference-network gradient against K, linear-Gaussian "
       f"model (D = {meta['dim']}), {meta['num_draws']} draws per point, "
+      f"each the gradient of the mean over {meta.get('num_data', 1)} data "
+      f"point(s), "
       f"phi perturbed by N(0, {meta['perturbation']}^2), OVIS-MC with S = "
       f"{meta['aux_samples']}. Mean over the {meta['num_params']} "
-      "coordinates of |E g| / std(g), E g the mean of "
+      f"coordinates ({'b' if meta.get('coordinates') == 'bias' else 'A, b'})"
+      " of |E g| / std(g), E g the mean of "
       f"{meta['reference_draws']} DReG draws for the unbiased estimators "
       "(marked *), the draws' own noise-corrected mean for the others; "
       "slopes are least-squares fits of log SNR (and log variance) against "
@@ -183,8 +205,10 @@ def main(argv):
     raise app.UsageError("--ks needs at least two values, each >= 2 (the "
                          "score-function estimators need K >= 2).")
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-  model, variables, x = problem(_DIM.value, _PERTURBATION.value, _SEED.value)
-  num_params = _DIM.value * _DIM.value + _DIM.value
+  model, variables, x = problem(_DIM.value, _PERTURBATION.value, _SEED.value,
+                                _NUM_DATA.value)
+  num_params = _DIM.value * (1 if _COORDINATES.value == "bias"
+                             else _DIM.value + 1)
   unknown = set(_ESTIMATORS.value) - set(OBJECTIVES)
   if unknown:
     raise app.UsageError(f"Unknown estimators {sorted(unknown)}.")
@@ -192,7 +216,8 @@ def main(argv):
   for k in ks:
     reference[k] = encoder_gradient_draws(
         model, variables, x, "dreg", k, _REFERENCE_DRAWS.value, 0,
-        jax.random.fold_in(jax.random.key(_SEED.value + 2), k)).mean(0)
+        jax.random.fold_in(jax.random.key(_SEED.value + 2), k),
+        _COORDINATES.value).mean(0)
   print(f"Reference: the mean of {_REFERENCE_DRAWS.value} DReG draws at each "
         "K.", flush=True)
   results = {}
@@ -202,7 +227,8 @@ def main(argv):
       start = time.perf_counter()
       draws = encoder_gradient_draws(
           model, variables, x, name, k, _NUM_DRAWS.value, _AUX_SAMPLES.value,
-          jax.random.fold_in(jax.random.key(_SEED.value + 1), 1000 * e + k))
+          jax.random.fold_in(jax.random.key(_SEED.value + 1), 1000 * e + k),
+          _COORDINATES.value)
       if not np.all(np.isfinite(draws)):
         raise RuntimeError(f"{name} at K = {k} gave non-finite gradients.")
       snr, var = snr_and_variance(
@@ -216,6 +242,7 @@ def main(argv):
                      "snr_slope": fitted_slope(ks, snrs),
                      "variance_slope": fitted_slope(ks, variances)}
   meta = {"dim": _DIM.value, "num_draws": _NUM_DRAWS.value,
+          "num_data": _NUM_DATA.value, "coordinates": _COORDINATES.value,
           "perturbation": _PERTURBATION.value,
           "aux_samples": _AUX_SAMPLES.value, "seed": _SEED.value,
           "reference_draws": _REFERENCE_DRAWS.value,

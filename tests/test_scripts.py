@@ -463,7 +463,8 @@ def test_snr_vs_k_command_and_its_snr(tmp_path):
   """
   proc = subprocess.run(
       [sys.executable, "scripts/snr_vs_k.py", f"--output_dir={tmp_path}",
-       "--dim=2", "--ks=2,4", "--num_draws=64", "--reference_draws=128",
+       "--dim=3", "--ks=2,4", "--num_draws=64", "--reference_draws=128",
+       "--num_data=3", "--coordinates=bias",
        "--estimators=iwae_pathwise,dreg,ovis_mc,ovis_gamma1"],
       capture_output=True, text=True, cwd=ROOT, check=False, timeout=600,
       env=FAST_COMPILE)
@@ -474,8 +475,11 @@ def test_snr_vs_k_command_and_its_snr(tmp_path):
   for r in saved["results"].values():
     assert len(r["snr"]) == 2 and all(np.isfinite(r["snr"]))
     assert np.isfinite(r["snr_slope"])
+  assert saved["meta"]["num_params"] == 3  # b's D coordinates
+  assert saved["meta"]["num_data"] == 3
   md = (tmp_path / "snr_vs_k.md").read_text()
   assert "| dreg* |" in md and "| ovis_gamma1 |" in md
+  assert "mean over 3 data point(s)" in md and "coordinates (b)" in md
   assert (tmp_path / "snr_vs_k.png").stat().st_size > 0
   out = run_with_script("snr_vs_k", """
       import numpy as np
@@ -487,12 +491,30 @@ def test_snr_vs_k_command_and_its_snr(tmp_path):
       out['noise'] = m.snr_and_variance(noise)
       out['raw'] = float(np.mean(np.abs(noise.mean(0)) / noise.std(0)))
       out['slope'] = m.fitted_slope([1, 10, 100], [3.0, 3.0 / 10**0.5, 0.3])
+      import jax
+      model, variables, x = m.problem(3, 0.01, 0, num_data=4)
+      key = jax.random.key(5)
+      draws = {c: m.encoder_gradient_draws(model, variables, x, 'dreg', 3, 6,
+                                           0, key, c) for c in ('all', 'bias')}
+      out['x_shape'] = x.shape
+      out['all'] = draws['all'].tolist()
+      out['bias'] = draws['bias'].tolist()
+      one = m.encoder_gradient_draws(model, variables, x[:1], 'dreg', 3, 6, 0,
+                                     key, 'bias')
+      out['one_differs'] = bool(abs(one - draws['bias']).max() > 1e-6)
   """)
   np.testing.assert_allclose(out["known"][0], 0.5, rtol=0.03)
   np.testing.assert_allclose(out["known"][1], (1 + 16) / 2, rtol=0.05)
   np.testing.assert_allclose(out["own"][0], 0.5, rtol=0.1)
   assert out["noise"][0] < 0.6 * out["raw"]  # raw: ~sqrt(2 / pi) / sqrt(n)
   np.testing.assert_allclose(out["slope"], -0.5, rtol=1e-6)
+  # The same draws: b's gradient is the first D coordinates of (b, A)'s, and
+  # each draw is the gradient of the mean over the data points.
+  assert out["x_shape"] == [4, 3]
+  all_, bias = np.asarray(out["all"]), np.asarray(out["bias"])
+  assert all_.shape == (6, 12) and bias.shape == (6, 3)
+  np.testing.assert_allclose(all_[:, :3], bias, rtol=1e-6)
+  assert out["one_differs"]
 
 
 def test_gmm_command_writes_its_tables(tmp_path):
