@@ -104,11 +104,12 @@ def pytest_configure(config):
 
 
 # Modules whose tests each start processes that run for tens of seconds (the
-# users' commands, killed runs, the notebook). They are collected first so
+# users' commands, Ray sweeps, killed runs, the site build, multi-process
+# set-ups). They are collected first so
 # that pytest-xdist starts them early and the suite ends on short tests
 # instead of one worker finishing a long one alone.
-_LONG_FIRST = ("test_cli.py", "test_faults.py", "test_docs.py",
-               "test_scripts.py")
+_LONG_FIRST = ("test_sweep.py", "test_cli.py", "test_faults.py",
+               "test_docs.py", "test_parallel.py", "test_scripts.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
