@@ -13,6 +13,17 @@ and the posterior error mean_x ||q(.|x) - p*(.|x)||_2 (OVIS's "prior MSE" and
 gradient's log-variance and SNR over 64 draws. Writes gmm.json, gmm.md (a table per metric,
 estimator x K) and gmm.png (the errors against K, and the posterior error
 against steps).
+
+Seeds: run it once per --seed into its own directory, then
+
+  python scripts/gmm.py --aggregate=results/gmm_s0,results/gmm_s1,results/gmm_s2 \
+      --output_dir=results/gmm_seeds
+
+reads their gmm.json files and writes gmm_seeds.md and gmm_seeds.json: per
+estimator and K the mean error over the seeds with its 95% t interval, and
+for every pair of estimators at the same K the paired difference over the
+seeds with its interval and verdict ("tie" where it contains 0;
+`scripts/report.py`'s statistics).
 """
 import json
 import os
@@ -51,6 +62,10 @@ _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam's.")
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 1000, "Evaluation points.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the data, the initial "
                              "parameters and the estimators' draws.")
+_AGGREGATE = flags.DEFINE_list(
+    "aggregate", [], "Output directories of runs at different --seed: "
+    "aggregate their gmm.json (means, intervals, paired differences) into "
+    "--output_dir instead of training.")
 
 METRICS = ("posterior_error", "prior_error", "ess", "grad_log_variance")
 
@@ -148,8 +163,111 @@ def plot(results: list[dict], ks: list[int], names: list[str], path: str):
   plt.close(fig)
 
 
+SEED_METRICS = ("posterior_error", "prior_error")  # lower is better
+
+
+def aggregate(records_by_dir: list[list[dict]]) -> dict:
+  """Means with 95% intervals and paired differences over seeds.
+
+  Args:
+    records_by_dir: each directory's gmm.json records (one seed each).
+
+  Returns:
+    {"seeds", "cells": [{estimator, k, metric, mean, half, n}],
+     "pairs": report.pairwise rows, each with its "k"}.
+  """
+  import report  # pylint: disable=g-import-not-at-top
+  runs = []
+  for i, records in enumerate(records_by_dir):
+    for r in records:
+      runs.append({"config": {"estimator": r["estimator"], "k": r["k"],
+                              "seed": r.get("seed", i)},
+                   "final": {m: r[m] for m in SEED_METRICS}, "rows": []})
+  seeds = sorted({r["config"]["seed"] for r in runs})
+  if len(seeds) != len(records_by_dir):
+    raise app.UsageError(f"--aggregate: {len(records_by_dir)} directories "
+                         f"but seeds {seeds}; give one directory per seed.")
+  cells = []
+  for row in report.group_table(runs, ["estimator", "k"], list(SEED_METRICS)):
+    for m in SEED_METRICS:
+      values = [report.metric_value(r, m) for r in runs
+                if r["config"]["estimator"] == row["estimator"]
+                and r["config"]["k"] == row["k"]]
+      mean, half = report.interval(values)
+      cells.append({"estimator": row["estimator"], "k": row["k"],
+                    "metric": m, "mean": mean, "half": half,
+                    "n": len(values)})
+  pairs = []
+  for m in SEED_METRICS:
+    for p in report.pairwise(runs, ["estimator", "k"], m,
+                             higher_is_better=False, pair_within=["k"]):
+      a_name, a_k = p["a"].rsplit(", ", 1)
+      b_name, _ = p["b"].rsplit(", ", 1)
+      pairs.append(dict(p, a=a_name, b=b_name, k=int(a_k)))
+  return {"seeds": seeds, "cells": cells, "pairs": pairs}
+
+
+def aggregate_markdown(agg: dict, sources: list[str]) -> str:
+  fmt = lambda v: "-" if v is None else f"{v:.4g}"
+  ks = sorted({c["k"] for c in agg["cells"]})
+  names = list(dict.fromkeys(c["estimator"] for c in agg["cells"]))
+  lines = [f"GMM errors over seeds {agg['seeds']} (one run per seed and "
+           f"cell, from {', '.join(sources)}): mean [95% t interval]; lower "
+           "is better.", ""]
+  by = {(c["estimator"], c["k"], c["metric"]): c for c in agg["cells"]}
+  for m in SEED_METRICS:
+    lines += [f"{m}:", "", "| estimator | " + " | ".join(
+        f"K={k}" for k in ks) + " |", "| --- |" + " --- |" * len(ks)]
+    for name in names:
+      cells = []
+      for k in ks:
+        c = by.get((name, k, m))
+        cells.append("-" if c is None else f"{fmt(c['mean'])} "
+                     f"[{fmt(c['mean'] - c['half'])}, "
+                     f"{fmt(c['mean'] + c['half'])}]"
+                     if c["half"] is not None else fmt(c["mean"]))
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+  lines += ["Paired differences A - B over the seeds, at the same K (lower "
+            "error is ahead):", "",
+            "| metric | K | A | B | seeds | mean A - B | 95% interval | "
+            "verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for p in agg["pairs"]:
+    ci = ("-" if p["low"] is None
+          else f"[{p['low']:+.4f}, {p['high']:+.4f}]")
+    diff = "-" if p["difference"] is None else f"{p['difference']:+.4f}"
+    verdict = p["verdict"].replace(f", {p['k']} ahead", " ahead")
+    lines.append(f"| {p['metric']} | {p['k']} | {p['a']} | {p['b']} | "
+                 f"{p['seeds']} | {diff} | {ci} | {verdict} |")
+  return "\n".join(lines) + "\n"
+
+
+def main_aggregate(dirs: list[str]) -> None:
+  records = []
+  for d in dirs:
+    path = os.path.join(d, "gmm.json")
+    if not os.path.exists(path):
+      raise app.UsageError(f"--aggregate: {path} does not exist; run "
+                           "scripts/gmm.py --output_dir=" + d + " first.")
+    with open(path) as fh:
+      records.append(json.load(fh))
+  agg = aggregate(records)
+  out = _OUTPUT_DIR.value
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "gmm_seeds.json"), "w") as fh:
+    json.dump(agg, fh, indent=1)
+  md = aggregate_markdown(agg, dirs)
+  with open(os.path.join(out, "gmm_seeds.md"), "w") as fh:
+    fh.write(md)
+  print(md)
+  print(f"Wrote {out}/gmm_seeds.json and gmm_seeds.md.")
+
+
 def main(argv):
   del argv
+  if _AGGREGATE.value:
+    main_aggregate(_AGGREGATE.value)
+    return
   ks = [int(k) for k in _KS.value]
   if min(ks) < 2 or _NUM_STEPS.value % _EVAL_EVERY.value:
     raise app.UsageError("--ks must be >= 2 and --num_steps a multiple of "
@@ -166,7 +284,8 @@ def main(argv):
       start = time.perf_counter()
       r = train_one(model, name, k, jax.random.fold_in(
           jax.random.key(_SEED.value), 1000 * e + k))
-      r.update(estimator=name, k=k, seconds=time.perf_counter() - start)
+      r.update(estimator=name, k=k, seed=_SEED.value,
+               seconds=time.perf_counter() - start)
       results.append(r)
       print(f"{name:16s} K={k:3d}  posterior error {r['posterior_error']:.4f}"
             f"  prior error {r['prior_error']:.4f}  ESS/K {r['ess']:.3f}  "

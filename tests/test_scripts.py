@@ -517,6 +517,48 @@ def test_snr_vs_k_command_and_its_snr(tmp_path):
   assert out["one_differs"]
 
 
+def test_gmm_aggregate_over_seeds_has_the_known_answer(tmp_path):
+  """scripts/gmm.py --aggregate on synthetic gmm.json files of 3 seeds: the
+  mean and t interval of each cell, and the paired verdicts: "a" below "b"
+  by 0.1 at every seed (a ahead), "c" around "a" with differences of both
+  signs (a tie), pairs only within a K."""
+  offsets = {"a": [0.0, 0.0, 0.0], "b": [0.1, 0.1, 0.1],
+             "c": [0.05, -0.04, 0.01]}
+  dirs = []
+  for seed in range(3):
+    records = [{"estimator": name, "k": k, "seed": seed,
+                "posterior_error": 0.5 + 0.02 * seed + offsets[name][seed],
+                "prior_error": 0.1}
+               for name in ("a", "b", "c") for k in (2, 10)]
+    d = tmp_path / f"s{seed}"
+    d.mkdir()
+    (d / "gmm.json").write_text(json.dumps(records))
+    dirs.append(str(d))
+  out = tmp_path / "agg"
+  proc = subprocess.run(
+      [sys.executable, "scripts/gmm.py", "--aggregate=" + ",".join(dirs),
+       f"--output_dir={out}"], capture_output=True, text=True, cwd=ROOT,
+      check=False, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  agg = json.loads((out / "gmm_seeds.json").read_text())
+  assert agg["seeds"] == [0, 1, 2]
+  cell = next(c for c in agg["cells"] if c["estimator"] == "b"
+              and c["k"] == 2 and c["metric"] == "posterior_error")
+  np.testing.assert_allclose(cell["mean"], 0.62)
+  np.testing.assert_allclose(cell["half"], 4.303 * 0.02 / np.sqrt(3),
+                             rtol=1e-3)  # t(0.975, 2) x sd / sqrt(3)
+  posterior = {(p["a"], p["b"], p["k"]): p for p in agg["pairs"]
+               if p["metric"] == "posterior_error"}
+  assert len(posterior) == 6  # 3 pairs at each of the 2 Ks
+  assert posterior[("a", "b", 10)]["verdict"] == "a, 10 ahead"
+  np.testing.assert_allclose(posterior[("a", "b", 10)]["difference"], -0.1)
+  assert posterior[("a", "c", 2)]["verdict"] == "tie"
+  md = (out / "gmm_seeds.md").read_text()
+  assert "| posterior_error | 10 | a | b | 3 | -0.1000 |" in md
+  assert "| a ahead |" in md and "| tie |" in md
+  assert "0.62 [" in md
+
+
 def test_gmm_command_writes_its_tables(tmp_path):
   """The README's scripts/gmm.py command with 40 steps, OVIS-MC, two Ks: every
   (estimator, K) trained, its errors finite and tabulated, the plot drawn.
@@ -529,8 +571,8 @@ def test_gmm_command_writes_its_tables(tmp_path):
       env=FAST_COMPILE)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads((tmp_path / "gmm.json").read_text())
-  assert [(r["estimator"], r["k"]) for r in rows] == [
-      ("ovis_mc", 2), ("ovis_mc", 3)]
+  assert [(r["estimator"], r["k"], r["seed"]) for r in rows] == [
+      ("ovis_mc", 2, 0), ("ovis_mc", 3, 0)]
   for r in rows:
     assert [c["step"] for c in r["curve"]] == [20, 40]
     assert 0 <= r["prior_error"] < 1.5 and 0 <= r["posterior_error"] < 1.5
