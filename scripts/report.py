@@ -228,8 +228,14 @@ def pairwise_markdown(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def _number(v: float) -> str:
+  """Two decimals, or three significant digits below 0.1 (a learning rate
+  of 0.001 or a gradient SNR of 0.045 must not print as 0.00)."""
+  return f"{v:.2f}" if v == 0 or abs(v) >= 0.1 else f"{v:.3g}"
+
+
 def markdown(table: list[dict[str, Any]], columns: list[str]) -> str:
-  fmt = lambda v: ("-" if v is None else f"{v:.2f}" if isinstance(v, float)
+  fmt = lambda v: ("-" if v is None else _number(v) if isinstance(v, float)
                    else str(v))
   lines = ["| " + " | ".join(columns) + " |",
            "| " + " | ".join("---" for _ in columns) + " |"]

@@ -281,6 +281,9 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
                             ['test_elbo', 'valid_elbo:max', 'valid_elbo:last'])
       out['md'] = m.markdown(table, ['estimator', 'runs', 'test_elbo',
                                      'valid_elbo:max', 'valid_elbo:last'])
+      out['small'] = m.markdown(
+          [dict(learning_rate=0.001, runs=1, snr=0.04561, elbo=-1.0)],
+          ['learning_rate', 'runs', 'snr', 'elbo'])
       m.plot_curves(runs, ['estimator'], 'train_elbo',
                     {str(tmp_path / 'curves.png')!r})
       m.plot_curves(runs, ['estimator'], ['train_elbo', 'valid_elbo'],
@@ -289,6 +292,7 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
   # rebar: test_elbo mean of -100 and -102; valid max = mean(-10, -9).
   assert "| rebar | 2 | -101.00 | -9.50 | -29.50 |" in out["md"]
   assert "| disarm | 1 | - | -10.00 | -30.00 |" in out["md"]
+  assert "| 0.001 | 1 | 0.0456 | -1.00 |" in out["small"]  # not 0.00
   assert (tmp_path / "curves.png").stat().st_size > 0
   assert (tmp_path / "panels.png").stat().st_size > 0
 
