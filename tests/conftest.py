@@ -80,14 +80,24 @@ jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 @pytest.fixture(autouse=True)
 def _xla_optimisations(request):
-  """XLA's default optimisations for tests marked `optimized`."""
+  """XLA's default optimisations for tests marked `optimized`.
+
+  jax_disable_most_optimizations is not part of jax's in-memory jit cache
+  key, so a program this worker compiled unoptimised for an earlier test
+  would be reused as it is: the caches are cleared on the way in and out
+  (an optimized test's evaluation otherwise differed from the same
+  command's in the last bits, depending on which tests the worker ran
+  before it).
+  """
   if request.node.get_closest_marker("optimized") is None:
     yield
     return
+  jax.clear_caches()
   jax.config.update("jax_disable_most_optimizations", False)
   try:
     yield
   finally:
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", True)
 
 
