@@ -190,13 +190,11 @@ def aggregate(records_by_dir: list[list[dict]]) -> dict:
   cells = []
   for row in report.group_table(runs, ["estimator", "k"], list(SEED_METRICS)):
     for m in SEED_METRICS:
-      values = [report.metric_value(r, m) for r in runs
-                if r["config"]["estimator"] == row["estimator"]
-                and r["config"]["k"] == row["k"]]
-      mean, half = report.interval(values)
+      half = row[f"{m} ±95%"]  # NO_INTERVAL (a string) for a single run
       cells.append({"estimator": row["estimator"], "k": row["k"],
-                    "metric": m, "mean": mean, "half": half,
-                    "n": len(values)})
+                    "metric": m, "mean": row[m],
+                    "half": half if isinstance(half, float) else None,
+                    "n": row["runs"]})
   pairs = []
   for m in SEED_METRICS:
     for p in report.pairwise(runs, ["estimator", "k"], m,
