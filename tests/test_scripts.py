@@ -422,22 +422,77 @@ def test_bias_command_writes_its_table_and_figure(tmp_path):
 
 def test_variance_command_on_the_categorical_vae(tmp_path):
   # scripts/variance.py at equal cost on the categorical VAE (embedded
-  # digits, few draws): every estimator measured at the initial point, its
-  # log variance finite, tabulated and plotted.
+  # digits, few draws, two seeds): every estimator measured at the initial
+  # point on each seed's own batch, its log variance finite, its f
+  # evaluations counted, tabulated with intervals over the seeds and paired
+  # comparisons, and plotted.
   names = ["reinforce_loo@2", "disarm_stick_breaking", "nvil"]
   proc = subprocess.run(
       [sys.executable, "scripts/variance.py", f"--output_dir={tmp_path}",
        "--model=catvae", f"--estimators={','.join(names)}", "--num_draws=8",
-       "--tune_steps=2"], capture_output=True, text=True, cwd=ROOT,
-      check=False, timeout=600, env=FAST_COMPILE)
+       "--tune_steps=2", "--seeds=0,1"], capture_output=True, text=True,
+      cwd=ROOT, check=False, timeout=600, env=FAST_COMPILE)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads((tmp_path / "variance.json").read_text())
-  assert [r["estimator"] for r in rows] == names
+  assert [(r["estimator"], r["seed"]) for r in rows] == [
+      (n, s) for n in names for s in (0, 1)]
   assert all(r["point"] == "init" and np.isfinite(r["log_variance"])
              for r in rows)
+  assert {r["estimator"]: r["evaluations"] for r in rows} == {
+      "reinforce_loo@2": 2.0, "disarm_stick_breaking": 2.0, "nvil": 1.0}
+  # The seeds measure different batches and draws.
+  assert rows[0]["log_variance"] != rows[1]["log_variance"]
   md = (tmp_path / "variance.md").read_text()
-  assert all(f"| {n} | init |" in md for n in names)
+  assert "| reinforce_loo@2 | 2 | init | " in md and "| nvil | 1 | init | " in md
+  assert md.count("] |") >= 2 * len(names)  # two intervals per entry
+  assert "| equal evaluations | log_variance | init | " in md
   assert (tmp_path / "variance.png").stat().st_size > 0
+
+
+def test_variance_seed_statistics_have_the_known_answer(tmp_path):
+  """scripts/variance.py's summary on synthetic rows of 3 seeds: means and t
+  intervals; at equal evaluations "b" is 0.5 above "a" at every seed (a
+  ahead); "c" (201 evaluations) is lowest, ahead of both by log variance; by
+  log(variance x time) "c" is lowest in mean but its paired differences
+  with "a" change sign (a tie), and only pairs with the lowest are listed."""
+  out = run_with_script("variance", f"""
+      rows = []
+      lv = {{"a": [-3.0, -3.1, -2.9], "b": [-2.5, -2.6, -2.4],
+            "c": [-10.0, -9.0, -11.0]}}
+      lvt = {{"a": [-9.0, -9.5, -8.5], "b": [-8.0, -8.1, -7.9],
+             "c": [-9.5, -8.0, -10.5]}}
+      for name, evals in (("a", 2.0), ("b", 2.0), ("c", 201.0)):
+        for seed in range(3):
+          rows.append({{"estimator": name, "point": "init", "seed": seed,
+                       "evaluations": evals, "log_variance": lv[name][seed],
+                       "log_variance_x_time": lvt[name][seed], "snr": 0.1,
+                       "seconds_per_draw": 1e-3}})
+      cells, pairs = m.summarize(rows)
+      out["cells"] = cells
+      out["pairs"] = pairs
+      out["md"] = m.markdown(cells, pairs, [0, 1, 2])
+      m.plot(cells, {str(tmp_path / "v.png")!r})
+  """)
+  cells = {c["estimator"]: c for c in out["cells"]}
+  assert list(cells) == ["a", "b", "c"]
+  np.testing.assert_allclose(cells["a"]["log_variance"], -3.0)
+  np.testing.assert_allclose(cells["a"]["log_variance ±95%"],
+                             4.303 * 0.1 / np.sqrt(3), rtol=1e-3)
+  pairs = {(p["scope"], p["metric"], p["a"], p["b"]): p for p in out["pairs"]}
+  equal = [k for k in pairs if k[0] == "equal evaluations"]
+  assert equal == [("equal evaluations", "log_variance", "a", "b")]
+  np.testing.assert_allclose(pairs[equal[0]]["difference"], -0.5)
+  assert pairs[equal[0]]["verdict"].endswith("a ahead")
+  lowest = {k: p["verdict"] for k, p in pairs.items() if k[0] == "lowest"}
+  assert lowest == {
+      ("lowest", "log_variance", "a", "c"): "init, 201.0, c ahead",
+      ("lowest", "log_variance", "b", "c"): "init, 201.0, c ahead",
+      ("lowest", "log_variance_x_time", "a", "c"): "tie",
+      ("lowest", "log_variance_x_time", "b", "c"): "tie"}
+  assert "| lowest | log_variance_x_time | init | a | c | 3 |" in out["md"]
+  assert "| c ahead |" in out["md"] and "| tie |" in out["md"]
+  assert "| c | 201 | init | -10.00 [" in out["md"]
+  assert (tmp_path / "v.png").stat().st_size > 0
 
 
 def test_scale_benchmark_tables():
