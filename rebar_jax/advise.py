@@ -701,26 +701,29 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
   # lowest-variance unbiased estimator's, whose draws are kept.
   order = sorted(names, key=lambda n: not _claimed(n, families))
 
-  def prepare(name: str) -> _Prepared:
-    if programs is not None and name in programs:
-      return programs[name]
-    prepared = _prepare(name)
+  def prepare(name: str, compile_step: bool = True) -> _Prepared:
+    key = name if compile_step else f"{name} (cost only)"
+    if programs is not None and key in programs:
+      return programs[key]
+    prepared = _prepare(name, compile_step)
     if programs is not None:
-      programs[name] = prepared
+      programs[key] = prepared
     return prepared
 
-  def _prepare(name: str) -> _Prepared:
+  def _prepare(name: str, compile_step: bool) -> _Prepared:
     try:
       exp = train.build(_copy(config, estimator=name), dataset)
     except (errors.ConfigError, ValueError) as e:  # refused for this model
       return _Prepared(name, error=str(e).splitlines()[0])
     try:
-      step = make_step(exp)
-      est = exp.spec.init(root, exp.model)
-      like = state._replace(estimator=est,
-                            estimator_opt_state=exp.estimator_optimizer.init(
-                                est.params))
-      compiled = step.lower(like, batches[0], root).compile()
+      compiled = None
+      if compile_step:
+        step = make_step(exp)
+        est = exp.spec.init(root, exp.model)
+        like = state._replace(
+            estimator=est,
+            estimator_opt_state=exp.estimator_optimizer.init(est.params))
+        compiled = step.lower(like, batches[0], root).compile()
       evals = f_evaluations(exp, state.params, batches[0])
     except Exception as e:  # pylint: disable=broad-except
       # One estimator failing on a user's model leaves the others' advice.
@@ -729,7 +732,10 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
     return _Prepared(name, exp, compiled, evals)
 
   t0 = time.perf_counter()
-  ref = prepare(reference)
+  # Untimed, a reference that is not compared gives its cost in f
+  # evaluations only: its step is not compiled.
+  ref = prepare(reference, compile_step=budget.timing or reference in {
+      canonical(n, families) for n in names})
   if ref.error:
     raise ValueError(f"The reference {reference!r} cannot be built: "
                      f"{ref.error}")

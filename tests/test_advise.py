@@ -177,7 +177,8 @@ def test_programs_kept_across_calls_compile_once_and_advise_the_same(
     monkeypatch):
   """estimator=auto's later decisions reuse the first one's compiled steps
   (`advise.advise(programs=)`): no step is built again, and the advice is the
-  one freshly compiled programs give (no timing: a function of the state)."""
+  one freshly compiled programs give (no timing: a function of the state);
+  the reference, not compared, is not compiled."""
   c = sbn_linear.get_config()
   c.num_latents, c.batch_size = 3, 8
   budget = advise.Budget(num_draws=8, num_batches=1, tune_steps=2,
@@ -200,6 +201,13 @@ def test_programs_kept_across_calls_compile_once_and_advise_the_same(
     assert kept["name"] == new["name"]
     assert kept["variance"] == new["variance"], (kept, new)
   assert again.recommendation == fresh.recommendation
+  # Untimed, a reference that is not a candidate gives its cost in f
+  # evaluations without a compiled step.
+  built.clear()
+  fewer = advise.advise(c, budget=budget, names=["disarm", "relax"],
+                        log=lambda _: None, programs=programs)
+  assert not built and programs["reinforce (cost only)"].step is None
+  assert {r["name"]: r["cost"] for r in fewer.rows}["disarm"] == 2
 
 
 def test_custom_model_mixed_families_and_a_checkpoint(tmp_path):
