@@ -657,10 +657,11 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
     reference: the timing reference, also the estimator of the families not
       compared in a mixed model.
     log: progress lines.
-    programs: a dict the caller keeps across calls on one config: each
-      estimator's compiled step (or why it cannot be built) is kept in it and
-      reused, so a later call compiles nothing (estimator=auto's decisions
-      after the first).
+    programs: a dict the caller keeps across calls on one config: the
+      dataset, the model and each estimator's compiled step (or why it
+      cannot be built) are kept in it and reused, so a later call loads,
+      checks and compiles nothing (estimator=auto's decisions after the
+      first).
   """
   notes = []
   if config.iw_samples != 1:
@@ -668,8 +669,13 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
                  "estimators are compared (iw_samples=1); the K-sample "
                  "objectives are not.")
   config = _copy(config, iw_samples=1, aux_samples=0)
-  dataset = train.load_data(config)
-  base = train.build(_copy(config, estimator=reference), dataset)
+  kept = {} if programs is None else programs
+  key = f"base ({reference})"  # the data and the model, loaded and checked
+  if key not in kept:
+    kept[key] = train.build(_copy(config, estimator=reference),
+                            train.load_data(config))
+  base = kept[key]
+  dataset = base.dataset
   families = gradients.layer_families(base.model)
   names = list(names or candidates(families, reference))
   reference = canonical(reference, families)

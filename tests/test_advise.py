@@ -191,10 +191,16 @@ def test_programs_kept_across_calls_compile_once_and_advise_the_same(
   programs = {}
   advise.advise(c, budget=budget, names=names, log=lambda _: None,
                 programs=programs)
-  assert sorted(built) == sorted(names) and set(programs) == set(names)
+  assert sorted(built) == sorted(names)
+  assert set(programs) == set(names) | {"base (reinforce)"}
+  loads = []
+  load_data = train.load_data
+  monkeypatch.setattr(train, "load_data",
+                      lambda config: loads.append(1) or load_data(config))
   again = advise.advise(c, budget=budget, names=names, log=lambda _: None,
                         programs=programs)
   assert len(built) == len(names)  # nothing compiled the second time
+  assert not loads  # nor the data loaded again
   fresh = advise.advise(c, budget=budget, names=names, log=lambda _: None)
   assert len(built) == 2 * len(names)
   for kept, new in zip(again.rows, fresh.rows):
