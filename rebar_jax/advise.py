@@ -670,11 +670,11 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
                  "objectives are not.")
   config = _copy(config, iw_samples=1, aux_samples=0)
   kept = {} if programs is None else programs
-  key = f"base ({reference})"  # the data and the model, loaded and checked
-  if key not in kept:
-    kept[key] = train.build(_copy(config, estimator=reference),
-                            train.load_data(config))
-  base = kept[key]
+  base_key = f"base ({reference})"  # the data and the model, checked
+  if base_key not in kept:
+    kept[base_key] = train.build(_copy(config, estimator=reference),
+                                 train.load_data(config))
+  base = kept[base_key]
   dataset = base.dataset
   families = gradients.layer_families(base.model)
   names = list(names or candidates(families, reference))
@@ -709,12 +709,9 @@ def advise(config: ml_collections.ConfigDict, params: Optional[Params] = None,
 
   def prepare(name: str, compile_step: bool = True) -> _Prepared:
     key = name if compile_step else f"{name} (cost only)"
-    if programs is not None and key in programs:
-      return programs[key]
-    prepared = _prepare(name, compile_step)
-    if programs is not None:
-      programs[key] = prepared
-    return prepared
+    if key not in kept:
+      kept[key] = _prepare(name, compile_step)
+    return kept[key]
 
   def _prepare(name: str, compile_step: bool) -> _Prepared:
     try:
