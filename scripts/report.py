@@ -49,7 +49,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from scipy import stats  # pylint: disable=g-import-not-at-top
 
-_RUNS = flags.DEFINE_list("runs", None, "Run directories or glob patterns.")
+_RUNS = flags.DEFINE_list(
+    "runs", None, "Run directories or glob patterns, comma-separated (a "
+    "directory whose name has commas, as a sweep trial's, can be named as it "
+    "is).")
 _KEYS = flags.DEFINE_list("keys", ["estimator"], "Config fields to group by.")
 _METRICS = flags.DEFINE_list(
     "metrics", ["train_elbo_last_1000_steps", "test_elbo"],
@@ -280,11 +283,27 @@ def plot_curves(runs: list[dict[str, Any]], keys: list[str],
   plt.close(fig)
 
 
+def patterns(pieces: Sequence[str]) -> list[str]:
+  """The --runs paths or globs from the flag's comma-split pieces.
+
+  A sweep's trial directory has commas in its name
+  (`estimator=rebar,learning_rate=0.001,seed=0`): consecutive pieces are
+  joined back with commas, as many as make a path or glob that matches.
+  """
+  out, i = [], 0
+  while i < len(pieces):
+    j = next((j for j in range(len(pieces), i + 1, -1)
+              if glob.glob(",".join(pieces[i:j]))), i + 1)
+    out.append(",".join(pieces[i:j]))
+    i = j
+  return out
+
+
 def main(argv):
   del argv
   if not _RUNS.value:
     raise app.UsageError("--runs is required (run directories or globs).")
-  workdirs = sorted({d for pattern in _RUNS.value
+  workdirs = sorted({d for pattern in patterns(_RUNS.value)
                      for d in (glob.glob(pattern) or [pattern])
                      if os.path.isdir(d)})
   if not workdirs:

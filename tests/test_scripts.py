@@ -288,6 +288,14 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
                     {str(tmp_path / 'curves.png')!r})
       m.plot_curves(runs, ['estimator'], ['train_elbo', 'valid_elbo'],
                     {str(tmp_path / 'panels.png')!r})
+      # --runs, comma-split by absl: a trial directory with commas in its
+      # name is joined back; other pieces stay apart.
+      import os
+      d = {str(tmp_path)!r}
+      os.makedirs(os.path.join(d, 'sweep', 'estimator=rebar,seed=0'))
+      out['patterns'] = m.patterns([d + '/a', d + '/sweep/estimator=rebar',
+                                    'seed=0', d + '/b', d + '/s*/*seed=0',
+                                    d + '/missing'])
   """)
   # rebar: test_elbo mean of -100 and -102; valid max = mean(-10, -9).
   assert "| rebar | 2 | -101.00 | -9.50 | -29.50 |" in out["md"]
@@ -295,6 +303,9 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
   assert "| 0.001 | 1 | 0.0456 | -1.00 |" in out["small"]  # not 0.00
   assert (tmp_path / "curves.png").stat().st_size > 0
   assert (tmp_path / "panels.png").stat().st_size > 0
+  d = str(tmp_path)
+  assert out["patterns"] == [d + "/a", d + "/sweep/estimator=rebar,seed=0",
+                             d + "/b", d + "/s*/*seed=0", d + "/missing"]
 
 
 def write_runs(root, runs):
