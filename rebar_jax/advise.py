@@ -946,11 +946,13 @@ def markdown(advice: Advice, title: str = "") -> str:
   return "\n".join(lines) + "\n"
 
 
-def write(advice: Advice, output_dir: str, title: str = "") -> dict[str, str]:
-  """advice.md, advice.csv, advice.json and advice.png in output_dir."""
+def write(advice: Advice, output_dir: str, title: str = "",
+          with_plot: bool = True) -> dict[str, str]:
+  """advice.md, advice.csv, advice.json and (with_plot) advice.png in
+  output_dir."""
   os.makedirs(output_dir, exist_ok=True)
   paths = {ext: os.path.join(output_dir, f"advice.{ext}")
-           for ext in ("md", "csv", "json", "png")}
+           for ext in ("md", "csv", "json") + (("png",) if with_plot else ())}
   with open(paths["md"], "w") as fh:
     fh.write(markdown(advice, title))
   with open(paths["csv"], "w", newline="") as fh:
@@ -968,7 +970,8 @@ def write(advice: Advice, output_dir: str, title: str = "") -> dict[str, str]:
                "skipped": advice.skipped,
                "rows": [{k: v for k, v in r.items() if k != "draws"}
                         for r in advice.rows]}, fh, indent=1, default=float)
-  plot(advice, paths["png"], title)
+  if with_plot:
+    plot(advice, paths["png"], title)
   return paths
 
 

@@ -676,7 +676,9 @@ def _advised(run: _Run, state: TrainState, step: int
   config.advise_every), the recorded decision, or the advisor's now (ranked
   by variance x f evaluations at the current parameters: a function of the
   run's state and seed, so an interrupted run decides as an uninterrupted
-  one), recorded in run.json with its table in <workdir>/advice/step_<n>/;
+  one), recorded in run.json with its table (Markdown, CSV and JSON; no
+  plot, which costs a decision more than its measuring) in
+  <workdir>/advice/step_<n>/;
   the current estimator is kept when it ties with the leader (rank 1);
   between points, the decision in force."""
   config = run.config
@@ -701,7 +703,7 @@ def _advised(run: _Run, state: TrainState, step: int
     chosen, reason = auto_decision(run.exp.spec.name, advice)
     table = os.path.join("advice", f"step_{step}")
     advise.write(advice, os.path.join(run.workdir, table),
-                 f"estimator=auto at step {step}")
+                 f"estimator=auto at step {step}", with_plot=False)
     run.record.add_advice(step, chosen, reason, table)
     print(f"estimator=auto at step {step}: {reason}")
   return _switch(run, state, run.record.advice()[step]["estimator"])

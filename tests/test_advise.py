@@ -351,6 +351,9 @@ def test_auto_decides_records_and_resumes_to_the_same_run(tmp_path):
     rows = json.loads((cwd / "a" / "advice" / f"step_{step}" / "advice.json"
                        ).read_text())["rows"]
     assert sorted(r["name"] for r in rows) == sorted(defaults)
+    for ext, written in (("md", True), ("csv", True), ("png", False)):
+      assert (cwd / "a" / "advice" / f"step_{step}" / f"advice.{ext}"
+              ).exists() == written, ext
   assert [h["step"] for h in record["history"]
           if h["event"] == "advice"] == [0, 50]
   current = train.AUTO_START
