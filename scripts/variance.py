@@ -325,14 +325,15 @@ def main(argv):
         state = state._replace(params=saved[label])
       evaluations = advise.f_evaluations(exp, state.params, batches[seeds[0]])
       own = _STATES_FROM.value.format(estimator=name)
+      start = state.estimator  # every seed tunes from the same start
+      if (workdir is not None and own and jax.tree.leaves(start.params)
+          and os.path.isdir(os.path.join(own, "checkpoints"))):
+        start = restore(own, name).estimator
       for seed in seeds:
         x = batches[seed]
         key_tune, key_stats, key_time = jax.random.split(
             jax.random.key(seed), 3)
-        est_state = state.estimator
-        if (workdir is not None and own and jax.tree.leaves(est_state.params)
-            and os.path.isdir(os.path.join(own, "checkpoints"))):
-          est_state = restore(own, name).estimator
+        est_state = start
         if _TUNE_STEPS.value and jax.tree.leaves(est_state.params):
           est_state = tune(state.params, est_state, x, key_tune)
         # NVIL's division by the running sd of the signal is a step size, not
