@@ -27,6 +27,10 @@ and the lowest entry at each point with every other, by log variance and by
 log(variance x time), "tie" where the interval contains 0. Writes
 variance.json (one row per estimator, point and seed), variance.md and
 variance.png.
+
+Each row is saved as it is measured (variance.partial.json): the same command,
+interrupted, resumes from the rows already measured, and refuses to if the
+settings or the checkpoints' steps have changed since.
 """
 import json
 import os
@@ -95,6 +99,7 @@ _SEEDS = flags.DEFINE_list(
 BATCH = 24  # the papers' batch size
 TIMED_DRAWS = 20
 METRICS = ("log_variance", "log_variance_x_time", "snr", "seconds_per_draw")
+PARTIAL = "variance.partial.json"
 
 
 def make_tune(exp, steps: int):
@@ -267,6 +272,37 @@ def plot(cells: list[dict], path: str) -> None:
   plt.close(fig)
 
 
+def _settings(points: list[str]) -> dict:
+  """What a measured row depends on, besides its estimator and seed."""
+  return {"points": points, "model": _MODEL.value,
+          "nonlinear": _NONLINEAR.value, "data_source": _DATA_SOURCE.value,
+          "data_dir": _DATA_DIR.value, "copula": _COPULA.value,
+          "num_draws": _NUM_DRAWS.value, "tune_steps": _TUNE_STEPS.value,
+          "estimator_states_from": _STATES_FROM.value}
+
+
+def load_partial(path: str, settings: dict) -> dict:
+  """{(estimator, point, seed): row} saved by an interrupted run of the same
+  settings; {} if there is none; a UsageError if its settings differ."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as fh:
+    saved = json.load(fh)
+  changed = [k for k in settings if saved["settings"].get(k) != settings[k]]
+  if changed:
+    raise app.UsageError(
+        f"{path} holds rows measured with other {', '.join(changed)}: "
+        "rerun with the same settings to resume, or delete it to start over.")
+  return {(r["estimator"], r["point"], r["seed"]): r for r in saved["rows"]}
+
+
+def save_partial(path: str, settings: dict, rows: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as fh:
+    json.dump({"settings": settings, "rows": rows}, fh, indent=1)
+  os.replace(tmp, path)
+
+
 def main(argv):
   del argv
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
@@ -278,6 +314,12 @@ def main(argv):
     return f"{os.path.basename(workdir.rstrip('/'))}@{step}"
 
   points = [("init", None)] + [(label_of(d), d) for d in _CHECKPOINTS.value]
+  settings = _settings([label for label, _ in points])
+  partial = os.path.join(_OUTPUT_DIR.value, PARTIAL)
+  done = load_partial(partial, settings)
+  if done:
+    print(f"Resuming: {len(done)} rows measured earlier ({partial}).",
+          flush=True)
 
   def config(token):
     """The config of an --estimators token, name or name@K."""
@@ -307,6 +349,10 @@ def main(argv):
 
   results = []
   for name in _ESTIMATORS.value:
+    keys_of = [(name, label, seed) for label, _ in points for seed in seeds]
+    if all(k in done for k in keys_of):
+      results.extend(done[k] for k in keys_of)
+      continue
     exp = train.build(config(name))
     batches = {s: jnp.asarray(exp.dataset.train[BATCH * s:BATCH * (s + 1)])
                for s in seeds}
@@ -330,6 +376,9 @@ def main(argv):
           and os.path.isdir(os.path.join(own, "checkpoints"))):
         start = restore(own, name).estimator
       for seed in seeds:
+        if (name, label, seed) in done:
+          results.append(done[(name, label, seed)])
+          continue
         x = batches[seed]
         key_tune, key_stats, key_time = jax.random.split(
             jax.random.key(seed), 3)
@@ -352,6 +401,7 @@ def main(argv):
                "snr": float(out["grad_snr"]), "seconds_per_draw": per_draw}
         row["log_variance_x_time"] = row["log_variance"] + np.log(per_draw)
         results.append(row)
+        save_partial(partial, settings, results)
         print(row, flush=True)
 
   with open(os.path.join(_OUTPUT_DIR.value, "variance.json"), "w") as fh:
@@ -362,6 +412,8 @@ def main(argv):
     fh.write(md)
   print(md)
   plot(cells, os.path.join(_OUTPUT_DIR.value, "variance.png"))
+  if os.path.exists(partial):
+    os.remove(partial)
 
 
 if __name__ == "__main__":

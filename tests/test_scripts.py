@@ -436,13 +436,13 @@ def test_variance_command_on_the_categorical_vae(tmp_path):
   # digits, few draws, two seeds): every estimator measured at the initial
   # point on each seed's own batch, its log variance finite, its f
   # evaluations counted, tabulated with intervals over the seeds and paired
-  # comparisons, and plotted.
+  # comparisons, and plotted; interrupted, it resumes from the rows it saved.
   names = ["reinforce_loo@2", "disarm_stick_breaking", "nvil"]
-  proc = subprocess.run(
-      [sys.executable, "scripts/variance.py", f"--output_dir={tmp_path}",
-       "--model=catvae", f"--estimators={','.join(names)}", "--num_draws=8",
-       "--tune_steps=2", "--seeds=0,1"], capture_output=True, text=True,
-      cwd=ROOT, check=False, timeout=600, env=FAST_COMPILE)
+  command = [sys.executable, "scripts/variance.py", f"--output_dir={tmp_path}",
+             "--model=catvae", f"--estimators={','.join(names)}",
+             "--num_draws=8", "--tune_steps=2", "--seeds=0,1"]
+  proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                        check=False, timeout=600, env=FAST_COMPILE)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads((tmp_path / "variance.json").read_text())
   assert [(r["estimator"], r["seed"]) for r in rows] == [
@@ -458,6 +458,33 @@ def test_variance_command_on_the_categorical_vae(tmp_path):
   assert md.count("] |") >= 2 * len(names)  # two intervals per entry
   assert "| equal evaluations | log_variance | init | " in md
   assert (tmp_path / "variance.png").stat().st_size > 0
+  assert not (tmp_path / "variance.partial.json").exists()
+
+  # Interrupted after the first two estimators' rows (saved as measured):
+  # the same command keeps those rows and measures only the rest, as before.
+  settings = {"points": ["init"], "model": "catvae", "nonlinear": False,
+              "data_source": "embedded", "data_dir": "", "copula": "dirichlet",
+              "num_draws": 8, "tune_steps": 2, "estimator_states_from": ""}
+  kept = [dict(r) for r in rows[:4]]
+  kept[0]["log_variance"] = 123.0  # a row taken as saved, not measured again
+  partial = tmp_path / "variance.partial.json"
+  partial.write_text(json.dumps({"settings": settings, "rows": kept}))
+  proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                        check=False, timeout=600, env=FAST_COMPILE)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "Resuming: 4 rows measured earlier" in proc.stdout
+  again = json.loads((tmp_path / "variance.json").read_text())
+  assert again[:4] == kept
+  np.testing.assert_allclose([r["log_variance"] for r in again[4:]],
+                             [r["log_variance"] for r in rows[4:]], rtol=1e-6)
+  assert not partial.exists()
+  # Rows saved with other settings are not mixed in: one line names them.
+  partial.write_text(json.dumps({"settings": dict(settings, num_draws=16),
+                                 "rows": kept}))
+  proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                        check=False, timeout=600, env=FAST_COMPILE)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "measured with other num_draws" in proc.stderr
 
 
 def test_variance_seed_statistics_have_the_known_answer(tmp_path):
