@@ -313,7 +313,15 @@ def main(argv):
         os.path.join(workdir, "checkpoints")).latest_step()
     return f"{os.path.basename(workdir.rstrip('/'))}@{step}"
 
-  points = [("init", None)] + [(label_of(d), d) for d in _CHECKPOINTS.value]
+  import report  # pylint: disable=g-import-not-at-top
+  # A sweep trial's directory has commas in its name, which the list flag
+  # splits on: report.patterns joins the pieces back.
+  workdirs = report.patterns(_CHECKPOINTS.value)
+  for workdir in workdirs:
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+      raise app.UsageError(f"--checkpoints: {workdir} is not a training run's "
+                           "workdir (no config.json); name one.")
+  points = [("init", None)] + [(label_of(d), d) for d in workdirs]
   settings = _settings([label for label, _ in points])
   partial = os.path.join(_OUTPUT_DIR.value, PARTIAL)
   done = load_partial(partial, settings)

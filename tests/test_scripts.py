@@ -485,6 +485,15 @@ def test_variance_command_on_the_categorical_vae(tmp_path):
                         check=False, timeout=600, env=FAST_COMPILE)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert "measured with other num_draws" in proc.stderr
+  # A --checkpoints entry that is not a run is named (a directory named like
+  # a sweep trial, commas and all, is one entry).
+  (tmp_path / "a=1,b=2").mkdir()
+  proc = subprocess.run(command + [f"--checkpoints={tmp_path}/a=1,b=2"],
+                        capture_output=True, text=True, cwd=ROOT, check=False,
+                        timeout=600, env=FAST_COMPILE)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert (f"--checkpoints: {tmp_path}/a=1,b=2 is not a training run's "
+          "workdir") in proc.stderr
 
 
 def test_variance_seed_statistics_have_the_known_answer(tmp_path):
