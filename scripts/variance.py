@@ -272,9 +272,10 @@ def plot(cells: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def _settings(points: list[str]) -> dict:
-  """What a measured row depends on, besides its estimator and seed."""
-  return {"points": points, "model": _MODEL.value,
+def _settings(points: list[str], states: dict[str, str]) -> dict:
+  """What a measured row depends on, besides its estimator and seed: the
+  points' labels (workdir@step) and those of the estimators' own runs."""
+  return {"points": points, "states": states, "model": _MODEL.value,
           "nonlinear": _NONLINEAR.value, "data_source": _DATA_SOURCE.value,
           "data_dir": _DATA_DIR.value, "copula": _COPULA.value,
           "num_draws": _NUM_DRAWS.value, "tune_steps": _TUNE_STEPS.value,
@@ -322,7 +323,12 @@ def main(argv):
       raise app.UsageError(f"--checkpoints: {workdir} is not a training run's "
                            "workdir (no config.json); name one.")
   points = [("init", None)] + [(label_of(d), d) for d in workdirs]
-  settings = _settings([label for label, _ in points])
+  states = {}
+  for name in _ESTIMATORS.value:
+    own = _STATES_FROM.value.format(estimator=name)
+    if own and os.path.isdir(os.path.join(own, "checkpoints")):
+      states[name] = label_of(own)
+  settings = _settings([label for label, _ in points], states)
   partial = os.path.join(_OUTPUT_DIR.value, PARTIAL)
   done = load_partial(partial, settings)
   if done:

@@ -462,9 +462,10 @@ def test_variance_command_on_the_categorical_vae(tmp_path):
 
   # Interrupted after the first two estimators' rows (saved as measured):
   # the same command keeps those rows and measures only the rest, as before.
-  settings = {"points": ["init"], "model": "catvae", "nonlinear": False,
-              "data_source": "embedded", "data_dir": "", "copula": "dirichlet",
-              "num_draws": 8, "tune_steps": 2, "estimator_states_from": ""}
+  settings = {"points": ["init"], "states": {}, "model": "catvae",
+              "nonlinear": False, "data_source": "embedded", "data_dir": "",
+              "copula": "dirichlet", "num_draws": 8, "tune_steps": 2,
+              "estimator_states_from": ""}
   kept = [dict(r) for r in rows[:4]]
   kept[0]["log_variance"] = 123.0  # a row taken as saved, not measured again
   partial = tmp_path / "variance.partial.json"
