@@ -323,12 +323,13 @@ def main(argv):
       raise app.UsageError(f"--checkpoints: {workdir} is not a training run's "
                            "workdir (no config.json); name one.")
   points = [("init", None)] + [(label_of(d), d) for d in workdirs]
-  states = {}
+  own_runs = {}  # estimator -> the workdir of its own training run
   for name in _ESTIMATORS.value:
     own = _STATES_FROM.value.format(estimator=name)
     if own and os.path.isdir(os.path.join(own, "checkpoints")):
-      states[name] = label_of(own)
-  settings = _settings([label for label, _ in points], states)
+      own_runs[name] = own
+  settings = _settings([label for label, _ in points],
+                       {name: label_of(d) for name, d in own_runs.items()})
   partial = os.path.join(_OUTPUT_DIR.value, PARTIAL)
   done = load_partial(partial, settings)
   if done:
@@ -384,11 +385,10 @@ def main(argv):
       if workdir is not None:
         state = state._replace(params=saved[label])
       evaluations = advise.f_evaluations(exp, state.params, batches[seeds[0]])
-      own = _STATES_FROM.value.format(estimator=name)
       start = state.estimator  # every seed tunes from the same start
-      if (workdir is not None and own and jax.tree.leaves(start.params)
-          and os.path.isdir(os.path.join(own, "checkpoints"))):
-        start = restore(own, name).estimator
+      if (workdir is not None and name in own_runs
+          and jax.tree.leaves(start.params)):
+        start = restore(own_runs[name], name).estimator
       for seed in seeds:
         if (name, label, seed) in done:
           results.append(done[(name, label, seed)])
