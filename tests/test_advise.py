@@ -10,8 +10,10 @@
   examples/custom_model.py (a model mixing categorical and Bernoulli layers),
   with tiny budgets; a checkpoint's parameters are the ones advised on.
 """
+import importlib
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -247,9 +249,9 @@ def test_custom_model_mixed_families_and_a_checkpoint(tmp_path):
 
 # Every config in configs/ and the bring-your-own-model example, each with
 # the reference and one or two more estimators (its own where it names a
-# layer estimator; biased, tuned and mixed-family ones among them): the
-# command as typed, shortened by its draw and step counts. The full candidate
-# list is the same code path with more names (docs/results/advisor_*.md).
+# layer estimator; biased, tuned and mixed-family ones among them), shortened
+# by the draw and step counts. The full candidate list is the same code path
+# with more names (docs/results/advisor_*.md).
 # config -> (--estimators, the biased ones among them); a name the model
 # refuses is listed as not measured, with its reason.
 EVERY_CONFIG = {
@@ -270,12 +272,19 @@ EVERY_CONFIG = {
 }
 TINY_FLAGS = ("--num_draws=4 --num_batches=1 --tune_steps=2 "
               "--timing_repeats=1 --timing_seconds=0.01 --bootstrap=20")
+# The command as typed: the README's (configs/sbn_linear.py) and a user's
+# model through --config.model. The other configs take the same function
+# (`advise.advise`, `advise.write`) in this process, with the Budget the
+# flags above make: the command's own path is the same for every config, and
+# each config's flags are parsed by its training command (tests/test_cli.py).
+AS_TYPED = ("sbn_linear", "examples/custom_model.py:make")
 
 
 def test_every_config_is_in_the_table():
   on_disk = {p.stem for p in user_shell.ROOT.joinpath("configs").glob("*.py")
              if p.stem != "__init__"}
   assert on_disk == {c for c in EVERY_CONFIG if "/" not in c}
+  assert set(AS_TYPED) <= set(EVERY_CONFIG)
 
 
 def test_a_mixed_models_estimators_are_grouped_from_the_flags_list():
@@ -288,24 +297,49 @@ def test_a_mixed_models_estimators_are_grouped_from_the_flags_list():
       "reinforce", "disarm"]
 
 
-@pytest.mark.parametrize("config", sorted(EVERY_CONFIG))
-def test_command_as_typed_on_every_config(tmp_path, config):
-  if config == "sbn_omniglot":
-    paper_data.require()
+def _advise_as_typed(tmp_path, config: str, estimators: str
+                     ) -> tuple[str, pathlib.Path]:
+  """The command in a user's directory: (its stdout, its output_dir)."""
   cwd = user_shell.user_dir(tmp_path)
   target = (f"--config=configs/sbn_mnist.py --config.model={config}"
             if "/" in config else f"--config=configs/{config}.py")
-  estimators, biased = EVERY_CONFIG[config]
-  names = advise.group_names(estimators.split(","))
   result = user_shell.run(
       f"python -m rebar_jax.advise {target} --estimators={estimators} "
       f"{TINY_FLAGS} --output_dir=out", cwd)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "Recommendation: " in result.stdout
-  assert "| rank | estimator |" in result.stdout
+  return result.stdout, cwd / "out"
+
+
+def _advise_here(tmp_path, config: str, estimators: str
+                 ) -> tuple[str, pathlib.Path]:
+  """`advise.advise` and `advise.write` as the command calls them, with
+  TINY_FLAGS' budget: (what the command would print, the output_dir)."""
+  c = importlib.import_module(f"configs.{config}").get_config()
+  if config == "sbn_omniglot":
+    c.data_dir = str(paper_data.DATA_DIR)
+  budget = advise.Budget(num_draws=4, num_batches=1, tune_steps=2,
+                         timing_repeats=1, timing_seconds=0.01, bootstrap=20)
+  advice = advise.advise(c, None, 0, budget,
+                         advise.group_names(estimators.split(",")),
+                         log=lambda _: None)
+  advise.write(advice, str(tmp_path / "out"))
+  return (f"{advise.markdown(advice)}\nRecommendation: {advice.reason}\n",
+          tmp_path / "out")
+
+
+@pytest.mark.parametrize("config", sorted(EVERY_CONFIG))
+def test_advice_on_every_config(tmp_path, config):
+  if config == "sbn_omniglot":
+    paper_data.require()
+  estimators, biased = EVERY_CONFIG[config]
+  names = advise.group_names(estimators.split(","))
+  stdout, out = (_advise_as_typed if config in AS_TYPED else _advise_here)(
+      tmp_path, config, estimators)
+  assert "Recommendation: " in stdout
+  assert "| rank | estimator |" in stdout
   for ext in ("md", "csv", "json", "png"):
-    assert (cwd / "out" / f"advice.{ext}").stat().st_size > 0
-  recorded = json.loads((cwd / "out" / "advice.json").read_text())
+    assert (out / f"advice.{ext}").stat().st_size > 0
+  recorded = json.loads((out / "advice.json").read_text())
   refused = {n for n in names if "gumbel_softmax,bernoulli" in n}
   assert {r["name"] for r in recorded["rows"]} == set(names) - refused
   assert [n for n, why in recorded["skipped"]

@@ -67,9 +67,10 @@ ELSEWHERE = {
         "tests/test_advise.py::test_auto_decides_records_and_resumes_to_the_"
         "same_run runs it with 100 steps, advice every 50, three candidates",
     "python -m rebar_jax.advise --config=configs/sbn_linear.py":
-        "tests/test_advise.py::test_command_as_typed_on_every_config runs it "
-        "on every config and the custom model with tiny budgets (two or "
-        "three estimators, four draws) and checks its files",
+        "tests/test_advise.py::test_advice_on_every_config runs it as typed "
+        "with tiny budgets (three estimators, four draws), and on the custom "
+        "model; the other configs take its function in-process; it checks "
+        "the files",
 }
 
 
