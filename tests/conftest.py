@@ -20,7 +20,11 @@
   -> 3 min 43 s). Tests marked `optimized` compile with XLA's defaults, as
   users' programs do: the guard against miscompiles
   (tests/test_xla_regressions.py) and one unbiasedness proof per family of
-  every estimator, the exact noise proofs. The notebook and the scripts'
+  every estimator, the exact noise proofs. (XLA:CPU's older IR emitters,
+  --xla_cpu_use_fusion_emitters=false, on top of this halve the compile
+  time again, but at -O0 they miscompile `continuity.find_jump`'s
+  bisection scan: a continuous f shows a jump 30 times too large, found by
+  test_continuity. Not used.) The notebook and the scripts'
   helper tests set the same option in their subprocesses; the users'
   commands (tests/test_cli.py, test_faults.py, ...) run as users run them.
 * The summary says how many tests used the paper data and how many were
