@@ -6,9 +6,11 @@
 * The bias check on the user's model: an estimator registered for the test,
   biased (2 x DisARM) but claimed unbiased, fails the comparison with the
   exact gradient of a 3-unit SBN; DisARM and REINFORCE pass it.
-* The command as typed on configs/sbn_linear.py, and the function on
-  examples/custom_model.py (a model mixing categorical and Bernoulli layers),
-  with tiny budgets; a checkpoint's parameters are the ones advised on.
+* Advice on every config and on examples/custom_model.py (a model mixing
+  categorical and Bernoulli layers), with tiny budgets: the command as typed
+  on configs/sbn_linear.py and on the custom model, the function in this
+  process on the other configs; a checkpoint's parameters are the ones
+  advised on.
 """
 import importlib
 import json
@@ -270,8 +272,10 @@ EVERY_CONFIG = {
         "categorical:gumbel_softmax,bernoulli:disarm",
         {"categorical:straight_through_gumbel,bernoulli:disarm"}),
 }
-TINY_FLAGS = ("--num_draws=4 --num_batches=1 --tune_steps=2 "
-              "--timing_repeats=1 --timing_seconds=0.01 --bootstrap=20")
+TINY_BUDGET = dict(num_draws=4, num_batches=1, tune_steps=2, timing_repeats=1,
+                   timing_seconds=0.01, bootstrap=20)
+TINY_FLAGS = " ".join(f"--{name}={value}"
+                      for name, value in TINY_BUDGET.items())
 # The command as typed: the README's (configs/sbn_linear.py) and a user's
 # model through --config.model. The other configs take the same function
 # (`advise.advise`, `advise.write`) in this process, with the Budget the
@@ -312,14 +316,13 @@ def _advise_as_typed(tmp_path, config: str, estimators: str
 
 def _advise_here(tmp_path, config: str, estimators: str
                  ) -> tuple[str, pathlib.Path]:
-  """`advise.advise` and `advise.write` as the command calls them, with
-  TINY_FLAGS' budget: (what the command would print, the output_dir)."""
+  """`advise.advise` and `advise.write` as the command calls them, with the
+  budget TINY_FLAGS gives it: (what the command would print, the
+  output_dir)."""
   c = importlib.import_module(f"configs.{config}").get_config()
   if config == "sbn_omniglot":
     c.data_dir = str(paper_data.DATA_DIR)
-  budget = advise.Budget(num_draws=4, num_batches=1, tune_steps=2,
-                         timing_repeats=1, timing_seconds=0.01, bootstrap=20)
-  advice = advise.advise(c, None, 0, budget,
+  advice = advise.advise(c, None, 0, advise.Budget(**TINY_BUDGET),
                          advise.group_names(estimators.split(",")),
                          log=lambda _: None)
   advise.write(advice, str(tmp_path / "out"))
