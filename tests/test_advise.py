@@ -34,9 +34,11 @@ from rebar_jax.utils import checkpoints
 import paper_data
 import user_shell
 
-TINY = advise.Budget(num_draws=4, num_batches=1, tune_steps=2,
-                     timing_repeats=1, timing_seconds=0.005, bootstrap=20,
-                     bias_check=False)
+# The tiny budget of the tests that run the advisor: as the command's flags
+# (TINY_FLAGS, below) and as a Budget without the bias check (TINY).
+TINY_BUDGET = dict(num_draws=4, num_batches=1, tune_steps=2, timing_repeats=1,
+                   timing_seconds=0.01, bootstrap=20)
+TINY = advise.Budget(**TINY_BUDGET, bias_check=False)
 
 
 def row(name, work, lo, hi, seconds, unbiased=True, **extra):
@@ -272,8 +274,6 @@ EVERY_CONFIG = {
         "categorical:gumbel_softmax,bernoulli:disarm",
         {"categorical:straight_through_gumbel,bernoulli:disarm"}),
 }
-TINY_BUDGET = dict(num_draws=4, num_batches=1, tune_steps=2, timing_repeats=1,
-                   timing_seconds=0.01, bootstrap=20)
 TINY_FLAGS = " ".join(f"--{name}={value}"
                       for name, value in TINY_BUDGET.items())
 # The command as typed: the README's (configs/sbn_linear.py) and a user's
@@ -320,8 +320,8 @@ def _advise_here(tmp_path, config: str, estimators: str
   budget TINY_FLAGS gives it: (what the command would print, the
   output_dir)."""
   c = importlib.import_module(f"configs.{config}").get_config()
-  if config == "sbn_omniglot":
-    c.data_dir = str(paper_data.DATA_DIR)
+  if c.data_source == "local":  # the paper data, wherever they were found
+    c.data_dir = str(paper_data.require())
   advice = advise.advise(c, None, 0, advise.Budget(**TINY_BUDGET),
                          advise.group_names(estimators.split(",")),
                          log=lambda _: None)
