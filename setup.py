@@ -20,6 +20,11 @@ setuptools.setup(
         # see tests/test_xla_regressions.py); 0.10.1 is fine.
         "jax>=0.10.1,!=0.10.2",
         "jaxlib>=0.10.1,!=0.10.2",
+        # ml_dtypes 0.7.0 (with numpy 2.4) takes 0.55 s to import against
+        # 0.01 s for 0.6.0: its module init registers its ufunc loops through
+        # numpy's PyUFunc_AddLoop, which compares each new loop with every
+        # registered one (perf). Every `python -m rebar_jax...` pays it.
+        "ml_dtypes>=0.5,<0.7",
         "flax>=0.12.8",
         "optax>=0.2.8",
         "chex>=0.1.92",
