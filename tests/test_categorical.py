@@ -661,22 +661,29 @@ class NumericsAndJitTest(parameterized.TestCase):
     eager = est(_first_key(), logits, f)
     np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
     # Every draw of u = (w, side) replaced by the edges of its range (u from
-    # 2^-126 to 1/2 - 2^-25 and from 1/2 + 2^-25 to 1 - 2^-126), crossed
-    # with extreme logits. Each shift is traced anew (a new function), so the
-    # patched sampler is the one compiled in.
+    # 2^-126 to 1/2 - 2^-25 and from 1/2 + 2^-25 to 1 - 2^-126), in three
+    # rotations, crossed with extreme logits: one program, the rotations and
+    # the logits mapped over (the patched sampler reads the rotation it is
+    # traced with).
     w_edges = np.array([2.0**-126, 1e-30, 1e-7, 0.25, 0.5 - 2.0**-25],
                        np.float32)
-    edges = (jnp.asarray(np.concatenate([w_edges, w_edges[::-1]])),
-             jnp.asarray(np.repeat([False, True], 5)))
-    with pytest.MonkeyPatch.context() as mp:
-      for shift in range(3):
-        mp.setattr(noise_lib, "uniform_halves",
-                   lambda key, shape, s=shift: tuple(
-                       jnp.resize(jnp.roll(x, s), shape) for x in edges))
-        grad = jax.jit(jax.vmap(lambda l: est(jax.random.key(0), l, f)),
-                       compiler_options=_FAST_COMPILE)(
-                           jnp.stack([_EXTREME, -_EXTREME]))
-        self.assertTrue(np.all(np.isfinite(grad)), (name, shift, grad))
+    edges = (np.concatenate([w_edges, w_edges[::-1]]),
+             np.repeat([False, True], 5))
+    rotated = tuple(jnp.asarray(np.stack([np.roll(x, s) for s in range(3)]))
+                    for x in edges)
+
+    def at_the_edges(w, side, l):
+      with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(noise_lib, "uniform_halves", lambda key, shape: (
+            jnp.resize(w, shape), jnp.resize(side, shape)))
+        return est(jax.random.key(0), l, f)
+
+    grad = jax.jit(jax.vmap(jax.vmap(at_the_edges, in_axes=(None, None, 0)),
+                            in_axes=(0, 0, None)),
+                   compiler_options=_FAST_COMPILE)(
+                       *rotated, jnp.stack([_EXTREME, -_EXTREME]))
+    self.assertEqual(grad.shape, (3, 2) + _EXTREME.shape)
+    self.assertTrue(np.all(np.isfinite(grad)), (name, grad))
 
   @parameterized.parameters(*ALL)
   def test_non_finite_logits_give_an_all_nan_estimate(self, name):
