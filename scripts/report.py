@@ -16,7 +16,9 @@ half-width of the 95% Student-t interval of that mean ("no interval (1 run)"
 for a group of one). A metric is
 either a key of final_metrics.json (`test_iw100`) or a column of metrics.jsonl
 with an aggregation over the run's rows: `valid_elbo:max`, `grad_snr:last`,
-`steps_per_sec:median`, `train_elbo:mean`. Unfinished runs (no
+`steps_per_sec:median`, `train_elbo:mean`, or `train_elbo:best1000`, the
+highest mean over 1000 consecutive steps (the RELAX paper's "highest training
+ELBO"; `best_window_mean`). Unfinished runs (no
 final_metrics.json) are listed but have no final metrics.
 
 Rankings (--rank=METRIC, higher is better; --rank_lower=METRIC, lower is
@@ -47,6 +49,7 @@ from absl import flags
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 from scipy import stats  # pylint: disable=g-import-not-at-top
 
 _RUNS = flags.DEFINE_list(
@@ -57,7 +60,7 @@ _KEYS = flags.DEFINE_list("keys", ["estimator"], "Config fields to group by.")
 _METRICS = flags.DEFINE_list(
     "metrics", ["train_elbo_last_1000_steps", "test_elbo"],
     "final_metrics.json keys, or metrics.jsonl columns with :last, :max, "
-    ":min, :mean or :median.")
+    ":min, :mean, :median or :bestN (highest mean over N steps).")
 _CURVE = flags.DEFINE_list(
     "curve", ["train_elbo"], "metrics.jsonl columns plotted against the step, "
     "one panel each (e.g. valid_iw100,valid_kl,grad_snr,ess,active_units).")
@@ -112,14 +115,35 @@ def load_run(workdir: str) -> dict[str, Any]:
           "rows": _read_rows(os.path.join(workdir, "metrics.jsonl"))}
 
 
+def best_window_mean(steps: Sequence[int], values: Sequence[float],
+                     window_steps: int) -> float:
+  """Highest mean of `values` over `window_steps` consecutive steps.
+
+  values[i] is logged at steps[i], every s steps (s the smallest gap, the
+  run's logging interval); a window is round(window_steps / s) consecutive
+  rows (at least 1, at most all of them).
+  """
+  gap = max(1, int(np.min(np.diff(np.asarray(steps), prepend=0))))
+  window = min(max(1, int(round(window_steps / gap))), len(values))
+  means = np.convolve(np.asarray(values, np.float64),
+                      np.ones(window) / window, mode="valid")
+  return float(np.max(means))
+
+
 def metric_value(run: dict[str, Any], metric: str) -> Optional[float]:
   """One run's value of `metric` (see the module docstring), or None."""
   if ":" in metric:
     column, how = metric.split(":", 1)
+    rows = [r for r in run["rows"] if column in r]
+    if how.startswith("best") and how[4:].isdigit() and int(how[4:]) > 0:
+      return (best_window_mean([r["step"] for r in rows],
+                               [r[column] for r in rows], int(how[4:]))
+              if rows else None)
     if how not in AGGREGATIONS:
       raise ValueError(f"Unknown aggregation {how!r} in {metric!r}; choose "
-                       f"one of {sorted(AGGREGATIONS)}.")
-    values = [r[column] for r in run["rows"] if column in r]
+                       f"one of {sorted(AGGREGATIONS)} or bestN (the highest "
+                       "mean over N consecutive steps).")
+    values = [r[column] for r in rows]
     return float(AGGREGATIONS[how](values)) if values else None
   value = (run["final"] or {}).get(metric)
   return None if value is None else float(value)

@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import sbn_mnist  # pylint: disable=g-import-not-at-top
 from rebar_jax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+import report  # pylint: disable=g-import-not-at-top  (scripts/report.py)
 
 ROWS = {
     # name: (dataset, nonlinear, num_layers)
@@ -157,12 +158,8 @@ def best_train_elbo(workdir: str) -> float:
   """Highest mean training ELBO over 1000-step windows of the run."""
   with open(os.path.join(workdir, "metrics.jsonl")) as fh:
     rows = [json.loads(line) for line in fh]
-  steps = np.array([r["step"] for r in rows])
-  elbo = np.array([r["train_elbo"] for r in rows])
-  window = max(1, int(round(1000 / max(1, np.min(np.diff(steps, prepend=0))))))
-  window = min(window, len(elbo))
-  means = np.convolve(elbo, np.ones(window) / window, mode="valid")
-  return float(np.max(means))
+  return report.best_window_mean([r["step"] for r in rows],
+                                 [r["train_elbo"] for r in rows], 1000)
 
 
 def eval_curve(workdir: str) -> list[dict]:

@@ -278,9 +278,15 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
       runs = [m.load_run(str(p)) for p in
               sorted(__import__('pathlib').Path({str(tmp_path)!r}).iterdir())]
       table = m.group_table(runs, ['estimator'],
-                            ['test_elbo', 'valid_elbo:max', 'valid_elbo:last'])
+                            ['test_elbo', 'valid_elbo:max', 'valid_elbo:last',
+                             'train_elbo:best200'])
       out['md'] = m.markdown(table, ['estimator', 'runs', 'test_elbo',
-                                     'valid_elbo:max', 'valid_elbo:last'])
+                                     'valid_elbo:max', 'valid_elbo:last',
+                                     'train_elbo:best200'])
+      # Rows every 100 steps: 200 steps are two rows; 1000 steps, all three.
+      out['best'] = [m.best_window_mean([100, 200, 300, 400],
+                                        [-5.0, -1.0, -2.0, -9.0], n)
+                     for n in (100, 200, 1000)]
       out['small'] = m.markdown(
           [dict(learning_rate=0.001, runs=1, snr=0.04561, elbo=-1.0)],
           ['learning_rate', 'runs', 'snr', 'elbo'])
@@ -297,9 +303,11 @@ def test_report_groups_runs_and_aggregates_their_files(tmp_path):
                                     'seed=0', d + '/b', d + '/s*/*seed=0',
                                     d + '/missing'])
   """)
-  # rebar: test_elbo mean of -100 and -102; valid max = mean(-10, -9).
-  assert "| rebar | 2 | -101.00 | -9.50 | -29.50 |" in out["md"]
-  assert "| disarm | 1 | - | -10.00 | -30.00 |" in out["md"]
+  # rebar: test_elbo mean of -100 and -102; valid max = mean(-10, -9); the
+  # best 200 steps of train ELBO (-100, -200, -300) are the first two.
+  assert "| rebar | 2 | -101.00 | -9.50 | -29.50 | -150.00 |" in out["md"]
+  assert "| disarm | 1 | - | -10.00 | -30.00 | -150.00 |" in out["md"]
+  assert out["best"] == [-1.0, -1.5, -4.25]
   assert "| 0.001 | 1 | 0.0456 | -1.00 |" in out["small"]  # not 0.00
   assert (tmp_path / "curves.png").stat().st_size > 0
   assert (tmp_path / "panels.png").stat().st_size > 0
