@@ -91,7 +91,8 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
     return json.load(fh)
 
 
-def _read_rows(path: str) -> list[dict[str, Any]]:
+def read_rows(path: str) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl ([] if absent), a torn last line skipped."""
   if not os.path.exists(path):
     return []
   rows = []
@@ -112,7 +113,7 @@ def load_run(workdir: str) -> dict[str, Any]:
                             "directory of rebar_jax.train.")
   return {"workdir": workdir, "config": config,
           "final": _read_json(os.path.join(workdir, "final_metrics.json")),
-          "rows": _read_rows(os.path.join(workdir, "metrics.jsonl"))}
+          "rows": read_rows(os.path.join(workdir, "metrics.jsonl"))}
 
 
 def best_window_mean(steps: Sequence[int], values: Sequence[float],

@@ -154,19 +154,20 @@ def _cell(value: Optional[float], fmt: str = "g") -> str:
   return "" if value is None else format(value, fmt)
 
 
+def _rows(workdir: str) -> list[dict]:
+  return report.read_rows(os.path.join(workdir, "metrics.jsonl"))
+
+
 def best_train_elbo(workdir: str) -> float:
   """Highest mean training ELBO over 1000-step windows of the run."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as fh:
-    rows = [json.loads(line) for line in fh]
+  rows = _rows(workdir)
   return report.best_window_mean([r["step"] for r in rows],
                                  [r["train_elbo"] for r in rows], 1000)
 
 
 def eval_curve(workdir: str) -> list[dict]:
   """The evaluation rows of a run: step, valid ELBO, test IW-100, ..."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as fh:
-    rows = [json.loads(line) for line in fh]
-  return [r for r in rows if "valid_elbo" in r]
+  return [r for r in _rows(workdir) if "valid_elbo" in r]
 
 
 def best_valid_elbo(workdir: str) -> Optional[float]:
